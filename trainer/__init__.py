@@ -1,0 +1,1 @@
+"""Trainer: builds, archives, monitors and rolls out the served classifier."""

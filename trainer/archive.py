@@ -1,0 +1,126 @@
+"""`trainer archive`: run dir -> model_store/NAME.vN.mar through torch-model-archiver, atomically."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import handlers
+from handlers.manifest import MANIFEST_NAME, verify_manifest
+from handlers.runtime import DTYPES
+from trainer.config import check, setting
+
+HANDLER_FILE = "torchserve_handler.py"
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class ArchiveSettings:
+    """TorchServe's per-model settings (model-config.yaml) plus the handler's own section."""
+
+    batch_size: int = setting(8, "most requests TorchServe batches into one handler call")
+    max_batch_delay: int = setting(5, "ms TorchServe waits to fill a batch")
+    min_workers: int = setting(1, "worker processes kept alive")
+    max_workers: int = setting(1, "worker processes at most")
+    response_timeout: int = setting(120, "seconds before TorchServe restarts a stuck worker")
+    device_type: str = setting("gpu", "gpu: use a GPU when TorchServe has one, else CPU; cpu: never")
+    max_chars: int = setting(2000, "longest accepted request text, in characters")
+    max_length: int = setting(128, "tokens kept per text")
+    dtype: str = setting("float32", "weights on GPU: float32 | float16 | bfloat16")
+    threads: int = setting(0, "torch threads per worker (0 = torch default)")
+
+    def validate(self) -> None:
+        problems = [f"{n} must be >= 1, got {getattr(self, n)}"
+                    for n in ("batch_size", "min_workers", "max_workers", "response_timeout",
+                              "max_chars", "max_length") if getattr(self, n) < 1]
+        if self.max_batch_delay < 0:
+            problems.append(f"max_batch_delay must be >= 0, got {self.max_batch_delay}")
+        if self.max_workers < self.min_workers:
+            problems.append("max_workers must be >= min_workers")
+        if self.device_type not in ("gpu", "cpu"):
+            problems.append(f"device_type must be gpu or cpu, got {self.device_type!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.threads < 0:
+            problems.append(f"threads must be >= 0, got {self.threads}")
+        check(problems, "archive settings")
+
+    def model_config(self) -> dict:
+        return {
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay,
+            "minWorkers": self.min_workers,
+            "maxWorkers": self.max_workers,
+            "responseTimeout": self.response_timeout,
+            "deviceType": self.device_type,
+            "handler": {"max_chars": self.max_chars, "max_length": self.max_length,
+                        "dtype": self.dtype, "threads": self.threads},
+        }
+
+
+def mar_path(model_store: Path, name: str, version: str) -> Path:
+    return Path(model_store) / f"{name}.v{version}.mar"
+
+
+def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings) -> bool:
+    """The archive holds exactly this run dir's manifest and these settings."""
+    try:
+        with zipfile.ZipFile(mar) as z:
+            same_run = z.read(MANIFEST_NAME) == (Path(run_dir) / MANIFEST_NAME).read_bytes()
+            same_cfg = yaml.safe_load(z.read("model-config.yaml")) == settings.model_config()
+        return same_run and same_cfg
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError):
+        return False
+
+
+def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
+                  settings: ArchiveSettings, reuse: bool = False) -> Path:
+    """Stage run files + the handlers package, archive them beside the store, rename in."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(version)):
+        raise ValueError(f"version {version!r} must be dotted digits, e.g. 1 or 2.1")
+    run_dir, model_store = Path(run_dir), Path(model_store)
+    verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
+    out = mar_path(model_store, name, version)
+    if reuse and mar_is_current(out, run_dir, settings):
+        print(f"{out}: up to date; reusing it", file=sys.stderr)
+        return out
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.v{version}.", dir=model_store) as tmp:
+        tmp = Path(tmp)
+        extra = tmp / "extra"
+        shutil.copytree(run_dir, extra)
+        package = Path(handlers.__file__).parent
+        shutil.copytree(package, extra / "handlers",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HANDLER_FILE))
+        config = tmp / "model-config.yaml"
+        config.write_text(yaml.safe_dump(settings.model_config(), sort_keys=False))
+        export = tmp / "export"
+        export.mkdir()
+        cmd = [
+            str(Path(sys.executable).parent / "torch-model-archiver"),
+            "--model-name", name, "--version", str(version),
+            "--handler", str(package / HANDLER_FILE),
+            "--extra-files", str(extra), "--config-file", str(config),
+            "--export-path", str(export), "--archive-format", "default",
+        ]
+        if not Path(cmd[0]).exists():
+            cmd[0] = "torch-model-archiver"
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed ({proc.returncode}): "
+                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        built = export / f"{name}.mar"
+        with open(built, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(built, out)
+    return out
+

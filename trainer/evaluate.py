@@ -1,0 +1,46 @@
+"""Score a classifier on labelled examples: accuracy, macro-F1 and per-class F1."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from trainer.continual_metrics import accuracy, macro_f1, per_class_f1
+from trainer.data import Example
+
+
+@torch.inference_mode()
+def predict_ids(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
+                max_length: int = 128) -> list[int]:
+    """Batched argmax predictions; texts sorted by length so padding stays small."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    preds = [0] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        for i, p in zip(idx, model(**batch).logits.argmax(-1).tolist()):
+            preds[i] = p
+    model.train(was_training)
+    return preds
+
+
+def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    f1s = per_class_f1(y_true, y_pred, len(labels))
+    return {
+        "n": len(y_true),
+        "accuracy": round(float(accuracy(y_true, y_pred)), 4),
+        "macro_f1": round(float(macro_f1(y_true, y_pred, len(labels))), 4),
+        "per_class_f1": {label: round(float(f), 4) for label, f in zip(labels, f1s)},
+    }
+
+
+def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
+             max_length: int = 128) -> dict[str, Any]:
+    index = {label: i for i, label in enumerate(labels)}
+    y_true = [index[ex.label] for ex in examples]
+    y_pred = predict_ids(model, tokenizer, [ex.text for ex in examples], max_length=max_length)
+    return scores(y_true, y_pred, labels)

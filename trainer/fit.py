@@ -1,0 +1,90 @@
+"""The training loop shared by train and adapt: LoRA steps, validation each epoch, best kept."""
+
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from trainer.data import Example
+from trainer.evaluate import evaluate
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    examples_seen: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator,
+             sampler: Callable[[torch.Generator], Sequence[int]] | None) -> list[list[int]]:
+    order = list(sampler(generator)) if sampler else torch.randperm(n, generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
+        labels: Sequence[str], *, epochs: int, batch_size: int, lr: float, max_length: int,
+        seed: int, class_weights: Callable[[int], torch.Tensor | None] | None = None,
+        sampler: Callable[[torch.Generator], Sequence[int]] | None = None,
+        progress: bool = True) -> FitResult:
+    """Train the trainable parameters; restore the epoch with the best validation macro-F1.
+
+    `class_weights(epoch)` gives the loss weights for that epoch (None: plain cross-entropy),
+    which is how deferred re-weighting switches on late. `sampler(generator)` returns one
+    epoch's example order (default: a seeded shuffle).
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    targets = torch.tensor([index[ex.label] for ex in train])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    steps_per_epoch = -(-len(train) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / max(1, epochs * steps_per_epoch)))
+    generator = torch.Generator().manual_seed(seed)
+    history, best, best_state, seen = [], (-1.0, 0), None, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        weights = class_weights(epoch) if class_weights else None
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+        total = 0.0
+        batches = _batches(len(train), batch_size, generator, sampler)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, disable=not progress,
+                   leave=False)
+        for idx in bar:
+            batch = tokenizer([train[i].text for i in idx], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            loss = loss_fn(model(**batch).logits, targets[idx])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_scores = evaluate(model, tokenizer, val or train, labels, max_length)
+        history.append({"epoch": epoch, "train_loss": round(total / max(1, len(train)), 4),
+                        "val_accuracy": val_scores["accuracy"],
+                        "val_macro_f1": val_scores["macro_f1"]})
+        print(f"epoch {epoch}: loss {history[-1]['train_loss']:.4f} "
+              f"val acc {val_scores['accuracy']:.4f} macro-F1 {val_scores['macro_f1']:.4f}",
+              file=sys.stderr)
+        if val_scores["macro_f1"] > best[0]:
+            best = (val_scores["macro_f1"], epoch)
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters()
+                          if p.requires_grad}
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    return FitResult(history, best[1], seen)

@@ -1,0 +1,137 @@
+"""`trainer train`: LoRA fine-tuning of a base classifier on one source, merged into a run dir."""
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.errors import IntegrityError
+from handlers.manifest import sha256_file, verify_manifest
+from trainer.config import check, setting
+from trainer.data import LABELS, fingerprint, load_source
+from trainer.evaluate import evaluate
+from trainer.fit import fit, seed_everything
+from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
+from trainer.rundir import REPORT_FILE, save_run
+
+
+@dataclass
+class TrainSettings:
+    base_model: str = setting("", "local Hugging Face model dir; empty = bundled all-MiniLM-L6-v2")
+    labels: list[str] = setting(list(LABELS), "class names, comma-separated, in head order")
+    label_threshold: float = setting(0.5, "VADER rating band (-t, t) labelled neutral")
+    epochs: int = setting(3, "passes over the training split")
+    batch_size: int = setting(32, "examples per optimiser step")
+    lr: float = setting(1e-3, "AdamW learning rate, decayed linearly to 0")
+    max_length: int = setting(128, "tokens kept per text")
+    max_train: int = setting(0, "cap on training examples (0 = all); for quick runs")
+    seed: int = setting(0, "seed for splits, LoRA init and batch order")
+    lora_r: int = setting(8, "LoRA rank")
+    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = setting(0.1, "dropout on the LoRA input")
+    target_modules: list[str] = setting(["query", "value"], "modules that get LoRA, comma-separated")
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_train < 0:
+            problems.append(f"max_train must be >= 0, got {self.max_train}")
+        if not 0 < self.lr < 1:
+            problems.append(f"lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.label_threshold <= 4:
+            problems.append(f"label_threshold must be in [0, 4], got {self.label_threshold}")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            problems.append(f"labels must be >= 2 distinct names, got {self.labels}")
+        if not self.target_modules:
+            problems.append("target_modules must name at least one module")
+        check(problems, "train settings")
+
+    def base_model_dir(self) -> Path:
+        return Path(self.base_model) if self.base_model else default_base_model()
+
+
+def train_fingerprint(settings: TrainSettings, source: str, data_hash: str) -> str:
+    """Everything the trained weights depend on: a rerun with the same value can be skipped."""
+    base = settings.base_model_dir()
+    weights = sorted(base.glob("*.safetensors"))
+    payload = {
+        "settings": asdict(settings), "source": source, "data": data_hash,
+        "base": [sha256_file(p) for p in weights + [base / "config.json"]],
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_current(out: Path, fp: str) -> bool:
+    """The run dir exists, is intact, and was built from exactly these inputs."""
+    try:
+        verify_manifest(out)
+        return json.loads((Path(out) / REPORT_FILE).read_text()).get("fingerprint") == fp
+    except (OSError, ValueError, IntegrityError):
+        return False
+
+
+def run_train(settings: TrainSettings, source: str, out: Path,
+              reuse: bool = False) -> dict[str, Any]:
+    """Load and check all data first (a bad row stops before anything is written), then train."""
+    started = time.time()
+    labels = list(settings.labels)
+    splits = load_source(source, settings.seed, settings.label_threshold, tuple(labels))
+    train = [ex for s in splits.values() for ex in s.train]
+    val = [ex for s in splits.values() for ex in s.val]
+    if settings.max_train:
+        train = train[: settings.max_train]
+    fp = train_fingerprint(settings, source, fingerprint(train + val))
+    if reuse and is_current(out, fp):
+        print(f"{out}: up to date (same settings, data and base model); reusing it",
+              file=sys.stderr)
+        report = json.loads((Path(out) / REPORT_FILE).read_text())
+        return report
+
+    seed_everything(settings.seed)
+    base, tokenizer = load_classifier(settings.base_model_dir(), labels, new_head=True)
+    model = apply_lora(base, settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+                       settings.target_modules)
+    counts = parameter_counts(model)
+    print(f"training {counts['trainable']:,} of {counts['total']:,} parameters "
+          f"({100 * counts['share']:.2f}%) on {len(train)} examples", file=sys.stderr)
+    result = fit(model, tokenizer, train, val, labels, epochs=settings.epochs,
+                 batch_size=settings.batch_size, lr=settings.lr, max_length=settings.max_length,
+                 seed=settings.seed)
+    merged = merge(model)
+    metrics = {
+        name: evaluate(merged, tokenizer, part, labels, settings.max_length)
+        for name, part in (("train", train), ("val", val),
+                           ("test", [ex for s in splits.values() for ex in s.test]))
+        if part
+    }
+    per_domain = {d: evaluate(merged, tokenizer, s.test, labels, settings.max_length)
+                  for d, s in splits.items() if s.test and len(splits) > 1}
+    report = {
+        "kind": "train",
+        "fingerprint": fp,
+        "source": source,
+        "domains": list(splits),
+        "labels": labels,
+        "settings": asdict(settings),
+        "base_model": str(settings.base_model_dir()),
+        "parameters": counts,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "examples_processed": result.examples_seen,
+        "metrics": metrics,
+        "test_by_domain": per_domain,
+        "wall_time_s": round(time.time() - started, 1),
+        "versions": {"torch": torch.__version__},
+    }
+    save_run(out, merged, tokenizer, labels, report)
+    return report
