@@ -216,7 +216,7 @@ class ReplayBuffer:
             size = budget[group]
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ValueError(f"budget[{group!r}] must be a non-negative int, got {size!r}")
-            del items[:-size or None]
+            del items[size:]
         return self
 
     def items(self) -> list[Any]:
@@ -299,7 +299,7 @@ def update_buffer(buffer: ReplayBuffer,
         if group in regroup:
             out.add_group(group, _pick(items, regroup[group], budget[group], strategy, seed, group))
         else:
-            out.add_group(group, items[: budget[group]])
+            out.add_group(group, items)
     for group, (items, features) in new_groups.items():
         out.add_group(group, _pick(list(items), features, budget[group], strategy, seed, group))
     return out
