@@ -45,19 +45,22 @@ def herding_order(features: torch.Tensor, m: int) -> torch.Tensor:
     """Exact iCaRL herding on L2-normalised rows; the m picks (clipped to n) in pick order.
 
     Step k scores all candidates at once from the running sum S of the chosen rows:
-    ||mu - (S + phi(x)) / k||, chosen rows masked with +inf. O(n*d) per step, O(n*m*d) in all;
-    stays on the tensor's device without a host sync per step; ties go to the lowest index.
+    k * ||mu - (S + phi(x)) / k|| = ||t - phi(x)|| with t = k*mu - S, and ||t - phi||^2 =
+    ||phi||^2 - 2 phi.t + const, so one matrix-vector product ranks them (chosen rows masked
+    with +inf). O(n*d) per step, O(n*m*d) in all, no (n, d) temporaries; stays on the tensor's
+    device without a host sync per step; ties go to the lowest index.
     """
     m = _check(features, m)
     phi = _normalised(features)
     n, device = phi.shape[0], phi.device
     mu = phi.mean(dim=0)
+    sq_norms = (phi * phi).sum(dim=1)  # 1, or 0 for an all-zero row
     running = torch.zeros_like(mu)
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     order = torch.empty(m, dtype=torch.long, device=device)
     for k in range(1, m + 1):
-        dist = (mu - (running + phi) / k).norm(dim=1).masked_fill_(taken, math.inf)
-        pick = torch.argmin(dist).view(1)  # first minimum: lowest index wins ties
+        score = torch.addmv(sq_norms, phi, k * mu - running, alpha=-2.0)
+        pick = torch.argmin(score.masked_fill_(taken, math.inf)).view(1)  # lowest index on ties
         order[k - 1] = pick[0]
         taken.index_fill_(0, pick, True)
         running += phi.index_select(0, pick)[0]
@@ -72,17 +75,15 @@ def herding_order_reference(features: torch.Tensor, m: int) -> torch.Tensor:
     mu = sum(phi) / len(phi) if phi else None
     running = np.zeros(x.shape[1])
     chosen: list[int] = []
-    taken: set[int] = set()
     for k in range(1, m + 1):
         best, best_dist = -1, math.inf
         for i, row in enumerate(phi):
-            if i in taken:
+            if i in chosen:
                 continue
             dist = float(np.linalg.norm(mu - (running + row) / k))
             if dist < best_dist:  # strict: the lowest index keeps a tie
                 best, best_dist = i, dist
         chosen.append(best)
-        taken.add(best)
         running = running + phi[best]
     return torch.tensor(chosen, dtype=torch.long)
 
@@ -112,10 +113,6 @@ class Selector(Protocol):
     def __call__(self, features: torch.Tensor, m: int, seed: int) -> torch.Tensor: ...
 
 
-def _herding(features: torch.Tensor, m: int, seed: int) -> torch.Tensor:
-    return herding_order(features, m)  # deterministic: the seed is not used
-
-
 def random_order(features: torch.Tensor, m: int, seed: int) -> torch.Tensor:
     """The first m of a seeded permutation: select(x, m1) == select(x, m2)[:m1] for one seed."""
     m = _check(features, m)
@@ -142,7 +139,9 @@ def reservoir_order(features: torch.Tensor, m: int, seed: int) -> torch.Tensor:
 
 
 SELECTORS: dict[str, Selector] = {
-    "herding": _herding, "random": random_order, "reservoir": reservoir_order,
+    "herding": lambda features, m, seed: herding_order(features, m),  # deterministic, no seed
+    "random": random_order,
+    "reservoir": reservoir_order,
 }
 
 
@@ -157,14 +156,6 @@ def _selector(strategy: str) -> Selector:
     return SELECTORS[strategy]
 
 
-def _sorted_unique(groups: Sequence[Hashable]) -> list[Hashable]:
-    unique = list(dict.fromkeys(groups))
-    try:
-        return sorted(unique)  # type: ignore[type-var]
-    except TypeError:
-        return sorted(unique, key=repr)
-
-
 def split_budget(total: int, groups: Sequence[Hashable]) -> dict[Hashable, int]:
     """Split K evenly over the distinct groups; the remainder goes to the first in sorted order.
 
@@ -173,7 +164,11 @@ def split_budget(total: int, groups: Sequence[Hashable]) -> dict[Hashable, int]:
     """
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         raise ValueError(f"total must be a non-negative int (the replay budget K), got {total!r}")
-    unique = _sorted_unique(groups)
+    unique = list(dict.fromkeys(groups))
+    try:
+        unique.sort()  # type: ignore[call-arg]
+    except TypeError:  # mixed types: any fixed order will do
+        unique.sort(key=repr)
     if not unique:
         return {}
     base, extra = divmod(total, len(unique))
@@ -299,7 +294,7 @@ def update_buffer(buffer: ReplayBuffer,
         if group in regroup:
             out.add_group(group, _pick(items, regroup[group], budget[group], strategy, seed, group))
         else:
-            out.add_group(group, items)
+            out.add_group(group, items[: budget[group]])
     for group, (items, features) in new_groups.items():
         out.add_group(group, _pick(list(items), features, budget[group], strategy, seed, group))
     return out

@@ -1,0 +1,75 @@
+"""Archive: a real torch-model-archiver .mar with handler, package, config; atomic; verified."""
+
+import shutil
+import zipfile
+
+import pytest
+import yaml
+
+from handlers.errors import IntegrityError
+from handlers.manifest import MANIFEST_NAME
+from trainer import archive
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.config import SettingsError
+
+
+@pytest.fixture(scope="module")
+def built(tiny_run, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    return build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4)), store
+
+
+def test_archive_contents(built, tiny_run):
+    mar, store = built
+    assert mar == store / "sentiment.v1.mar"
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        manifest = yaml.safe_load(z.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(z.read("model-config.yaml"))
+        assert z.read(MANIFEST_NAME) == (tiny_run / MANIFEST_NAME).read_bytes()
+    assert {"torchserve_handler.py", "handlers/runtime.py", "handlers/manifest.py",
+            "model.safetensors", "tokenizer.json", "labels.json", "model-config.yaml"} <= names
+    assert "handlers/torchserve_handler.py" not in names  # one handler class, at the root
+    assert manifest["model"] == {"modelName": "sentiment", "handler": "torchserve_handler.py",
+                                 "modelVersion": "1", "configFile": "model-config.yaml"}
+    assert config["batchSize"] == 4 and config["deviceType"] == "gpu"
+    assert {"maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"} <= set(config)
+    assert config["handler"]["max_chars"] == 2000
+    assert [p.name for p in store.iterdir()] == ["sentiment.v1.mar"]
+
+
+def test_reuse_keeps_identical_archive(built, tiny_run):
+    mar, store = built
+    before = mar.stat().st_mtime_ns
+    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4), reuse=True)
+    assert mar.stat().st_mtime_ns == before
+    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=2), reuse=True)
+    assert mar.stat().st_mtime_ns != before
+
+
+def test_tampered_run_dir_is_not_archived(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "config.json").write_text("{}")
+    store = tmp_path / "store"
+    with pytest.raises(IntegrityError, match="config.json"):
+        build_archive(run, "sentiment", "1", store, ArchiveSettings())
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_archiver_failure_leaves_no_partial_mar(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "HANDLER_FILE", "missing_handler.py")
+    with pytest.raises(RuntimeError, match="torch-model-archiver failed"):
+        build_archive(tiny_run, "sentiment", "1", tmp_path, ArchiveSettings())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_names_and_settings(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="model name"):
+        build_archive(tiny_run, "../evil", "1", tmp_path, ArchiveSettings())
+    with pytest.raises(ValueError, match="version"):
+        build_archive(tiny_run, "ok", "1;rm", tmp_path, ArchiveSettings())
+    with pytest.raises(SettingsError) as info:
+        ArchiveSettings(batch_size=0, device_type="tpu", min_workers=2, max_workers=1).validate()
+    for field in ("batch_size", "device_type", "max_workers"):
+        assert field in str(info.value)

@@ -1,0 +1,108 @@
+"""LoRA training and merging: merged == unmerged, run dir contents, reuse, bad input stops early."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from handlers.manifest import MANIFEST_NAME, verify_manifest
+from trainer.config import SettingsError
+from trainer.data import DataError, load_vader
+from trainer.lora import apply_lora, default_base_model, load_classifier, merge
+from trainer.train import TrainSettings, run_train
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_merged_outputs_equal_unmerged_peft_outputs(which, tiny_base):
+    base_dir = tiny_base if which == "tiny" else default_base_model()
+    torch.manual_seed(0)
+    model, tokenizer = load_classifier(base_dir, LABELS, new_head=True)
+    peft_model = apply_lora(model, r=8, alpha=16, dropout=0.1, target_modules=["query", "value"])
+    with torch.no_grad():  # a trained-looking adapter: B is zero at init, which would hide bugs
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.eval()
+    texts = [e.text for e in load_vader("tweets")[:16]]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        unmerged = peft_model(**batch).logits
+        with peft_model.disable_adapter():
+            without_adapter = peft_model(**batch).logits
+    merged_model = merge(copy.deepcopy(peft_model))
+    assert not any("lora" in n for n, _ in merged_model.named_parameters())
+    with torch.inference_mode():
+        merged = merged_model(**batch).logits
+    assert (merged - unmerged).abs().max().item() <= 1e-4
+    assert (unmerged - without_adapter).abs().max().item() > 1e-3  # the adapter matters
+
+
+def test_run_dir_has_everything_and_verifies(tiny_run, tiny_settings):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json", "report.json",
+            MANIFEST_NAME} <= names
+    assert not names & {"pytorch_model.bin", "adapter_model.safetensors"}
+    assert set(verify_manifest(tiny_run)) == names - {MANIFEST_NAME}
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["settings"]["lora_r"] == tiny_settings.lora_r
+    assert 0 < report["parameters"]["share"] < 0.5
+    assert report["labels"] == LABELS and report["best_epoch"] == 1
+    for split in ("train", "val", "test"):
+        assert 0 <= report["metrics"][split]["accuracy"] <= 1
+        assert set(report["metrics"][split]["per_class_f1"]) == set(LABELS)
+    assert report["metrics"]["train"]["n"] == tiny_settings.max_train
+    assert report["wall_time_s"] > 0
+
+
+def test_reuse_skips_only_when_inputs_match(tiny_run, tiny_settings, tmp_path):
+    before = (tiny_run / "model.safetensors").stat().st_mtime_ns
+    run_train(tiny_settings, "nyt", tiny_run, reuse=True)
+    assert (tiny_run / "model.safetensors").stat().st_mtime_ns == before
+    out = tmp_path / "v1"
+    changed = TrainSettings(**{**tiny_settings.__dict__, "max_train": 32})
+    report = run_train(changed, "nyt", out, reuse=True)
+    assert report["metrics"]["train"]["n"] == 32 and out.is_dir()
+
+
+def test_training_is_seeded(tiny_settings, tmp_path):
+    a = run_train(tiny_settings, "nyt", tmp_path / "a")
+    b = run_train(tiny_settings, "nyt", tmp_path / "b")
+    assert a["history"] == b["history"] and a["metrics"] == b["metrics"]
+
+
+def test_bad_data_row_stops_before_anything_is_written(tiny_settings, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "fine", "label": "positive"}\n{"text": "x", "label": "meh"}\n')
+    out = tmp_path / "runs" / "v1"
+    with pytest.raises(DataError, match=r"data.jsonl:2: unknown label 'meh'"):
+        run_train(tiny_settings, str(data), out)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_settings_report_every_problem():
+    with pytest.raises(SettingsError) as info:
+        TrainSettings(epochs=0, lr=5.0, lora_dropout=1.5, labels=["a"]).validate()
+    for field in ("epochs", "lr", "lora_dropout", "labels"):
+        assert field in str(info.value)
+
+
+def test_cli_bad_row_exits_nonzero_with_file_and_line(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_bytes(b"text,label\nok,positive\n\xff\xfe,negative\n")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{data}:3: undecodable bytes" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("verb", ["train", "archive", "demo"])
+def test_every_verb_has_help(verb):
+    proc = subprocess.run([sys.executable, "-m", "trainer", verb, "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "(default:" in proc.stdout
