@@ -1,5 +1,6 @@
 """`trainer archive`: run dir -> model_store/NAME.vN.mar through torch-model-archiver, atomically."""
 
+import argparse
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import yaml
 import handlers
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.runtime import DTYPES
+from trainer import config
 from trainer.config import check, setting
 
 HANDLER_FILE = "torchserve_handler.py"
@@ -124,3 +126,20 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
         os.replace(built, out)
     return out
 
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("archive", help="package a run dir as model_store/NAME.vN.mar")
+    p.add_argument("--run", required=True, help="run directory from train or adapt")
+    p.add_argument("--name", default="sentiment", help="model name (default: sentiment)")
+    p.add_argument("--version", default="1", help="model version (default: 1)")
+    p.add_argument("--model-store", default="model_store", help="default: model_store")
+    p.add_argument("--reuse", action="store_true", help="keep an identical existing .mar")
+    config.add_arguments(p, ArchiveSettings)
+
+    def run(args: argparse.Namespace) -> tuple[dict, int]:
+        mar = build_archive(Path(args.run), args.name, args.version, Path(args.model_store),
+                            config.from_args(ArchiveSettings, args), reuse=args.reuse)
+        return {"mar": str(mar), "bytes": mar.stat().st_size}, 0
+
+    p.set_defaults(func=run)

@@ -1,5 +1,6 @@
 """`trainer demo`: train on nyt, archive, serve through the real TorchServe, score every domain."""
 
+import argparse
 import json
 import random
 import statistics
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import config
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import TorchServeClient
 from trainer.config import setting
@@ -104,3 +106,13 @@ def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings)
     out = Path(demo.runs) / demo.name / "demo.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("demo", help="train on nyt, serve it in TorchServe, score all domains")
+    config.add_arguments(p, DemoSettings)
+    config.add_arguments(p, TrainSettings)
+    config.add_arguments(p, ArchiveSettings, prefix="serve_")
+    p.set_defaults(func=lambda args: (run_demo(
+        config.from_args(DemoSettings, args), config.from_args(TrainSettings, args),
+        config.from_args(ArchiveSettings, args, prefix="serve_")), 0))

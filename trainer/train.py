@@ -1,5 +1,6 @@
 """`trainer train`: LoRA fine-tuning of a base classifier on one source, merged into a run dir."""
 
+import argparse
 import hashlib
 import json
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from handlers.errors import IntegrityError
 from handlers.manifest import sha256_file, verify_manifest
+from trainer import config
 from trainer.config import check, setting
 from trainer.data import LABELS, fingerprint, load_source
 from trainer.evaluate import evaluate
@@ -135,3 +137,15 @@ def run_train(settings: TrainSettings, source: str, out: Path,
     }
     save_run(out, merged, tokenizer, labels, report)
     return report
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("train", help="LoRA-train a classifier and write a merged run dir")
+    p.add_argument("--data", required=True,
+                   help="built-in domain (nyt, movie, amazon, tweets) or a .jsonl/.csv file")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip training when --out was built from the same inputs")
+    config.add_arguments(p, TrainSettings)
+    p.set_defaults(func=lambda args: (
+        run_train(config.from_args(TrainSettings, args), args.data, Path(args.out), args.reuse), 0))

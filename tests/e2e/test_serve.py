@@ -38,7 +38,7 @@ def test_predict_json_and_plain_text(client):
     assert out["label"] in ("negative", "neutral", "positive")
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-3
     assert (out["model"], out["version"]) == ("sentiment", "1")
-    plain = post(client, "An utterly wonderful, joyful day.".encode(), "text/plain")
+    plain = post(client, b"An utterly wonderful, joyful day.", "text/plain")
     assert plain.status_code == 200 and plain.json() == out
     assert client.predict("sentiment", "x", version="1")["version"] == "1"
 
