@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from handlers.drift import DriftSettings
 from handlers.errors import BadRequest, ConfigError, PayloadTooLarge
+from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
+from handlers.monitor import TrafficMonitor
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -23,6 +27,14 @@ class RuntimeSettings:
     max_length: int = 128  # tokens kept per text after truncation
     dtype: str = "float32"  # weights on GPU: float32 | float16 | bfloat16 (CPU always float32)
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+    monitor: bool = True  # keep drift features of the traffic (needs drift_reference.json)
+    stats_dir: str = ""  # shared by the workers; "" = $DRIFTSERVE_STATS_DIR or $TMPDIR/driftserve
+    window: int = 2000  # requests kept per worker for statistics (memory stays bounded)
+    persist_every_s: float = 1.0  # how often a worker writes its window for the others
+    drift_alpha: float = 0.01  # corrected significance level of the drift tests
+    drift_min_effect: float = 0.1  # KS distance floor for a drift alarm
+    drift_min_window: int = 50  # requests needed before an alarm may fire
+    drift_correction: str = "bonferroni"  # bonferroni | bh
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "RuntimeSettings":
@@ -45,8 +57,24 @@ class RuntimeSettings:
             problems.append(f"threads must be an integer >= 0, got {self.threads!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.window, int) or self.window < 1:
+            problems.append(f"window must be a positive integer, got {self.window!r}")
+        if not isinstance(self.persist_every_s, (int, float)) or self.persist_every_s <= 0:
+            problems.append(f"persist_every_s must be > 0, got {self.persist_every_s!r}")
+        try:
+            self.drift_settings()
+        except ConfigError as e:
+            problems.append(str(e))
         if problems:
             raise ConfigError("handler settings: " + "; ".join(problems))
+
+    def drift_settings(self) -> DriftSettings:
+        return DriftSettings(self.drift_alpha, self.drift_min_effect, self.drift_min_window,
+                             self.drift_correction).validate()
+
+    def stats_root(self) -> Path:
+        return Path(self.stats_dir or os.environ.get("DRIFTSERVE_STATS_DIR")
+                    or Path(tempfile.gettempdir()) / "driftserve")
 
 
 def select_device(gpu_id: int | str | None) -> torch.device:
@@ -110,11 +138,19 @@ class ModelRuntime:
         self.name = name
         self.version = version
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.monitor: TrafficMonitor | None = None
+
+    def start_monitor(self, reference: Reference, worker_id: str) -> TrafficMonitor:
+        directory = self.settings.stats_root() / self.name / f"v{self.version}"
+        self.monitor = TrafficMonitor(reference, directory, self.settings.window,
+                                      self.settings.persist_every_s,
+                                      self.settings.drift_settings(), worker_id)
+        return self.monitor
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: torch.device | str = "cpu",
              settings: RuntimeSettings | None = None, name: str = "model",
-             version: str = "1") -> "ModelRuntime":
+             version: str = "1", worker_id: str | None = None) -> "ModelRuntime":
         """Verify the sha256 manifest first: nothing is read from a tampered directory."""
         settings = settings or RuntimeSettings()
         model_dir = Path(model_dir)
@@ -128,22 +164,40 @@ class ModelRuntime:
             model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
         )
         model.to(device).eval()
-        return cls(model, tokenizer, settings, device, name, version)
+        runtime = cls(model, tokenizer, settings, device, name, version)
+        if settings.monitor and (model_dir / REFERENCE_FILE).is_file():
+            runtime.start_monitor(Reference.load(model_dir / REFERENCE_FILE),
+                                  worker_id or str(os.getpid()))
+        return runtime
 
     @torch.inference_mode()
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
-        """Softmax over labels for a batch, padded only to its longest text."""
+    def forward(self, texts: list[str], pooled: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Softmax over labels for a batch padded only to its longest text; optionally the
+        L2-normalised mean-pooled last hidden state; token counts."""
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.settings.max_length,
             return_tensors="pt",
         ).to(self.device)
-        logits = self.model(**batch).logits
-        return torch.softmax(logits.float(), dim=-1).cpu()
+        out = self.model(**batch, output_hidden_states=pooled)
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu()
+        mask = batch["attention_mask"]
+        tokens = mask.sum(dim=1).cpu()
+        if not pooled:
+            return probs, None, tokens
+        hidden = out.hidden_states[-1].float()
+        summed = (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+        return probs, torch.nn.functional.normalize(summed, dim=-1).cpu(), tokens
+
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        return self.forward(texts)[0]
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         if not texts:
             return []
-        probs = self.probabilities(texts)
+        probs, pooled, tokens = self.forward(texts, pooled=self.monitor is not None)
+        if self.monitor is not None:
+            self.monitor.observe(pooled.numpy(), probs.numpy(), tokens.numpy())
         return [self._response(row) for row in probs.tolist()]
 
     def _response(self, probs: list[float]) -> dict[str, Any]:
@@ -163,4 +217,5 @@ class ModelRuntime:
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "settings": asdict(self.settings),
+            "stats": self.monitor.describe() if self.monitor else None,
         }

@@ -3,6 +3,9 @@
 import logging
 from typing import Any
 
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+
 from handlers import runtime as rt
 from handlers.errors import HandlerError
 
@@ -23,6 +26,7 @@ class SentimentHandler:
     def __init__(self) -> None:
         self.runtime: rt.ModelRuntime | None = None
         self.initialized = False
+        self._gauges_at = 0.0
 
     def initialize(self, context: Any) -> None:
         props = context.system_properties
@@ -56,4 +60,28 @@ class SentimentHandler:
             results[idx] = prediction
         for idx in range(len(data)):
             context.set_response_content_type(idx, "application/json")
+        self._emit_metrics(context, [results[i] for i in good])
         return results
+
+    def _emit_metrics(self, context: Any, predictions: list[dict[str, Any]]) -> None:
+        """Prometheus series declared in metrics.yaml (dimension order must match it)."""
+        metrics = context.metrics
+        if metrics is None or not predictions:
+            return
+        dims = [Dimension("ModelName", self.runtime.name), Dimension("Level", "Model")]
+        metrics.add_metric("DriftRequests", len(predictions), "Count", None, list(dims))
+        counts: dict[str, int] = {}
+        for p in predictions:
+            counts[p["label"]] = counts.get(p["label"], 0) + 1
+            metrics.add_metric("DriftConfidence", max(p["probabilities"].values()), "ratio",
+                               None, list(dims), MetricTypes.HISTOGRAM)
+        for label, n in counts.items():
+            metrics.add_metric("DriftPredictedClass", n, "Count", None,
+                               [*dims, Dimension("Label", label)])
+        result = self.runtime.monitor.last_result if self.runtime.monitor else None
+        if result and result["checked_at"] != self._gauges_at:
+            self._gauges_at = result["checked_at"]
+            for name, value in (("DriftKSMax", result["max_ks"]),
+                                ("DriftAlarm", int(result["is_drift"])),
+                                ("DriftWindowSize", result["window_size"])):
+                metrics.add_metric(name, value, "", None, list(dims), MetricTypes.GAUGE)

@@ -9,6 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Workers' statistics of this test session only (never a shared /tmp directory)."""
+    path = tmp_path_factory.mktemp("stats")
+    os.environ["DRIFTSERVE_STATS_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random BERT that uses MiniLM's real tokenizer (so real text works)."""

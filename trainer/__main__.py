@@ -16,7 +16,7 @@ from trainer.data import DataError  # noqa: E402
 
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
-VERBS = ["trainer.train", "trainer.archive", "trainer.demo"]
+VERBS = ["trainer.train", "trainer.archive", "trainer.demo", "trainer.drift"]
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,
                    ValueError)
 

@@ -46,6 +46,9 @@ class TorchServe:
         self.model_store = Path(model_store).resolve()
         self.props = read_properties(config)
         self.props["model_store"] = str(self.model_store)
+        metrics_config = self.props.get("metrics_config")
+        if metrics_config and not Path(metrics_config).is_absolute():
+            self.props["metrics_config"] = str((Path(config).parent / metrics_config).resolve())
         if ports == "free":
             for key in ("inference_address", "management_address", "metrics_address"):
                 self.props[key] = f"http://127.0.0.1:{free_port()}"

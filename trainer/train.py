@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from handlers.errors import IntegrityError
+from handlers.features import REFERENCE_FILE
 from handlers.manifest import sha256_file, verify_manifest
 from trainer import config
 from trainer.config import check, setting
@@ -19,6 +20,7 @@ from trainer.data import LABELS, fingerprint, load_source
 from trainer.evaluate import evaluate
 from trainer.fit import fit, seed_everything
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
+from trainer.reference import build_reference
 from trainer.rundir import REPORT_FILE, save_run
 
 
@@ -37,10 +39,12 @@ class TrainSettings:
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = setting(0.1, "dropout on the LoRA input")
     target_modules: list[str] = setting(["query", "value"], "modules that get LoRA, comma-separated")
+    drift_components: int = setting(8, "principal components of the embedding kept for drift")
 
     def validate(self) -> None:
         problems = []
-        for name in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha"):
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
+                     "drift_components"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_train < 0:
@@ -135,7 +139,9 @@ def run_train(settings: TrainSettings, source: str, out: Path,
         "wall_time_s": round(time.time() - started, 1),
         "versions": {"torch": torch.__version__},
     }
-    save_run(out, merged, tokenizer, labels, report)
+    reference = build_reference(merged, tokenizer, [ex.text for ex in val],
+                                settings.drift_components, settings.max_length)
+    save_run(out, merged, tokenizer, labels, report, extra={REFERENCE_FILE: reference.to_bytes()})
     return report
 
 

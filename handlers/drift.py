@@ -1,0 +1,93 @@
+"""Drift test: two-sample KS per feature + chi-square on predicted classes, corrected for many
+tests, firing only when significant AND large AND the window is big enough."""
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from handlers.errors import ConfigError
+
+
+@dataclass
+class DriftSettings:
+    alpha: float = 0.01  # family-wise significance level after correction
+    min_effect: float = 0.1  # KS distance (or total-variation distance of classes) floor
+    min_window: int = 50  # requests needed before any test may fire
+    correction: str = "bonferroni"  # bonferroni | bh (Benjamini-Hochberg)
+
+    def validate(self) -> "DriftSettings":
+        problems = []
+        if not 0 < self.alpha < 1:
+            problems.append(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 <= self.min_effect <= 1:
+            problems.append(f"min_effect must be in [0, 1], got {self.min_effect}")
+        if self.min_window < 2:
+            problems.append(f"min_window must be >= 2, got {self.min_window}")
+        if self.correction not in ("bonferroni", "bh"):
+            problems.append(f"correction must be bonferroni or bh, got {self.correction!r}")
+        if problems:
+            raise ConfigError("drift settings: " + "; ".join(problems))
+        return self
+
+
+def corrected(p_values: list[float], method: str) -> list[float]:
+    """Adjusted p-values: compare each with alpha directly."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    if m == 0:
+        return []
+    if method == "bonferroni":
+        return np.minimum(1.0, p * m).tolist()
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(1.0, adjusted)
+    return out.tolist()
+
+
+def drift_test(reference: dict[str, Any], window: dict[str, Any],
+               settings: DriftSettings) -> dict[str, Any]:
+    """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
+    "labels": [names]}. Returns the decision with every statistic behind it."""
+    n = len(window["classes"])
+    tests: list[dict[str, Any]] = []
+    for name, ref_values in reference["features"].items():
+        values = np.asarray(window["features"].get(name, []), dtype=float)
+        if n < 2 or len(values) == 0:
+            continue
+        result = stats.ks_2samp(np.asarray(ref_values, dtype=float), values)
+        tests.append({"test": "ks", "feature": name, "statistic": float(result.statistic),
+                      "p_value": float(result.pvalue)})
+    labels = reference["labels"]
+    if n >= 2:
+        k = len(labels)
+        ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
+        win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)
+        expected = ref_counts / ref_counts.sum() * n
+        chi2 = stats.chisquare(win_counts, expected)
+        tv = 0.5 * float(np.abs(win_counts / n - ref_counts / ref_counts.sum()).sum())
+        tests.append({"test": "chi2", "feature": "predicted_class", "statistic": tv,
+                      "chi2": float(chi2.statistic), "p_value": float(chi2.pvalue)})
+    for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests],
+                                            settings.correction)):
+        test["p_corrected"] = p_adj
+        test["fires"] = bool(p_adj < settings.alpha and test["statistic"] >= settings.min_effect)
+    enough = n >= settings.min_window
+    fired = sorted((t for t in tests if t["fires"]), key=lambda t: t["p_corrected"]) \
+        if enough else []
+    return {
+        "is_drift": bool(fired),
+        "window_size": n,
+        "reference_size": len(reference["classes"]),
+        "rule": (f"{fired[0]['test']}:{fired[0]['feature']} corrected p < {settings.alpha} "
+                 f"and distance >= {settings.min_effect} with {n} >= {settings.min_window} "
+                 "requests") if fired else None,
+        "fired": [f"{t['test']}:{t['feature']}" for t in fired],
+        "not_enough_requests": not enough,
+        "max_ks": max((t["statistic"] for t in tests if t["test"] == "ks"), default=0.0),
+        "settings": asdict(settings),
+        "tests": tests,
+    }

@@ -1,0 +1,108 @@
+"""Traffic monitor: features into this worker's window, persisted and drift-tested in the
+background, merged across all workers of the model version for describe and `trainer drift`."""
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handlers.drift import DriftSettings, drift_test
+from handlers.features import Reference, feature_matrix
+from handlers.stats import SUFFIX, FeatureWindow, merge_windows, summarize
+
+log = logging.getLogger(__name__)
+
+
+def class_shares(classes: np.ndarray, labels: list[str]) -> dict[str, float]:
+    counts = np.bincount(np.asarray(classes, dtype=int), minlength=len(labels))
+    total = max(1, int(counts.sum()))
+    return {label: round(int(c) / total, 4) for label, c in zip(labels, counts)}
+
+
+class TrafficMonitor:
+    def __init__(self, reference: Reference, directory: Path, capacity: int,
+                 persist_every_s: float, drift: DriftSettings, worker_id: str) -> None:
+        self.reference = reference
+        self.reference_input = {
+            "labels": reference.labels, "classes": reference.classes,
+            "features": {n: reference.features[:, i] for i, n in enumerate(reference.names)},
+        }
+        self.directory = Path(directory)
+        self.path = self.directory / f"{worker_id}{SUFFIX}"
+        self.capacity = capacity
+        self.drift = drift
+        self.window = FeatureWindow(reference.names, capacity)
+        self.lock = threading.Lock()
+        self.last_result: dict[str, Any] | None = None
+        self._dirty = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(persist_every_s,), daemon=True,
+                                        name="traffic-monitor")
+        self._thread.start()
+
+    def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray) -> None:
+        rows = feature_matrix(pooled, probs, tokens, self.reference.projection)
+        with self.lock:
+            self.window.add(rows, np.asarray(probs).argmax(axis=1).tolist())
+            self._dirty = True
+
+    def persist(self) -> None:
+        with self.lock:
+            snapshot = FeatureWindow(self.window.names, self.capacity)
+            snapshot.rows.extend(self.window.rows)
+            snapshot.classes.extend(self.window.classes)
+            snapshot.times.extend(self.window.times)
+            snapshot.seen = self.window.seen
+            self._dirty = False
+        snapshot.save(self.path, {"capacity": self.capacity})
+
+    def merged(self) -> dict[str, Any]:
+        return merge_windows(self.directory, self.capacity)
+
+    def check(self) -> dict[str, Any]:
+        merged = self.merged()
+        window = {"classes": merged["classes"],
+                  "features": {n: merged["features"][:, i] for i, n in enumerate(merged["names"])}}
+        result = drift_test(self.reference_input, window, self.drift)
+        result["checked_at"] = time.time()
+        self.last_result = result
+        return result
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if not self._dirty:
+                continue
+            try:
+                self.persist()
+                self.check()
+            except Exception:  # noqa: BLE001 - monitoring must never take serving down
+                log.exception("traffic monitor update failed")
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def describe(self) -> dict[str, Any]:
+        """Statistics over the recent window of ALL workers of this model version."""
+        self.persist()
+        merged = self.merged()
+        names, labels = merged["names"], self.reference.labels
+        drift = self.check()
+        features = summarize(names, merged["features"])
+        return {
+            "workers": merged["workers"],
+            "window_size": int(len(merged["classes"])),
+            "window_capacity_per_worker": self.capacity,
+            "requests_seen": merged["seen"],
+            "features": features,
+            "class_distribution": class_shares(merged["classes"], labels),
+            "confidence": features.get("confidence", {}),
+            "reference": {
+                "size": int(len(self.reference.classes)),
+                "features": summarize(self.reference.names, self.reference.features),
+                "class_distribution": class_shares(self.reference.classes, labels),
+            },
+            "drift": drift,
+        }

@@ -1,0 +1,42 @@
+"""The runtime's traffic monitor: features of served requests, merged over workers."""
+
+import json
+
+from handlers.features import REFERENCE_FILE
+from handlers.runtime import ModelRuntime, RuntimeSettings
+from trainer.data import load_vader
+
+
+def test_reference_is_stored_in_the_run_dir(tiny_run):
+    ref = json.loads((tiny_run / REFERENCE_FILE).read_text())
+    assert ref["names"][:2] == ["pc1", "pc2"] and "confidence" in ref["names"]
+    assert ref["names"][-1] == "tokens" and "p_neutral" in ref["names"]
+    assert len(ref["features"]) == len(ref["classes"]) > 100
+    assert len(ref["projection"]["components"]) == 8
+
+
+def test_two_workers_windows_merge(tiny_run, tmp_path):
+    settings = RuntimeSettings(stats_dir=str(tmp_path), window=500, drift_min_window=10)
+    a = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
+    b = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w2")
+    texts = [e.text for e in load_vader("nyt")[:40]]
+    a.predict(texts[:25])
+    b.predict(texts[25:])
+    b.monitor.persist()
+    stats = a.describe()["stats"]
+    assert stats["workers"] == 2 and stats["window_size"] == 40 and stats["requests_seen"] == 40
+    assert set(stats["features"]) == set(a.monitor.reference.names)
+    assert stats["features"]["tokens"]["n"] == 40
+    assert abs(sum(stats["class_distribution"].values()) - 1) < 1e-3
+    assert stats["reference"]["size"] > 100
+    drift = stats["drift"]
+    assert {"is_drift", "window_size", "tests", "rule"} <= set(drift)
+    assert drift["window_size"] == 40 and len(drift["tests"]) == len(a.monitor.reference.names) + 1
+    a.monitor.close()
+    b.monitor.close()
+
+
+def test_monitor_can_be_switched_off(tiny_run):
+    rt = ModelRuntime.load(tiny_run, settings=RuntimeSettings(monitor=False))
+    assert rt.monitor is None and rt.describe()["stats"] is None
+    assert rt.predict(["fine"])[0]["label"]

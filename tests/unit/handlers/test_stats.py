@@ -1,0 +1,58 @@
+"""Worker windows: bounded, atomically persisted, merged across workers, corrupt files skipped."""
+
+import logging
+
+import numpy as np
+
+from handlers.stats import SUFFIX, FeatureWindow, merge_windows, read_window, summarize
+
+NAMES = ["x", "y"]
+
+
+def window_with(values, capacity=100):
+    w = FeatureWindow(NAMES, capacity)
+    w.add(np.asarray(values, np.float32), [0] * len(values))
+    return w
+
+
+def test_window_is_bounded():
+    w = FeatureWindow(NAMES, capacity=10)
+    for i in range(1000):
+        w.add(np.full((3, 2), i, np.float32), [1, 2, 0])
+    arrays = w.arrays()
+    assert arrays["features"].shape == (10, 2) and w.seen == 3000
+    assert arrays["features"][-1, 0] == 999
+
+
+def test_save_read_round_trip_leaves_no_temp_files(tmp_path):
+    path = tmp_path / f"w1{SUFFIX}"
+    window_with([[1, 2], [3, 4]]).save(path, {"capacity": 100})
+    back = read_window(path)
+    assert back["features"].tolist() == [[1, 2], [3, 4]] and back["meta"]["names"] == NAMES
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_merge_covers_all_workers_newest_first(tmp_path):
+    window_with([[1, 1]] * 5).save(tmp_path / f"a{SUFFIX}", {})
+    window_with([[2, 2]] * 5).save(tmp_path / f"b{SUFFIX}", {})
+    merged = merge_windows(tmp_path, capacity=100)
+    assert merged["workers"] == 2 and len(merged["classes"]) == 10 and merged["seen"] == 10
+    assert sorted(set(merged["features"][:, 0].tolist())) == [1.0, 2.0]
+    assert len(merge_windows(tmp_path, capacity=4)["classes"]) == 4
+
+
+def test_corrupt_and_half_written_files_are_skipped_with_a_warning(tmp_path, caplog):
+    good = tmp_path / f"good{SUFFIX}"
+    window_with([[5, 5]] * 3).save(good, {})
+    (tmp_path / f"garbage{SUFFIX}").write_bytes(b"not an npz at all")
+    (tmp_path / f"half{SUFFIX}").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with caplog.at_level(logging.WARNING):
+        merged = merge_windows(tmp_path, capacity=100)
+    assert merged["workers"] == 1 and len(merged["classes"]) == 3
+    assert "garbage" in caplog.text and "half" in caplog.text
+
+
+def test_summary_has_moments_and_quantiles():
+    s = summarize(NAMES, np.asarray([[0, 1], [2, 1], [4, 1]], np.float32))
+    assert s["x"]["n"] == 3 and s["x"]["mean"] == 2 and s["x"]["q50"] == 2
+    assert s["y"]["variance"] == 0

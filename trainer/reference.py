@@ -1,0 +1,34 @@
+"""The drift reference: features of held-out source data under the trained model, plus the
+projection fitted on them; stored in the run dir (and so in the archive)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from handlers.features import Projection, Reference, feature_matrix, feature_names
+from handlers.runtime import ModelRuntime, RuntimeSettings
+
+
+def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
+          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probs, L2-normalised mean-pooled embeddings, token counts), exactly as served."""
+    runtime = ModelRuntime(model, tokenizer, RuntimeSettings(max_length=max_length, monitor=False),
+                           next(model.parameters()).device)
+    parts = [runtime.forward(list(texts[i:i + batch_size]), pooled=True)
+             for i in range(0, len(texts), batch_size)]
+    return tuple(torch.cat([p[j] for p in parts]).numpy() for j in range(3))
+
+
+def build_reference(model: Any, tokenizer: Any, texts: Sequence[str], components: int = 8,
+                    max_length: int = 128) -> Reference:
+    if len(texts) < max(2, components):
+        raise ValueError(f"drift reference needs at least {max(2, components)} held-out texts, "
+                         f"got {len(texts)}")
+    probs, pooled, tokens = embed(model, tokenizer, texts, max_length)
+    projection = Projection.fit(pooled, components)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return Reference(labels, feature_names(labels, components), projection,
+                     feature_matrix(pooled, probs, tokens, projection),
+                     probs.argmax(axis=1).astype(np.int16))
