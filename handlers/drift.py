@@ -84,7 +84,7 @@ def drift_test(reference: dict[str, Any], window: dict[str, Any],
         "reference_size": len(reference["classes"]),
         "rule": (f"{fired[0]['test']}:{fired[0]['feature']} corrected p < {settings.alpha} "
                  f"and distance >= {settings.min_effect} with {n} >= {settings.min_window} "
-                 "requests") if fired else None,
+                 "requests") if fired else "",
         "fired": [f"{t['test']}:{t['feature']}" for t in fired],
         "not_enough_requests": not enough,
         "max_ks": max((t["statistic"] for t in tests if t["test"] == "ks"), default=0.0),

@@ -35,7 +35,7 @@ class SentimentHandler:
         model = (context.manifest or {}).get("model", {})
         self.runtime = rt.ModelRuntime.load(
             props["model_dir"], rt.select_device(props.get("gpu_id")), settings,
-            name=model.get("modelName", context.model_name),
+            name=context.model_name or model.get("modelName", "model"),
             version=str(model.get("modelVersion", "1")),
         )
         log.info("loaded %s v%s on %s", self.runtime.name, self.runtime.version,

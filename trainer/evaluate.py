@@ -1,6 +1,6 @@
 """Score a classifier on labelled examples: accuracy, macro-F1 and per-class F1."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,3 +44,17 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Se
     y_true = [index[ex.label] for ex in examples]
     y_pred = predict_ids(model, tokenizer, [ex.text for ex in examples], max_length=max_length)
     return scores(y_true, y_pred, labels)
+
+
+def evaluate_domains(model: Any, tokenizer: Any, tests: Mapping[str, Sequence[Example]],
+                     labels: Sequence[str], max_length: int = 128) -> dict[str, Any]:
+    """Scores per domain plus pooled over all of them, from one prediction pass per domain."""
+    index = {label: i for i, label in enumerate(labels)}
+    by_domain, all_true, all_pred = {}, [], []
+    for domain, examples in tests.items():
+        y_true = [index[ex.label] for ex in examples]
+        y_pred = predict_ids(model, tokenizer, [ex.text for ex in examples], max_length=max_length)
+        by_domain[domain] = scores(y_true, y_pred, labels)
+        all_true += y_true
+        all_pred += y_pred
+    return {"by_domain": by_domain, "pooled": scores(all_true, all_pred, labels)}

@@ -18,7 +18,10 @@ from trainer import config
 from trainer.config import check, setting
 from trainer.data import LABELS, fingerprint, load_source
 from trainer.evaluate import evaluate
+from trainer.evaluate_cli import source_record
+from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.fit import fit, seed_everything
+from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
 from trainer.reference import build_reference
 from trainer.rundir import REPORT_FILE, save_run
@@ -39,6 +42,8 @@ class TrainSettings:
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = setting(0.1, "dropout on the LoRA input")
     target_modules: list[str] = setting(["query", "value"], "modules that get LoRA, comma-separated")
+    memory: int = setting(300, "replay budget K (exemplars in all) carried to `adapt` (0 = none)")
+    selection: str = setting("herding", "how exemplars are picked: herding | random | reservoir")
     drift_components: int = setting(8, "principal components of the embedding kept for drift")
 
     def validate(self) -> None:
@@ -59,6 +64,11 @@ class TrainSettings:
             problems.append(f"labels must be >= 2 distinct names, got {self.labels}")
         if not self.target_modules:
             problems.append("target_modules must name at least one module")
+        if self.memory < 0:
+            problems.append(f"memory must be >= 0, got {self.memory}")
+        if self.selection not in STRATEGIES:
+            problems.append(f"selection must be one of {', '.join(STRATEGIES)}, "
+                            f"got {self.selection!r}")
         check(problems, "train settings")
 
     def base_model_dir(self) -> Path:
@@ -122,6 +132,11 @@ def run_train(settings: TrainSettings, source: str, out: Path,
     }
     per_domain = {d: evaluate(merged, tokenizer, s.test, labels, settings.max_length)
                   for d, s in splits.items() if s.test and len(splits) > 1}
+    # The start of the adapt chain: a replay buffer and a one-row accuracy matrix.
+    buffer = grow_buffer(merged, tokenizer, ReplayBuffer(), train, settings.memory,
+                         settings.selection, settings.seed, settings.max_length)
+    test_acc = {d: (per_domain[d] if d in per_domain else metrics["test"])["accuracy"]
+                for d, s in splits.items() if s.test}
     report = {
         "kind": "train",
         "fingerprint": fp,
@@ -136,12 +151,18 @@ def run_train(settings: TrainSettings, source: str, out: Path,
         "examples_processed": result.examples_seen,
         "metrics": metrics,
         "test_by_domain": per_domain,
+        "domains_seen": list(test_acc),
+        "domain_sources": {d: source_record(source, settings.seed, settings.label_threshold, 0,
+                                            splits[d].test) for d in test_acc},
+        "accuracy_matrix": [list(test_acc.values())],
+        "replay_buffer": sizes_json(buffer),
         "wall_time_s": round(time.time() - started, 1),
         "versions": {"torch": torch.__version__},
     }
     reference = build_reference(merged, tokenizer, [ex.text for ex in val],
                                 settings.drift_components, settings.max_length)
-    save_run(out, merged, tokenizer, labels, report, extra={REFERENCE_FILE: reference.to_bytes()})
+    save_run(out, merged, tokenizer, labels, report, extra={REFERENCE_FILE: reference.to_bytes(),
+                                                          BUFFER_FILE: buffer_bytes(buffer)})
     return report
 
 

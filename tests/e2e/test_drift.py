@@ -1,0 +1,87 @@
+"""Drift end to end: statistics merged over 2 real TorchServe workers, `trainer drift` quiet on
+held-out nyt traffic and firing on tweets, Prometheus series on the metrics port."""
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.data import load_source
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def two_worker_models(client, model_store, minilm_run):
+    build_archive(minilm_run, "drift", "1", model_store,
+                  ArchiveSettings(min_workers=2, max_workers=2, batch_size=4))
+    client.register("drift.v1.mar", "drift_nyt", workers=2)
+    client.register("drift.v1.mar", "drift_tweets", workers=1)
+    yield
+    for name in ("drift_nyt", "drift_tweets"):
+        client.unregister(name)
+
+
+def send(client, model, texts):
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda t: client.predict(model, t)["label"], texts))
+
+
+def drift_cli(server, model):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "drift", "--model", model,
+         "--management-url", server.management_url, "--key-file", str(server.key_file)],
+        capture_output=True, text=True, timeout=120)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
+
+
+def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, client,
+                                                                      two_worker_models):
+    nyt = [e.text for e in load_source("nyt", seed=0)["nyt"].test[:160]]
+    tweets = [e.text for e in load_source("tweets", seed=0)["tweets"].test[:160]]
+    send(client, "drift_nyt", nyt)
+    send(client, "drift_tweets", tweets)
+    time.sleep(2.5)  # each worker persists its window every second
+
+    described = client.describe("drift_nyt", customized=True)[0]
+    pids = {w["pid"] for w in described["workers"]}
+    stats = described["customizedMetadata"]["stats"]
+    assert len(pids) == 2 and stats["workers"] == 2
+    assert stats["window_size"] == 160 and stats["requests_seen"] == 160
+    for name in ("pc1", "confidence", "tokens", "p_neutral"):
+        assert {"n", "mean", "variance", "q05", "q50", "q95"} <= set(stats["features"][name])
+    assert set(stats["class_distribution"]) == {"negative", "neutral", "positive"}
+    assert stats["reference"]["size"] > 500 and "drift" in stats
+
+    code, result, err = drift_cli(server, "drift_nyt")
+    assert code == 0, err
+    assert result["is_drift"] is False and result["window_size"] == 160
+    assert {t["feature"] for t in result["tests"]} >= {"pc1", "confidence", "predicted_class"}
+    assert all("p_value" in t and "p_corrected" in t for t in result["tests"])
+    assert result["settings"]["correction"] == "bonferroni"
+
+    code, result, err = drift_cli(server, "drift_tweets")
+    assert code == 1, err
+    assert result["is_drift"] is True and result["rule"] and result["fired"]
+    assert "DRIFT" in err
+
+
+def test_prometheus_exposes_the_drift_series(server, client, two_worker_models):
+    send(client, "drift_tweets", ["one more tweet!!"] * 4)
+    time.sleep(1.5)
+    send(client, "drift_tweets", ["and another"] * 2)  # gauges go out with the next batch
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    for series in ("DriftRequests", "DriftPredictedClass", "DriftConfidence", "DriftKSMax",
+                   "DriftAlarm", "DriftWindowSize"):
+        assert series in text, series
+    assert 'ModelName="drift_tweets"' in text and "Label=" in text
+
+
+def test_drift_cli_errors_cleanly(server):
+    code, result, err = drift_cli(server, "no_such_model")
+    assert code == 2 and result is None and "404" in err

@@ -1,0 +1,190 @@
+"""`trainer adapt` on a tiny random BERT: the chain v1 -> v2 -> v3, its buffer, and bad inputs."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+
+import pytest
+import torch
+
+from handlers.errors import IntegrityError
+from handlers.manifest import MANIFEST_NAME, verify_manifest
+from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.balance import class_counts, effective_number_weights
+from trainer.config import SettingsError
+from trainer.data import DataError, Example
+from trainer.features import BUFFER_FILE, embeddings, read_buffer
+from trainer.herding import herding_order
+from trainer.rundir import load_run
+
+LABELS = ["negative", "neutral", "positive"]
+TINY = AdaptSettings(epochs=1, batch_size=16, max_length=32, max_train=64, max_eval=40, memory=30)
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_run, tmp_path_factory):
+    """v1 (tiny_run, nyt) -> v2 (movie) -> v3 (amazon)."""
+    runs = tmp_path_factory.mktemp("chain")
+    run_adapt(TINY, tiny_run, "movie", runs / "v2")
+    run_adapt(TINY, runs / "v2", "amazon", runs / "v3")
+    return tiny_run, runs / "v2", runs / "v3"
+
+
+def report(run_dir):
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_v2_verifies_archives_and_carries_a_2x2_matrix(chain, tmp_path):
+    v1, v2, _ = chain
+    assert BUFFER_FILE in verify_manifest(v2) and BUFFER_FILE in verify_manifest(v1)
+    r1, r2 = report(v1), report(v2)
+    assert r2["domains_seen"] == ["nyt", "movie"] and r2["kind"] == "adapt"
+    assert r2["accuracy_matrix"][0] == [r1["accuracy_matrix"][0][0], None]
+    assert len(r2["accuracy_matrix"]) == 2 and len(r2["accuracy_matrix"][1]) == 2
+    assert r2["accuracy_matrix"][1] == [r2["test_by_domain"][d]["accuracy"] for d in ("nyt", "movie")]
+    assert r2["test_by_domain"]["movie"]["n"] == TINY.max_eval
+    assert set(r2["continual"]) >= {"average_accuracy", "forgetting", "backward_transfer",
+                                    "worst_drop", "average_incremental_accuracy"}
+    assert r2["settings"] == dataclasses.asdict(TINY)
+    assert 0 < r2["parameters"]["share"] < 0.5
+    assert r2["training_set"] == {"new": 64, "replay": sum(read_buffer(v1).sizes().values()),
+                                  "class_counts": r2["training_set"]["class_counts"]}
+    assert r2["examples_processed"] == 64 + r2["training_set"]["replay"]
+    assert 0 <= r2["per_class_f1_spread"] <= 1 and 0 <= r2["macro_f1"] <= 1
+    _, _, labels, _ = load_run(v2)
+    assert labels == LABELS
+    mar = build_archive(v2, "sentiment", "2", tmp_path, ArchiveSettings())
+    with zipfile.ZipFile(mar) as z:
+        assert z.read(MANIFEST_NAME) == (v2 / MANIFEST_NAME).read_bytes()
+
+
+def test_second_adapt_gives_3x3_and_keeps_earlier_rows(chain):
+    _, v2, v3 = chain
+    r2, r3 = report(v2), report(v3)
+    assert r3["domains_seen"] == ["nyt", "movie", "amazon"] and r3["step"] == 2
+    assert [row[:2] for row in r3["accuracy_matrix"][:2]] == [row[:2] for row in r2["accuracy_matrix"]]
+    assert [len(row) for row in r3["accuracy_matrix"]] == [3, 3, 3]
+    assert r3["accuracy_matrix"][1][2] is None and r3["accuracy_matrix"][2][2] is not None
+    assert r3["examples_processed_total"] == r2["examples_processed_total"] + r3["examples_processed"]
+    assert r3["domain_sources"]["movie"] == r2["domain_sources"]["movie"]
+
+
+def test_buffer_budget_truncates_old_groups_to_their_prefix(chain):
+    v1, v2, v3 = chain
+    b1, b2, b3 = (read_buffer(v) for v in chain)
+    assert sum(b2.sizes().values()) <= TINY.memory and sum(b3.sizes().values()) <= TINY.memory
+    assert len(b2.groups) == 6 and len(b3.groups) == 9
+    for group, items in b2.groups.items():
+        assert len(items) <= -(-TINY.memory // 6)
+        if group[0] == "nyt":
+            assert len(b1.groups[group]) > len(items) > 0
+            assert items == b1.groups[group][: len(items)]
+    for group, items in b3.groups.items():
+        if group in b2.groups:
+            assert items == b2.groups[group][: len(items)] and len(items) <= -(-TINY.memory // 9)
+
+
+def test_new_groups_are_herded_with_the_new_models_features(chain):
+    _, v2, _ = chain
+    model, tokenizer, labels, _ = load_run(v2)
+    _, train, _, _ = new_domain("movie", TINY, labels, ["nyt"])
+    buffer = read_buffer(v2)
+    for label in labels:
+        items = [ex for ex in train if ex.label == label]
+        feats = embeddings(model, tokenizer, [ex.text for ex in items], TINY.max_length)
+        want = [items[i] for i in herding_order(feats, len(buffer.groups[("movie", label)]))]
+        assert buffer.groups[("movie", label)] == want
+
+
+def test_shots_take_exactly_k_per_class(tiny_run, tmp_path):
+    s = dataclasses.replace(TINY, shots=3, selection="none")
+    r = run_adapt(s, tiny_run, "tweets", tmp_path / "v2")
+    assert r["training_set"]["new"] == 9 and r["training_set"]["replay"] == 0
+    assert r["training_set"]["class_counts"] == dict.fromkeys(LABELS, 3)
+    assert read_buffer(tmp_path / "v2").groups == {}
+    with pytest.raises(DataError, match="--shots 100000 but these classes have fewer"):
+        run_adapt(dataclasses.replace(s, shots=100_000), tiny_run, "tweets", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_class_weights_count_the_whole_step_training_set(chain):
+    _, v2, _ = chain
+    r = report(v2)
+    counts = [r["training_set"]["class_counts"][label] for label in LABELS]
+    want = effective_number_weights(counts, TINY.beta).tolist()
+    assert r["class_weights"] == pytest.approx(want) and sum(want) == pytest.approx(3)
+
+
+def _bad_inputs(tmp_path, tiny_run):
+    unknown = tmp_path / "shop.jsonl"
+    unknown.write_text('{"text": "great", "label": "positive"}\n{"text": "so-so", "label": "mixed"}\n')
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label,domain\n")
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({"text": f"t{i}", "label": "positive", "domain": "nyt"}) + "\n"
+                           for i in range(10)))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    labels = broken / "labels.json"
+    labels.write_text(labels.read_text().replace("neutral", "neutrl"))
+    return [(tiny_run, str(unknown), DataError, "unknown label 'mixed'"),
+            (tiny_run, str(empty), DataError, "no examples"),
+            (tiny_run, str(old), DataError, "'nyt' was already learnt"),
+            (broken, "movie", IntegrityError, "labels.json"),
+            (tiny_run, "nosuchdomain", DataError, "no such file")]
+
+
+def test_bad_inputs_stop_before_anything_is_written(tiny_run, tmp_path):
+    for source_run, data, error, message in _bad_inputs(tmp_path, tiny_run):
+        runs = tmp_path / "runs"
+        with pytest.raises(error, match=message):
+            run_adapt(TINY, source_run, data, runs / "v2")
+        assert not runs.exists(), data
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    with pytest.raises(ValueError, match="must differ from --from"):
+        run_adapt(TINY, tiny_run, "movie", tiny_run)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()} == before
+
+
+def test_settings_report_every_problem():
+    with pytest.raises(SettingsError) as info:
+        AdaptSettings(selection="best", beta=1.0, defer_epochs=5, epochs=2, shots=-1,
+                      replay_ratio=0.5, balanced_sampler=True).validate()
+    for field in ("selection", "beta", "defer_epochs", "shots", "replay_ratio"):
+        assert field in str(info.value)
+
+
+def test_epoch_orders_balance_groups_and_mix_replay():
+    train = ([Example(f"r{i}", "neutral", "nyt") for i in range(10)]
+             + [Example(f"n{i}", "positive" if i % 10 else "neutral", "movie") for i in range(90)])
+    g = torch.Generator().manual_seed(0)
+    balanced = epoch_order(train, 10, dataclasses.replace(TINY, balanced_sampler=True))(g)
+    per_group = Counter((train[i].domain, train[i].label) for i in balanced)
+    assert len(balanced) == 100 and min(per_group.values()) > 20  # 3 groups, about 33 each
+    mixed = epoch_order(train, 10, dataclasses.replace(TINY, replay_ratio=0.5))(g)
+    assert sum(i < 10 for i in mixed) == 90 and sorted(i for i in mixed if i >= 10) == list(range(10, 100))
+    assert epoch_order(train, 10, TINY) is None
+    assert class_counts([0, 2], 3) == [1, 0, 1]
+
+
+def test_cli_evaluate_and_adapt(chain, tmp_path):
+    _, v2, _ = chain
+    proc = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--run", str(v2),
+                           "--max-length", "32"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {d: s["accuracy"] for d, s in out["by_domain"].items()} == {
+        d: s["accuracy"] for d, s in report(v2)["test_by_domain"].items()}
+    broken = tmp_path / "v2"
+    shutil.copytree(v2, broken)
+    (broken / BUFFER_FILE).write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "adapt", "--from", str(broken),
+                           "--data", "tweets", "--out", str(tmp_path / "v3")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "replay_buffer.json" in proc.stderr
+    assert not (tmp_path / "v3").exists()

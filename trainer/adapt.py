@@ -1,0 +1,286 @@
+"""`trainer adapt`: run dir vN + a new domain -> vN+1 (replay + class-balanced LoRA, merged).
+
+Recipe: verify and load vN -> check the new data against vN's labels -> training set = vN's replay
+exemplars + the new domain's train split (or K shots per class) -> LoRA on vN's merged weights,
+effective-number class weights over that whole set -> merge (serving cost never grows) -> score
+every domain seen so far (one new row of the accuracy matrix) -> re-budget the replay buffer with
+the new model's features -> write vN+1 atomically. Every input check runs before anything is
+written.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.features import REFERENCE_FILE
+from handlers.manifest import MANIFEST_NAME, sha256_file
+from trainer import config, continual_metrics
+from trainer.balance import (
+    class_counts,
+    deferred_weights,
+    effective_number_weights,
+    make_balanced_sampler,
+)
+from trainer.config import check, setting
+from trainer.data import DataError, Example, load_source
+from trainer.evaluate import evaluate_domains
+from trainer.evaluate_cli import cap, source_record, test_splits
+from trainer.features import (
+    BUFFER_FILE,
+    buffer_bytes,
+    by_group,
+    grow_buffer,
+    read_buffer,
+    sizes_json,
+)
+from trainer.fit import FitResult, fit, seed_everything
+from trainer.herding import STRATEGIES, ReplayBuffer
+from trainer.lora import apply_lora, merge, parameter_counts
+from trainer.reference import build_reference
+from trainer.rundir import load_run, save_run
+from trainer.train import TrainSettings
+
+SELECTIONS = (*STRATEGIES, "none")
+_TRAIN = TrainSettings()  # LoRA and optimiser defaults are shared with `train`
+
+
+@dataclass
+class AdaptSettings:
+    shots: int = setting(0, "labelled examples per class from the new domain (0 = its whole train split)")
+    memory: int = setting(_TRAIN.memory, "replay budget K: exemplars in all, split evenly over the "
+                                         "(domain, class) groups seen")
+    selection: str = setting("herding", "exemplar selection: herding | random | reservoir | none "
+                                        "(none: no replay, and the buffer is emptied)")
+    reherd: bool = setting(False, "re-select old groups from their exemplars with the new model")
+    replay_ratio: float = setting(0.0, "share of each epoch drawn (with repeats) from the replay "
+                                       "exemplars; 0 = every example once per epoch")
+    balance: bool = setting(True, "effective-number class weights (Cui et al. 2019) in the loss")
+    beta: float = setting(0.999, "effective-number beta in [0, 1); 0 = unweighted")
+    balanced_sampler: bool = setting(False, "draw each epoch balanced over (domain, class) groups")
+    defer_epochs: int = setting(0, "class weights only in the last N epochs (0 = in every epoch)")
+    full_finetune: bool = setting(False, "train every weight instead of a LoRA adapter (baseline)")
+    label_threshold: float = setting(_TRAIN.label_threshold, "VADER rating band (-t, t) = neutral")
+    epochs: int = setting(2, "passes over the step's training set")
+    batch_size: int = setting(_TRAIN.batch_size, "examples per optimiser step")
+    lr: float = setting(_TRAIN.lr, "AdamW learning rate, decayed linearly to 0")
+    max_length: int = setting(_TRAIN.max_length, "tokens kept per text")
+    max_train: int = setting(0, "cap on the new domain's training examples (0 = all); quick runs")
+    max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
+                               "every later step so the matrix compares like with like")
+    seed: int = setting(0, "seed for the new domain's splits, LoRA init, order and selection")
+    lora_r: int = setting(_TRAIN.lora_r, "LoRA rank")
+    lora_alpha: int = setting(_TRAIN.lora_alpha, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = setting(_TRAIN.lora_dropout, "dropout on the LoRA input")
+    target_modules: list[str] = setting(list(_TRAIN.target_modules), "modules that get LoRA")
+    drift_components: int = setting(_TRAIN.drift_components, "principal components kept for drift")
+
+    def validate(self) -> None:
+        problems = [f"{n} must be >= 1, got {getattr(self, n)}"
+                    for n in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
+                              "drift_components") if getattr(self, n) < 1]
+        problems += [f"{n} must be >= 0, got {getattr(self, n)}"
+                     for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs")
+                     if getattr(self, n) < 0]
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {', '.join(SELECTIONS)}, "
+                            f"got {self.selection!r}")
+        if not 0 <= self.beta < 1:
+            problems.append(f"beta must be in [0, 1), got {self.beta}")
+        if not 0 <= self.replay_ratio < 1:
+            problems.append(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
+        if self.replay_ratio and (self.balanced_sampler or self.selection == "none"):
+            problems.append("replay_ratio needs replay and excludes balanced_sampler")
+        if self.reherd and self.selection == "none":
+            problems.append("reherd needs a selection other than none")
+        if self.defer_epochs > self.epochs:
+            problems.append(f"defer_epochs must be <= epochs ({self.epochs}), "
+                            f"got {self.defer_epochs}")
+        if not 0 < self.lr < 1:
+            problems.append(f"lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.target_modules and not self.full_finetune:
+            problems.append("target_modules must name at least one module")
+        check(problems, "adapt settings")
+
+
+def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
+               seen: Sequence[str]) -> tuple[str, list[Example], list[Example], list[Example]]:
+    """(domain, train, val, test) of the one new domain in `source`, checked against vN."""
+    splits = load_source(source, s.seed, s.label_threshold, tuple(labels))
+    if len(splits) != 1:
+        raise DataError(f"{source}: adapt takes one new domain per step, got {sorted(splits)}")
+    (domain, split), = splits.items()
+    every = split.train + split.val + split.test
+    unknown = sorted({ex.label for ex in every} - set(labels))
+    if unknown:
+        raise DataError(f"{source}: label(s) {unknown} unknown to the model (labels {list(labels)})")
+    if domain in seen:
+        raise DataError(f"{source}: domain {domain!r} was already learnt (seen: {list(seen)}); "
+                        f"give new data its own domain name")
+    if not split.train:
+        raise DataError(f"{source}: domain {domain!r} has no training examples")
+    train = few_shot(split.train, s.shots, source) if s.shots else cap(split.train, s.max_train)
+    return domain, train, [] if s.shots else cap(split.val, s.max_eval), cap(split.test, s.max_eval)
+
+
+def few_shot(train: list[Example], k: int, source: str) -> list[Example]:
+    """The first k of every class in the (seeded, shuffled) train split; all classes must have k."""
+    groups = by_group(train)
+    short = {label: len(items) for (_, label), items in groups.items() if len(items) < k}
+    if short:
+        raise DataError(f"{source}: --shots {k} but these classes have fewer training "
+                        f"examples: {short}")
+    picked = {id(ex) for items in groups.values() for ex in items[:k]}
+    return [ex for ex in train if id(ex) in picked]
+
+
+def epoch_order(train: Sequence[Example], n_replay: int,
+                s: AdaptSettings) -> Callable[[torch.Generator], list[int]] | None:
+    """One epoch's example order: (domain, class)-balanced draws, a replay/new mix, or None
+    (fit's plain shuffle). Replay exemplars are the first n_replay rows of `train`."""
+    if s.balanced_sampler:
+        groups = [(ex.domain, ex.label) for ex in train]
+
+        def balanced(g: torch.Generator) -> list[int]:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            return list(make_balanced_sampler(groups, len(groups), seed))
+        return balanced
+    if not s.replay_ratio or not n_replay:
+        return None
+    n_new = len(train) - n_replay
+    draws = round(s.replay_ratio / (1 - s.replay_ratio) * n_new)
+
+    def mixed(g: torch.Generator) -> list[int]:
+        laps = [torch.randperm(n_replay, generator=g) for _ in range(-(-draws // n_replay))]
+        picks = (n_replay + torch.randperm(n_new, generator=g)).tolist()
+        picks += torch.cat(laps)[:draws].tolist()
+        return [picks[i] for i in torch.randperm(len(picks), generator=g).tolist()]
+    return mixed
+
+
+def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
+               labels: Sequence[str], s: AdaptSettings, n_replay: int = 0
+               ) -> tuple[Any, FitResult, dict[str, Any], list[float] | None]:
+    """LoRA (or full) fine-tuning with the balancing options, then merge.
+
+    Class weights count the whole training set of the step, never a batch.
+    """
+    seed_everything(s.seed)
+    if not s.full_finetune:
+        model = apply_lora(model, s.lora_r, s.lora_alpha, s.lora_dropout, s.target_modules)
+    counts = parameter_counts(model)
+    index = {label: i for i, label in enumerate(labels)}
+    weights = (effective_number_weights(class_counts([index[ex.label] for ex in train],
+                                                     len(labels)), s.beta)
+               if s.balance else None)
+
+    def class_weights(epoch: int) -> torch.Tensor | None:
+        if weights is None or not s.defer_epochs:
+            return weights
+        return deferred_weights(epoch - 1, s.epochs, s.defer_epochs, weights)
+
+    print(f"training {counts['trainable']:,} of {counts['total']:,} parameters "
+          f"({100 * counts['share']:.2f}%) on {len(train)} examples ({n_replay} replayed)",
+          file=sys.stderr)
+    result = fit(model, tokenizer, train, val, labels, epochs=s.epochs, batch_size=s.batch_size,
+                 lr=s.lr, max_length=s.max_length, seed=s.seed, class_weights=class_weights,
+                 sampler=epoch_order(train, n_replay, s))
+    merged = model if s.full_finetune else merge(model)
+    return merged, result, counts, None if weights is None else weights.tolist()
+
+
+def square(matrix: list[list[float | None]]) -> bool:
+    return all(len(row) == len(matrix) for row in matrix) and all(
+        v is not None for i, row in enumerate(matrix) for v in row[: i + 1])
+
+
+def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[str, Any]:
+    """Every check (manifest, labels, domains, test splits) runs before anything is written."""
+    started = time.time()
+    source_run, out = Path(source_run), Path(out)
+    if out.resolve() == source_run.resolve():
+        raise ValueError(f"--out {out} must differ from --from: vN is kept for rollback")
+    model, tokenizer, labels, prev = load_run(source_run)  # verifies the manifest first
+    if "domain_sources" not in prev or "accuracy_matrix" not in prev:
+        raise DataError(f"{source_run}: report has no domain_sources/accuracy_matrix; "
+                        f"it predates `adapt` -- retrain it with `trainer train`")
+    buffer = read_buffer(source_run)
+    seen = list(prev["domains_seen"])
+    domain, train_new, val_new, test_new = new_domain(data, s, labels, seen)
+    if not test_new:
+        raise DataError(f"{data}: domain {domain!r} has an empty test split")
+    sources = {d: prev["domain_sources"][d] for d in seen}  # the report sorts its keys
+    tests = {**test_splits(sources, labels), domain: test_new}
+    replay = buffer.items() if s.selection != "none" else []
+    foreign = sorted({ex.label for ex in replay} - set(labels))
+    if foreign:
+        raise DataError(f"{source_run}: replay buffer holds labels {foreign} not in {labels}")
+
+    merged, result, counts, weights = train_step(model, tokenizer, replay + train_new, val_new,
+                                                 labels, s, len(replay))
+    scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length)
+    matrix = [[*row, None] for row in prev["accuracy_matrix"]]
+    matrix.append([scored["by_domain"][d]["accuracy"] for d in tests])
+    filled = [[0.0 if v is None else v for v in row] for row in matrix]  # j > i: unused by metrics
+    next_buffer = (grow_buffer(merged, tokenizer, buffer, train_new, s.memory, s.selection, s.seed,
+                               s.max_length, s.reherd)
+                   if s.selection != "none" else ReplayBuffer())
+    f1 = scored["pooled"]["per_class_f1"].values()
+    reference_texts = [ex.text for ex in (val_new or train_new)]
+    reference = build_reference(merged, tokenizer, reference_texts,
+                                min(s.drift_components, len(reference_texts)), s.max_length)
+    report = {
+        "kind": "adapt",
+        "step": len(matrix) - 1,
+        "from": str(source_run),
+        "from_manifest_sha256": sha256_file(source_run / MANIFEST_NAME),
+        "source": data,
+        "domain": domain,
+        "labels": labels,
+        "settings": asdict(s),
+        "base_model": prev.get("base_model"),
+        "parameters": counts,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "training_set": {"new": len(train_new), "replay": len(replay),
+                         "class_counts": dict(zip(labels, class_counts(
+                             [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
+        "class_weights": weights,
+        "examples_processed": result.examples_seen,
+        "examples_processed_total": result.examples_seen + prev.get(
+            "examples_processed_total", prev.get("examples_processed", 0)),
+        "domains_seen": list(tests),
+        "domain_sources": {**prev["domain_sources"], domain: source_record(
+            data, s.seed, s.label_threshold, s.max_eval, test_new)},
+        "accuracy_matrix": matrix,
+        "continual": continual_metrics.summary(filled) if square(matrix) else None,
+        "test_by_domain": scored["by_domain"],
+        "metrics": {"test": scored["pooled"]},
+        "macro_f1": scored["pooled"]["macro_f1"],
+        "per_class_f1_spread": round(max(f1) - min(f1), 4),
+        "replay_buffer": sizes_json(next_buffer),
+        "wall_time_s": round(time.time() - started, 1),
+        "versions": {"torch": torch.__version__},
+    }
+    save_run(out, merged, tokenizer, labels, report,
+             extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes()})
+    return report
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("adapt", help="adapt run dir vN to a new domain, writing vN+1")
+    p.add_argument("--from", dest="source_run", required=True, help="run directory vN")
+    p.add_argument("--data", required=True,
+                   help="new domain: built-in name (nyt, movie, amazon, tweets) or .jsonl/.csv")
+    p.add_argument("--out", required=True, help="run directory vN+1 to write")
+    config.add_arguments(p, AdaptSettings)
+    p.set_defaults(func=lambda args: (run_adapt(config.from_args(AdaptSettings, args),
+                                                Path(args.source_run), args.data,
+                                                Path(args.out)), 0))

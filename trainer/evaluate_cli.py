@@ -1,0 +1,95 @@
+"""`trainer evaluate`: a run dir's scores on the test split of each named domain, as JSON.
+
+A run dir records where each domain it has seen came from (`domain_sources`: source, split seed,
+label threshold, cap, and a hash of the test split), so every later step scores that domain on
+exactly the same test examples -- the accuracy matrix compares like with like.
+"""
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.data import DOMAINS, DataError, Example, fingerprint, load_source
+from trainer.evaluate import evaluate_domains
+from trainer.rundir import load_run
+
+
+def source_record(source: str, seed: int, label_threshold: float, max_eval: int,
+                  test: Sequence[Example]) -> dict[str, Any]:
+    """How to rebuild one domain's test split later; file sources are stored as absolute paths."""
+    path = source if source in DOMAINS else str(Path(source).resolve())
+    return {"source": path, "seed": seed, "label_threshold": label_threshold,
+            "max_eval": max_eval, "test_sha256": fingerprint(test)}
+
+
+def cap(examples: list[Example], limit: int) -> list[Example]:
+    return examples[:limit] if limit else examples
+
+
+def test_splits(sources: Mapping[str, Mapping[str, Any]],
+                labels: Sequence[str]) -> dict[str, list[Example]]:
+    """Rebuild each recorded domain's test split; stop if one is empty or no longer the same."""
+    loaded: dict[tuple, Any] = {}
+    out = {}
+    for domain, rec in sources.items():
+        key = (rec["source"], rec["seed"], rec["label_threshold"])
+        if key not in loaded:
+            loaded[key] = load_source(rec["source"], rec["seed"], rec["label_threshold"],
+                                      tuple(labels))
+        if domain not in loaded[key]:
+            raise DataError(f"domain {domain!r} is no longer in {rec['source']}")
+        test = cap(loaded[key][domain].test, rec.get("max_eval", 0))
+        if not test:
+            raise DataError(f"domain {domain!r} has an empty test split")
+        if "test_sha256" in rec and fingerprint(test) != rec["test_sha256"]:
+            raise DataError(f"domain {domain!r}: the test split built from {rec['source']} "
+                            f"differs from the one earlier steps were scored on (data changed?)")
+        out[domain] = test
+    return out
+
+
+def resolve(names: Sequence[str], report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Domain names the run has seen use their recorded source; others are built-in names or
+    data files, split with the run's seed and label threshold."""
+    known = report.get("domain_sources", {})
+    settings = report.get("settings", {})
+    seed, threshold = settings.get("seed", 0), settings.get("label_threshold", 0.5)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name in known:
+            out[name] = dict(known[name])
+        elif name in DOMAINS or Path(name).is_file():
+            for domain in load_source(name, seed, threshold, tuple(report["labels"])):
+                out[domain] = {"source": name, "seed": seed, "label_threshold": threshold,
+                               "max_eval": 0}
+        else:
+            raise DataError(f"{name!r} is neither a domain this run has seen "
+                            f"({', '.join(known) or 'none'}), a built-in domain, nor a file")
+    return out
+
+
+def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128) -> dict[str, Any]:
+    model, tokenizer, labels, report = load_run(run_dir)
+    names = list(names) or list(report.get("domains_seen", []))
+    if not names:
+        raise DataError(f"{run_dir}: no domains named and the run records none; use --domains")
+    tests = test_splits(resolve(names, report), labels)
+    result = evaluate_domains(model, tokenizer, tests, labels, max_length)
+    for domain, s in result["by_domain"].items():
+        print(f"{domain:<12} n={s['n']:>5}  accuracy {s['accuracy']:.4f}  "
+              f"macro-F1 {s['macro_f1']:.4f}", file=sys.stderr)
+    return {"run": str(run_dir), **result}
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("evaluate", help="score a run dir on domains' test splits (JSON)")
+    p.add_argument("--run", required=True, help="run directory from train or adapt")
+    p.add_argument("--domains", default="",
+                   help="comma-separated domains seen by the run, built-in domains or data files "
+                        "(default: every domain the run has seen)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens kept per text (default: 128)")
+    p.set_defaults(func=lambda args: (run_evaluate(
+        Path(args.run), [d.strip() for d in args.domains.split(",") if d.strip()],
+        args.max_length), 0))
