@@ -49,9 +49,10 @@ def corrected(p_values: list[float], method: str) -> list[float]:
 
 
 def drift_test(reference: dict[str, Any], window: dict[str, Any],
-               settings: DriftSettings) -> dict[str, Any]:
+               settings: DriftSettings, class_test: bool = True) -> dict[str, Any]:
     """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
-    "labels": [names]}. Returns the decision with every statistic behind it."""
+    "labels": [names]}. Returns the decision with every statistic behind it.
+    `class_test=False` leaves out the chi-square test (for comparing feature sets)."""
     n = len(window["classes"])
     tests: list[dict[str, Any]] = []
     for name, ref_values in reference["features"].items():
@@ -62,7 +63,7 @@ def drift_test(reference: dict[str, Any], window: dict[str, Any],
         tests.append({"test": "ks", "feature": name, "statistic": float(result.statistic),
                       "p_value": float(result.pvalue)})
     labels = reference["labels"]
-    if n >= 2:
+    if class_test and n >= 2:
         k = len(labels)
         ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
         win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)

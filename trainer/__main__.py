@@ -16,8 +16,8 @@ from trainer.data import DataError  # noqa: E402
 
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
-VERBS = ["trainer.train", "trainer.archive", "trainer.demo", "trainer.drift", "trainer.adapt",
-         "trainer.evaluate_cli"]
+VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.archive",
+         "trainer.drift", "trainer.rollout", "trainer.demo"]
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,
                    ValueError)
 

@@ -37,11 +37,13 @@ class ArchiveSettings:
     max_length: int = setting(128, "tokens kept per text")
     dtype: str = setting("float32", "weights on GPU: float32 | float16 | bfloat16")
     threads: int = setting(0, "torch threads per worker (0 = torch default)")
+    monitor: bool = setting(True, "keep drift statistics of the served traffic")
+    window: int = setting(2000, "requests per worker kept for statistics")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
                     for n in ("batch_size", "min_workers", "max_workers", "response_timeout",
-                              "max_chars", "max_length") if getattr(self, n) < 1]
+                              "max_chars", "max_length", "window") if getattr(self, n) < 1]
         if self.max_batch_delay < 0:
             problems.append(f"max_batch_delay must be >= 0, got {self.max_batch_delay}")
         if self.max_workers < self.min_workers:
@@ -63,7 +65,8 @@ class ArchiveSettings:
             "responseTimeout": self.response_timeout,
             "deviceType": self.device_type,
             "handler": {"max_chars": self.max_chars, "max_length": self.max_length,
-                        "dtype": self.dtype, "threads": self.threads},
+                        "dtype": self.dtype, "threads": self.threads,
+                        "monitor": self.monitor, "window": self.window},
         }
 
 

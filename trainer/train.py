@@ -32,7 +32,7 @@ class TrainSettings:
     base_model: str = setting("", "local Hugging Face model dir; empty = bundled all-MiniLM-L6-v2")
     labels: list[str] = setting(list(LABELS), "class names, comma-separated, in head order")
     label_threshold: float = setting(0.5, "VADER rating band (-t, t) labelled neutral")
-    epochs: int = setting(3, "passes over the training split")
+    epochs: int = setting(2, "passes over the training split")
     batch_size: int = setting(32, "examples per optimiser step")
     lr: float = setting(1e-3, "AdamW learning rate, decayed linearly to 0")
     max_length: int = setting(128, "tokens kept per text")

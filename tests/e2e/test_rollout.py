@@ -1,0 +1,183 @@
+"""Rollout through the management API, end to end on the real TorchServe: gate pass switches the
+default, a worse archive is rejected and removed, rollback, zero failed requests under load while
+the default switches, the lock, bad inputs, and a rollout killed mid-way."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import pytest
+import torch
+
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.client import TorchServeClient
+from trainer.rollout import GateSettings, rollout, rollout_lock, versions
+from trainer.rundir import load_run, save_run
+
+pytestmark = pytest.mark.e2e
+MODEL = "rollme"
+FAST = dict(holdout=60, concurrency=4, max_p95_ms=5000.0)
+
+
+@pytest.fixture(scope="module")
+def archives(minilm_run, model_store, tmp_path_factory):
+    """v1 (the e2e model), v2 (same weights: gate 'not worse' passes), v3 (deliberately broken
+    head that always answers 'positive': old-domain accuracy collapses)."""
+    build_archive(minilm_run, MODEL, "1", model_store, ArchiveSettings())
+    build_archive(minilm_run, MODEL, "2", model_store, ArchiveSettings())
+    model, tokenizer, labels, report = load_run(minilm_run)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([-50.0, -50.0, 50.0]))
+    worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
+    build_archive(worse, MODEL, "3", model_store, ArchiveSettings())
+    return model_store
+
+
+@pytest.fixture(scope="module")
+def rollme(client, archives):
+    client.register(f"{MODEL}.v1.mar", MODEL)
+    yield client
+    registered, default = versions(client, MODEL)
+    for v in registered:
+        if v != default:
+            client.unregister(MODEL, v)
+    client.unregister(MODEL)
+
+
+class Load:
+    """Client threads hammering the default version; counts every failed request."""
+
+    def __init__(self, server, threads=4):
+        self.client = TorchServeClient(server.inference_url, server.management_url,
+                                       server.key_file)
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.client.predict(MODEL, "The markets were calm today.")
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failed.append(repr(e))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def cli(server, *args, store=None):
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "--model", MODEL,
+         "--inference-url", server.inference_url, "--management-url", server.management_url,
+         "--key-file", str(server.key_file), *(["--model-store", str(store)] if store else [])],
+        capture_output=True, text=True, timeout=600)
+
+
+def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, archives):
+    with Load(server) as load:
+        result = rollout(rollme, archives / f"{MODEL}.v2.mar", MODEL,
+                         GateSettings(min_new_gain=-0.01, **FAST))
+        time.sleep(0.5)
+    assert result["promoted"] and result["default"] == "2", result["rules"]
+    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert load.failed == [] and load.ok > 10
+    assert rollme.predict(MODEL, "hello")["version"] == "2"
+
+    with Load(server) as load:
+        proc = cli(server, "rollback")
+        time.sleep(0.5)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["default"] == "1"
+    assert load.failed == [] and load.ok > 5
+    assert versions(rollme, MODEL) == (["1", "2"], "1")
+    rollme.set_default(MODEL, "2")
+
+
+def test_worse_archive_is_rejected_and_removed(server, rollme, archives):
+    proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60",
+               "--max-p95-ms", "5000", store=archives)
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert not result["promoted"] and result["default"] == "2"
+    assert any(r.startswith("FAIL nyt") for r in result["rules"])
+    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert "rejected v3" in proc.stderr
+
+
+def test_second_rollout_is_refused_while_one_runs(server, rollme, archives):
+    with rollout_lock(archives, MODEL):
+        proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", store=archives)
+    assert proc.returncode == 2
+    assert "another rollout of 'rollme' is in progress" in proc.stderr
+    assert versions(rollme, MODEL) == (["1", "2"], "2")
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "registered", "wrong_key", "down"])
+def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tmp_path, case):
+    mar, extra = f"{MODEL}.v3.mar", []
+    if case == "missing":
+        mar, words = f"{MODEL}.v9.mar", "no such archive"
+    elif case == "corrupt":
+        mar, words = f"{MODEL}.v8.mar", "not a usable model archive"
+        (archives / mar).write_bytes(os.urandom(2048))
+    elif case == "registered":
+        mar, words = f"{MODEL}.v1.mar", "already registered"
+    env_server = server
+    if case == "wrong_key":
+        bad = tmp_path / "key_file.json"
+        bad.write_text(json.dumps({k: {"key": "nope"} for k in ("management", "inference",
+                                                                 "API")}))
+        env_server = type("S", (), {"inference_url": server.inference_url,
+                                    "management_url": server.management_url,
+                                    "key_file": bad})()
+        words = "Token Authorization failed"
+    if case == "down":
+        env_server = type("S", (), {"inference_url": "http://127.0.0.1:9",
+                                    "management_url": "http://127.0.0.1:9",
+                                    "key_file": server.key_file})()
+        words = "not reachable"
+    before = versions(rollme, MODEL)
+    proc = cli(env_server, "rollout", "--mar", mar, *extra, store=archives)
+    (archives / f"{MODEL}.v8.mar").unlink(missing_ok=True)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr
+    assert versions(rollme, MODEL) == before
+
+
+def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, rollme, archives):
+    args = ["rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60", "--max-p95-ms", "5000"]
+    full = [sys.executable, "-m", "trainer", *args, "--model", MODEL,
+            "--inference-url", server.inference_url, "--management-url", server.management_url,
+            "--key-file", str(server.key_file), "--model-store", str(archives)]
+    proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and "3" not in versions(rollme, MODEL)[0]:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # registered, gate not finished
+    proc.wait()
+    registered, default = versions(rollme, MODEL)
+    assert default == "2" and rollme.predict(MODEL, "still up")["version"] == "2"
+    assert not [p for p in archives.iterdir() if p.suffix in (".tmp", ".partial")]
+    again = subprocess.run(full, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1, again.stderr  # v3 is worse: finishing means rejecting it
+    assert json.loads(again.stdout)["resumed"] is True
+    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert not (archives / f".{MODEL}.rollout.state").exists()
+    for mar in archives.glob("*.mar"):
+        if mar.name.startswith(MODEL):
+            zipfile.ZipFile(mar).testzip()
+
