@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo test lint bench clean
+.PHONY: setup java demo demo-v1 test lint bench clean
 
 setup: $(STAMP) java
 
@@ -21,8 +21,16 @@ $(STAMP): requirements.lock pyproject.toml
 java:
 	@bash scripts/check_java.sh
 
+# The closed loop: v1 on nyt served and scored on all domains, then drift -> adapt -> rollout.
 demo: setup
+	$(BIN)/python -m trainer loop
+
+# Only the first part: train v1, serve it, print the per-domain table.
+demo-v1: setup
 	$(BIN)/python -m trainer demo
+
+bench: setup
+	$(BIN)/python bench/drift.py
 
 lint: setup
 	$(BIN)/ruff check .

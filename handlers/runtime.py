@@ -34,7 +34,7 @@ class RuntimeSettings:
     drift_alpha: float = 0.01  # corrected significance level of the drift tests
     drift_min_effect: float = 0.1  # KS distance floor for a drift alarm
     drift_min_window: int = 50  # requests needed before an alarm may fire
-    drift_correction: str = "bonferroni"  # bonferroni | bh
+    drift_correction: str = "bh"  # bh (Benjamini-Hochberg) | bonferroni
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "RuntimeSettings":

@@ -30,6 +30,7 @@ class DemoSettings:
     runs: str = setting("runs", "where run directories go")
     model_store: str = setting("model_store", "TorchServe's model store")
     config: str = setting("config.properties", "TorchServe config to start with")
+    free_ports: bool = setting(False, "pick free loopback ports instead of the config's")
 
 
 def send_all(client: TorchServeClient, model: str, examples: list[Example],
@@ -63,46 +64,68 @@ def domain_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings) -> dict:
-    started = time.time()
+def prepare_v1(demo: DemoSettings, train: TrainSettings,
+               archive: ArchiveSettings) -> tuple[Path, dict, Path]:
+    """Train (or reuse) v1 on the source domain and archive it (or reuse the archive)."""
     run_dir = Path(demo.runs) / demo.name / "v1"
     report = run_train(train, demo.source, run_dir, reuse=True)
-    labels = report["labels"]
     mar = build_archive(run_dir, demo.name, "1", Path(demo.model_store), archive, reuse=True)
+    return run_dir, report, mar
+
+
+def demo_tests(labels: list[str], train: TrainSettings, per_domain: int
+               ) -> dict[str, list[Example]]:
     tests = {}
     for domain in DOMAINS:
         test = load_source(domain, train.seed, train.label_threshold, tuple(labels))[domain].test
-        if demo.per_domain and len(test) > demo.per_domain:
-            test = random.Random(train.seed).sample(test, demo.per_domain)
+        if per_domain and len(test) > per_domain:
+            test = random.Random(train.seed).sample(test, per_domain)
         tests[domain] = test
-    server = TorchServe(Path(demo.runs) / ".torchserve", Path(demo.model_store),
-                        Path(demo.config))
-    results: dict[str, dict[str, Any]] = {}
-    with server:
+    return tests
+
+
+def score_domain(client: TorchServeClient, model: str, test: list[Example], labels: list[str],
+                 concurrency: int) -> dict[str, Any]:
+    """Send a domain's labelled sentences through the inference API and score the answers."""
+    answers = send_all(client, model, test, concurrency)
+    ok = [(ex, a) for ex, (a, _) in zip(test, answers) if a is not None]
+    index = {label: i for i, label in enumerate(labels)}
+    s = scores([index[ex.label] for ex, _ in ok], [index[a] for _, a in ok], labels)
+    latencies = [ms for _, ms in answers]
+    return {"requests": len(test), "errors": len(test) - len(ok), "accuracy": s["accuracy"],
+            "macro_f1": s["macro_f1"], "per_class_f1": s["per_class_f1"],
+            "p50_ms": round(statistics.median(latencies), 2),
+            "p95_ms": round(percentile(latencies, 0.95), 2)}
+
+
+def print_table(results: dict[str, dict[str, Any]], source: str) -> None:
+    print("\n" + domain_table(results), file=sys.stderr)
+    if source in results:
+        print(f"change vs {source}: " + ", ".join(
+            f"{d} accuracy {r['accuracy'] - results[source]['accuracy']:+.3f} macro-F1 "
+            f"{r['macro_f1'] - results[source]['macro_f1']:+.3f}"
+            for d, r in results.items() if d != source), file=sys.stderr)
+
+
+def serve(demo: DemoSettings) -> TorchServe:
+    return TorchServe(Path(demo.runs) / ".torchserve", Path(demo.model_store), Path(demo.config),
+                      ports="free" if demo.free_ports else None)
+
+
+def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings) -> dict:
+    started = time.time()
+    _, report, mar = prepare_v1(demo, train, archive)
+    labels = report["labels"]
+    tests = demo_tests(labels, train, demo.per_domain)
+    with serve(demo) as server:
         client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
         print(f"registering {mar.name} (token authorization on)", file=sys.stderr)
         client.register(mar.name, demo.name, workers=archive.min_workers)
-        for domain, test in tests.items():
-            answers = send_all(client, demo.name, test, demo.concurrency)
-            ok = [(ex, a) for ex, (a, _) in zip(test, answers) if a is not None]
-            index = {label: i for i, label in enumerate(labels)}
-            s = scores([index[ex.label] for ex, _ in ok], [index[a] for _, a in ok], labels)
-            latencies = [ms for _, ms in answers]
-            results[domain] = {
-                "requests": len(test), "errors": len(test) - len(ok),
-                "accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
-                "per_class_f1": s["per_class_f1"],
-                "p50_ms": round(statistics.median(latencies), 2),
-                "p95_ms": round(percentile(latencies, 0.95), 2),
-            }
+        results = {d: score_domain(client, demo.name, t, labels, demo.concurrency)
+                   for d, t in tests.items()}
     summary = {"model": demo.name, "version": "1", "trained_on": demo.source, "mar": str(mar),
                "domains": results, "wall_time_s": round(time.time() - started, 1)}
-    print("\n" + domain_table(results), file=sys.stderr)
-    drop = {d: round(results[demo.source]["accuracy"] - r["accuracy"], 3)
-            for d, r in results.items() if d != demo.source} if demo.source in results else {}
-    if drop:
-        print(f"accuracy drop vs {demo.source}: " +
-              ", ".join(f"{d} {v:+.3f}" for d, v in drop.items()), file=sys.stderr)
+    print_table(results, demo.source)
     out = Path(demo.runs) / demo.name / "demo.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

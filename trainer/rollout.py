@@ -23,6 +23,7 @@ from trainer import config
 from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
+from trainer.evaluate_cli import test_splits
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 MAR_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_-]*)\.v(?P<version>[0-9]+(\.[0-9]+)*)\.mar$")
@@ -120,15 +121,19 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 
 def holdouts(report: dict[str, Any], size: int) -> dict[str, list[Example]]:
-    """Labelled test splits of every domain the new version was trained on."""
-    settings = report.get("settings", {})
-    domains = report.get("domains_seen") or report.get("domains") or []
+    """Labelled test splits of every domain the new version was trained on (the same splits its
+    report scored), the newest domain last."""
     labels = tuple(report["labels"])
+    sources = report.get("domain_sources")
+    if sources:
+        order = report.get("domains_seen") or list(sources)
+        splits = test_splits({d: sources[d] for d in order}, labels)
+        return {d: splits[d][:size] for d in order}
+    settings = report.get("settings", {})
     out = {}
-    for domain in domains:
-        test = load_source(domain, settings.get("seed", 0), settings.get("label_threshold", 0.5),
-                           labels)[domain].test
-        out[domain] = test[:size]
+    for domain in report.get("domains") or []:
+        out[domain] = load_source(domain, settings.get("seed", 0),
+                                  settings.get("label_threshold", 0.5), labels)[domain].test[:size]
     if not out:
         raise RolloutError("the archive's report names no domains to hold out")
     return out

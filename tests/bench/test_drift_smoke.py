@@ -24,5 +24,5 @@ def test_drift_bench_quick(tmp_path):
             assert 0 <= row[f"switch_{domain}_detected"] <= 1
         assert {"mix_10_detected_within_500", "mix_20_detected_within_500"} <= set(row)
     assert result["served_vs_inprocess_max_abs_diff"] < 1e-3  # served features == in-process
-    assert result["latency"]["drift_on_p50_ms"] > 0
+    assert result["latency"]["stats_on_p50_ms"] > 0
     assert (tmp_path / "drift-quick.md").read_text().startswith("| metric |")

@@ -63,7 +63,7 @@ def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, cl
     assert result["is_drift"] is False and result["window_size"] == 160
     assert {t["feature"] for t in result["tests"]} >= {"pc1", "confidence", "predicted_class"}
     assert all("p_value" in t and "p_corrected" in t for t in result["tests"])
-    assert result["settings"]["correction"] == "bonferroni"
+    assert result["settings"]["correction"] == "bh"
 
     code, result, err = drift_cli(server, "drift_tweets")
     assert code == 1, err

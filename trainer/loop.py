@@ -1,0 +1,159 @@
+"""`trainer loop`: the closed loop. Serve v1, replay the next domain's traffic until the drift
+monitor fires, adapt with a small labelled budget of that domain, archive, roll out; repeat."""
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer import config
+from trainer.adapt import AdaptSettings, run_adapt
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.client import TorchServeClient
+from trainer.config import check, setting
+from trainer.data import load_source
+from trainer.demo import DemoSettings, demo_tests, prepare_v1, print_table, score_domain, serve
+from trainer.drift import from_server
+from trainer.rollout import GateSettings, rollout
+from trainer.train import TrainSettings
+
+
+@dataclass
+class LoopSettings:
+    stream: list[str] = setting(["movie", "amazon", "tweets"], "domains arriving after the source")
+    shots: int = setting(32, "labelled examples per class of each new domain (0 = whole split)")
+    check_every: int = setting(25, "requests between drift checks")
+    max_traffic: int = setting(400, "requests replayed per domain before giving up on an alarm")
+    holdout: int = setting(150, "labelled test sentences per domain in the rollout gate")
+    max_eval: int = setting(400, "test sentences per domain scored by adapt (0 = all)")
+    report_dir: str = setting("runs/loop", "where the step table goes (JSON, Markdown, PNG)")
+    full: bool = setting(False, "full scale: whole splits for shots, holdouts and evaluation")
+
+    def validate(self) -> None:
+        problems = [f"{n} must be >= 1, got {getattr(self, n)}"
+                    for n in ("check_every", "max_traffic", "holdout") if getattr(self, n) < 1]
+        if self.shots < 0 or self.max_eval < 0:
+            problems.append("shots and max_eval must be >= 0")
+        if not self.stream:
+            problems.append("stream must name at least one domain")
+        check(problems, "loop settings")
+
+
+def replay_until_drift(client: TorchServeClient, model: str, texts: list[str],
+                       every: int) -> tuple[int | None, dict[str, Any]]:
+    """Send traffic in chunks; after each chunk ask the served model whether it drifted."""
+    result: dict[str, Any] = {}
+    for start in range(0, len(texts), every):
+        for text in texts[start:start + every]:
+            client.predict(model, text)
+        result = from_server(client, model, None)
+        if result["is_drift"]:
+            return start + len(texts[start:start + every]), result
+    return None, result
+
+
+def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
+             archive: ArchiveSettings) -> dict[str, Any]:
+    started = time.time()
+    run_dir, report, mar = prepare_v1(demo, train, archive)
+    labels, name = report["labels"], demo.name
+    steps: list[dict[str, Any]] = []
+    gate = GateSettings(holdout=100_000 if loop.full else loop.holdout)
+    with serve(demo) as server:
+        client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
+        client.register(mar.name, name, workers=archive.min_workers)
+        tests = demo_tests(labels, train, demo.per_domain)
+        first = {d: score_domain(client, name, t, labels, demo.concurrency)
+                 for d, t in tests.items()}
+        print_table(first, demo.source)
+        current, version = run_dir, 1
+        for domain in loop.stream:
+            t0 = time.time()
+            traffic = [e.text for e in load_source(domain, train.seed)[domain].test]
+            random.Random(train.seed).shuffle(traffic)
+            delay, drift = replay_until_drift(client, name, traffic[:loop.max_traffic],
+                                              loop.check_every)
+            step: dict[str, Any] = {"domain": domain, "drift_after_requests": delay,
+                                    "drift_rule": drift.get("rule", ""), "from_version": version}
+            print(f"{domain}: " + (f"drift after {delay} requests ({drift['rule']})" if delay
+                                   else f"no drift in {loop.max_traffic} requests"),
+                  file=sys.stderr)
+            if delay is not None:
+                out = Path(demo.runs) / name / f"v{version + 1}"
+                adapt = AdaptSettings(shots=0 if loop.full else loop.shots,
+                                      max_eval=0 if loop.full else loop.max_eval,
+                                      seed=train.seed)
+                run_adapt(adapt, current, domain, out)
+                new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),
+                                        archive)
+                result = rollout(client, new_mar, name, gate)
+                step.update({"to_version": version + 1, "promoted": result["promoted"],
+                             "rules": result["rules"],
+                             "before": {d: r["accuracy"] for d, r in result["old"].items()},
+                             "after": {d: r["accuracy"] for d, r in result["new"].items()}})
+                if result["promoted"]:
+                    current, version = out, version + 1
+            step["seconds"] = round(time.time() - t0, 1)
+            steps.append(step)
+    summary = {"model": name, "source": demo.source, "first_version": first, "steps": steps,
+               "final_version": version, "settings": {"loop": asdict(loop), "demo": asdict(demo)},
+               "wall_time_s": round(time.time() - started, 1)}
+    write_report(summary, Path(loop.report_dir))
+    return summary
+
+
+def step_table(summary: dict[str, Any]) -> str:
+    rows = ["| step | domain | drift after (requests) | gate | accuracy before → after | s |",
+            "|---|---|---|---|---|---|"]
+    for i, s in enumerate(summary["steps"], start=1):
+        acc = ", ".join(f"{d} {s['before'][d]:.3f}→{s['after'][d]:.3f}"
+                        for d in s.get("after", {}))
+        gate = ("promoted v" if s.get("promoted") else "rejected v") + str(s["to_version"]) \
+            if "to_version" in s else "no adapt"
+        rows.append(f"| {i} | {s['domain']} | {s['drift_after_requests'] or 'none'} | {gate} | "
+                    f"{acc or '—'} | {s['seconds']} |")
+    return "\n".join(rows)
+
+
+def write_report(summary: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = step_table(summary)
+    (out / "loop.md").write_text(table + "\n")
+    print("\n" + table, file=sys.stderr)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps = [s for s in summary["steps"] if "after" in s]
+    domains = list(summary["first_version"])
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for d in domains:
+        xs = [0] + [i + 1 for i, s in enumerate(steps) if d in s["after"]]
+        ys = [summary["first_version"][d]["accuracy"]] + [s["after"][d] for s in steps
+                                                           if d in s["after"]]
+        ax.plot(xs, ys, marker="o", label=d)
+    ax.set_xlabel("adaptation step (candidate version on holdouts)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loop.png", dpi=120)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("loop", help="closed loop: serve, detect drift, adapt, roll out; repeat")
+    config.add_arguments(p, LoopSettings)
+    config.add_arguments(p, DemoSettings)
+    config.add_arguments(p, TrainSettings)
+    config.add_arguments(p, ArchiveSettings, prefix="serve_")
+    p.set_defaults(func=lambda args: (run_loop(
+        config.from_args(LoopSettings, args), config.from_args(DemoSettings, args),
+        config.from_args(TrainSettings, args),
+        config.from_args(ArchiveSettings, args, prefix="serve_")), 0))
