@@ -192,12 +192,18 @@ class ModelRuntime:
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         return self.forward(texts)[0]
 
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+    def predict(self, texts: list[str], monitored: list[bool] | None = None
+                ) -> list[dict[str, Any]]:
+        """`monitored[i]` False keeps text i out of the drift statistics (evaluation traffic
+        such as rollout holdouts must not look like production traffic)."""
         if not texts:
             return []
-        probs, pooled, tokens = self.forward(texts, pooled=self.monitor is not None)
-        if self.monitor is not None:
-            self.monitor.observe(pooled.numpy(), probs.numpy(), tokens.numpy())
+        keep = [True] * len(texts) if monitored is None else monitored
+        watch = self.monitor is not None and any(keep)
+        probs, pooled, tokens = self.forward(texts, pooled=watch)
+        if watch:
+            rows = [i for i, k in enumerate(keep) if k]
+            self.monitor.observe(pooled[rows].numpy(), probs[rows].numpy(), tokens[rows].numpy())
         return [self._response(row) for row in probs.tolist()]
 
     def _response(self, probs: list[float]) -> dict[str, Any]:

@@ -10,6 +10,15 @@ from handlers import runtime as rt
 from handlers.errors import HandlerError
 
 log = logging.getLogger(__name__)
+EVALUATION_HEADER = "x-driftserve-evaluation"  # "true": answer, but keep out of drift statistics
+
+
+def _is_evaluation(context: Any, idx: int) -> bool:
+    for name in (EVALUATION_HEADER, EVALUATION_HEADER.title()):
+        value = context.get_request_header(idx, name)
+        if isinstance(value, str):
+            return value.lower() == "true"
+    return False
 
 
 def _body_and_type(row: dict[str, Any], context: Any, idx: int) -> tuple[Any, str | None]:
@@ -56,7 +65,8 @@ class SentimentHandler:
             except HandlerError as e:
                 context.set_response_status(e.status, e.message, idx)
                 results[idx] = {"error": e.message, "status": e.status}
-        for idx, prediction in zip(good, self.runtime.predict(texts)):
+        monitored = [not _is_evaluation(context, idx) for idx in good]
+        for idx, prediction in zip(good, self.runtime.predict(texts, monitored)):
             results[idx] = prediction
         for idx in range(len(data)):
             context.set_response_content_type(idx, "application/json")

@@ -74,9 +74,13 @@ class TorchServeClient:
         except ValueError:
             return resp.text
 
-    def predict(self, model: str, text: str, version: str | None = None) -> dict[str, Any]:
+    def predict(self, model: str, text: str, version: str | None = None,
+                evaluation: bool = False) -> dict[str, Any]:
+        """`evaluation=True` marks holdout traffic, which the handler keeps out of its drift
+        statistics."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        return self._call("inference", "POST", path, json={"text": text})
+        headers = {"X-Driftserve-Evaluation": "true"} if evaluation else {}
+        return self._call("inference", "POST", path, json={"text": text}, headers=headers)
 
     def ping(self) -> Any:
         return self._call("inference", "GET", "/ping")

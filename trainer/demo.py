@@ -39,7 +39,7 @@ def send_all(client: TorchServeClient, model: str, examples: list[Example],
     def one(ex: Example) -> tuple[str | None, float]:
         start = time.perf_counter()
         try:
-            label = client.predict(model, ex.text)["label"]
+            label = client.predict(model, ex.text, evaluation=True)["label"]
         except Exception as e:  # noqa: BLE001 - one failed request must not stop the table
             print(f"request failed: {e}", file=sys.stderr)
             label = None

@@ -144,7 +144,7 @@ def score(client: TorchServeClient, model: str, version: str, examples: list[Exa
     def one(ex: Example) -> tuple[bool | None, float]:
         start = time.perf_counter()
         try:
-            label = client.predict(model, ex.text, version=version)["label"]
+            label = client.predict(model, ex.text, version=version, evaluation=True)["label"]
             ok = label == ex.label
         except ClientError:
             ok = None
@@ -215,7 +215,7 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings) ->
             print(f"registering {mar.name} as {model} v{version}", file=sys.stderr)
             client.register(mar.name, model, workers=g.workers)
         for ex in next(iter(held.values()))[:5]:  # warm the new workers
-            client.predict(model, ex.text, version=version)
+            client.predict(model, ex.text, version=version, evaluation=True)
         _write_state(state_file, {"version": version, "step": "gate"})
         old = {d: score(client, model, default, ex, g.concurrency) for d, ex in held.items()}
         new = {d: score(client, model, version, ex, g.concurrency) for d, ex in held.items()}

@@ -76,8 +76,9 @@ class TorchServe:
         if shutil.which("java") is None:
             raise RuntimeError("TorchServe needs Java 17+: install openjdk-17-jre-headless")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        tmpdir = self.workdir / "tmp"
-        tmpdir.mkdir(exist_ok=True)
+        tmpdir = self.workdir / "tmp"  # this server's scratch (pid file, stats windows)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        tmpdir.mkdir()
         config = self.workdir / "config.properties"
         write_properties(config, self.props)
         self.key_file.unlink(missing_ok=True)

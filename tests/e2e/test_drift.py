@@ -58,6 +58,8 @@ def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, cl
     assert set(stats["class_distribution"]) == {"negative", "neutral", "positive"}
     assert stats["reference"]["size"] > 500 and "drift" in stats
 
+    for text in tweets[:20]:  # holdout/evaluation traffic stays out of the statistics
+        client.predict("drift_nyt", text, evaluation=True)
     code, result, err = drift_cli(server, "drift_nyt")
     assert code == 0, err
     assert result["is_drift"] is False and result["window_size"] == 160

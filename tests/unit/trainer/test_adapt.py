@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,21 @@ LABELS = ["negative", "neutral", "positive"]
 TINY = AdaptSettings(epochs=1, batch_size=16, max_length=32, max_train=64, max_eval=40, memory=30)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are microseconds: a second OpenMP thread only adds spin-waits,
+    hundreds of times slower when the machine is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
-def chain(tiny_run, tmp_path_factory):
+def chain(one_thread, tiny_run, tmp_path_factory):
     """v1 (tiny_run, nyt) -> v2 (movie) -> v3 (amazon)."""
     runs = tmp_path_factory.mktemp("chain")
     run_adapt(TINY, tiny_run, "movie", runs / "v2")
@@ -175,7 +189,7 @@ def test_epoch_orders_balance_groups_and_mix_replay():
 def test_cli_evaluate_and_adapt(chain, tmp_path):
     _, v2, _ = chain
     proc = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--run", str(v2),
-                           "--max-length", "32"], capture_output=True, text=True)
+                           "--max-length", "32"], capture_output=True, text=True, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert {d: s["accuracy"] for d, s in out["by_domain"].items()} == {
@@ -185,6 +199,6 @@ def test_cli_evaluate_and_adapt(chain, tmp_path):
     (broken / BUFFER_FILE).write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "trainer", "adapt", "--from", str(broken),
                            "--data", "tweets", "--out", str(tmp_path / "v3")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=ONE_THREAD)
     assert proc.returncode == 2 and "replay_buffer.json" in proc.stderr
     assert not (tmp_path / "v3").exists()
