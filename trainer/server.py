@@ -52,6 +52,10 @@ class TorchServe:
         if ports == "free":
             for key in ("inference_address", "management_address", "metrics_address"):
                 self.props[key] = f"http://127.0.0.1:{free_port()}"
+            # TorchServe also opens gRPC ports (7070/7071 by default) and exits when they
+            # are taken, e.g. by another TorchServe on the machine.
+            for key in ("grpc_inference_port", "grpc_management_port"):
+                self.props[key] = str(free_port())
         self.props.update(overrides or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.log"
@@ -79,6 +83,11 @@ class TorchServe:
         tmpdir = self.workdir / "tmp"  # this server's scratch (pid file, stats windows)
         shutil.rmtree(tmpdir, ignore_errors=True)
         tmpdir.mkdir()
+        # Worker sockets live in java.io.tmpdir (/tmp/.ts.sock.<port>, the same for every
+        # server): give each server its own so that two servers never share a socket.
+        self.props["vmargs"] = " ".join(
+            a for a in self.props.get("vmargs", "").split()
+            if not a.startswith("-Djava.io.tmpdir=")) + f" -Djava.io.tmpdir={tmpdir}"
         config = self.workdir / "config.properties"
         write_properties(config, self.props)
         self.key_file.unlink(missing_ok=True)
