@@ -56,11 +56,12 @@ METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "ba
 class Scale:
     seeds: list[int]
     per_domain: int  # training sentences per domain
-    max_eval: int  # val and test sentences per new domain (the first domain keeps its full test)
+    max_eval: int  # val and test sentences per domain
     epochs: int
     memory: int
     lora_r: int
     lr: float
+    batch_size: int
     full_lr: float
     max_length: int
     shots: list[int]
@@ -70,10 +71,11 @@ class Scale:
     base_model: str = ""
 
 
-FULL = Scale(seeds=[0, 1, 2], per_domain=1000, max_eval=400, epochs=2, memory=300, lora_r=16,
-             lr=1e-3, full_lr=5e-5, max_length=64, shots=[5, 10], few_shot_epochs=5, threads=2)
+FULL = Scale(seeds=[0, 1, 2], per_domain=300, max_eval=250, epochs=2, memory=150, lora_r=16,
+             lr=2e-3, batch_size=16, full_lr=5e-5, max_length=64, shots=[5, 10], few_shot_epochs=2,
+             threads=1)
 QUICK = Scale(seeds=[0, 1, 2], per_domain=48, max_eval=32, epochs=1, memory=24, lora_r=4, lr=1e-3,
-              full_lr=1e-4, max_length=32, shots=[5], few_shot_epochs=2, threads=1)
+              batch_size=16, full_lr=1e-4, max_length=32, shots=[5], few_shot_epochs=1, threads=1)
 
 
 def tiny_base(out: Path) -> Path:
@@ -93,7 +95,8 @@ def tiny_base(out: Path) -> Path:
 
 def train_settings(sc: Scale, seed: int, selection: str) -> TrainSettings:
     return TrainSettings(base_model=sc.base_model, epochs=sc.epochs, lr=sc.lr,
-                         max_length=sc.max_length, max_train=sc.per_domain, seed=seed,
+                         batch_size=sc.batch_size, max_length=sc.max_length,
+                         max_train=sc.per_domain, max_eval=sc.max_eval, seed=seed,
                          lora_r=sc.lora_r, lora_alpha=2 * sc.lora_r, memory=sc.memory,
                          selection=selection)
 
@@ -101,6 +104,7 @@ def train_settings(sc: Scale, seed: int, selection: str) -> TrainSettings:
 def adapt_settings(sc: Scale, seed: int, shots: int = 0, **row: Any) -> AdaptSettings:
     lr = sc.full_lr if row.get("full_finetune") else sc.lr
     return AdaptSettings(epochs=sc.few_shot_epochs if shots else sc.epochs, lr=lr,
+                         batch_size=sc.batch_size,
                          max_length=sc.max_length, max_train=sc.per_domain, max_eval=sc.max_eval,
                          seed=seed, lora_r=sc.lora_r, lora_alpha=2 * sc.lora_r,
                          memory=sc.memory, shots=shots, **row)
@@ -176,10 +180,29 @@ def metrics(run: dict[str, Any], joint_run: dict[str, Any]) -> dict[str, float]:
             "wall_vs_joint": run["wall"] / joint_run["wall"]}
 
 
+def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
+    """v1 with a randomly selected buffer: `train` is seeded, so retraining would only
+    reproduce the same weights; re-select the buffer and re-save instead."""
+    from handlers.features import REFERENCE_FILE
+    from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
+    from trainer.herding import ReplayBuffer
+    from trainer.rundir import load_run, save_run
+
+    model, tokenizer, labels, report = load_run(v1)
+    train = cap(load_source(sc.stream[0], seed)[sc.stream[0]].train, sc.per_domain)
+    buffer = grow_buffer(model, tokenizer, ReplayBuffer(), train, sc.memory, "random", seed,
+                         sc.max_length)
+    report = {**report, "settings": {**report["settings"], "selection": "random"},
+              "replay_buffer": sizes_json(buffer)}
+    save_run(out, model, tokenizer, labels, report, extra={
+        BUFFER_FILE: buffer_bytes(buffer), REFERENCE_FILE: (v1 / REFERENCE_FILE).read_bytes()})
+    return out
+
+
 def one_seed(sc: Scale, seed: int, work: Path) -> dict[str, dict[str, Any]]:
-    v1 = {sel: work / f"v1-{sel}" for sel in ("herding", "random")}
-    for sel, path in v1.items():
-        run_train(train_settings(sc, seed, sel), sc.stream[0], path)
+    v1 = {"herding": work / "v1-herding", "random": work / "v1-random"}
+    run_train(train_settings(sc, seed, "herding"), sc.stream[0], v1["herding"])
+    random_v1(v1["herding"], v1["random"], sc, seed)
     v1_report = json.loads((v1["herding"] / "report.json").read_text())
     tests = tests_for(sc, seed, v1_report, v1_report["labels"])
     base = Path(v1_report["base_model"])
@@ -192,10 +215,11 @@ def one_seed(sc: Scale, seed: int, work: Path) -> dict[str, dict[str, Any]]:
     for name in FEW_SHOT_ROWS:
         for k in sc.shots:
             s = adapt_settings(sc, seed, shots=k, **ROWS[name])
-            runs[f"{name} | K={k}"] = chain(v1["herding"], sc, s, work, f"{name[0]}k{k}")
+            runs[f"{name} (K={k})"] = chain(v1["herding"], sc, s, work, f"{name[0]}k{k}")
     joint_run = runs["7 full retraining (joint)"]
-    return {name: {"metrics": metrics(run, joint_run), "matrix": run["matrix"]}
-            for name, run in runs.items()}
+    order = [*ROWS, *(n for n in runs if n not in ROWS)]
+    return {name: {"metrics": metrics(runs[name], joint_run), "matrix": runs[name]["matrix"]}
+            for name in order}
 
 
 def aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -250,12 +274,13 @@ def goals(agg: dict[str, dict[str, Any]]) -> list[str]:
 
 def markdown(agg: dict[str, dict[str, Any]], sc: Scale, seconds: float) -> str:
     main_rows = list(ROWS)
-    few = [n for n in agg if " | K=" in n]
+    few = [n for n in agg if "(K=" in n]
     return "\n".join([
         f"Stream {' -> '.join(sc.stream)}; mean ± std over seeds {sc.seeds}; accuracies and F1 "
-        f"in points; {sc.per_domain} training sentences per domain, {sc.epochs} epochs, LoRA "
-        f"r={sc.lora_r}, replay budget {sc.memory} in total, test {sc.max_eval} per new domain; "
-        f"{seconds / 60:.0f} min on {sc.threads} torch threads. Compute = training examples "
+        f"in points; {sc.per_domain} training sentences per domain, {sc.epochs} epochs, batch "
+        f"{sc.batch_size}, lr {sc.lr} (full FT {sc.full_lr}), LoRA r={sc.lora_r}, replay budget "
+        f"{sc.memory} in total, val and test capped at {sc.max_eval} per domain; "
+        f"{seconds / 60:.0f} min on {sc.threads} torch thread(s). Compute = training examples "
         f"processed over the stream relative to row 7.", "",
         table(agg, main_rows), "", f"Few-shot (K labelled examples per class of each new domain, "
         f"{sc.few_shot_epochs} epochs):", "", table(agg, few), "", "Goals for row 6:",
@@ -281,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="continual-", dir=out) as tmp:
+    with tempfile.TemporaryDirectory(prefix="continual-") as tmp:  # never inside the repo
         if args.quick and not sc.base_model:
             sc.base_model = str(tiny_base(Path(tmp) / "tiny-bert"))
         per_seed = []
@@ -300,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(agg, sc, seconds)
     (out / f"{stem}.md").write_text(md)
     matrices_png(out / f"{stem}.png", {n: a["mean_matrix"] for n, a in agg.items()
-                                        if " | K=" not in n}, sc.stream)
+                                        if "(K=" not in n}, sc.stream)
     print(md)
     return 0
 

@@ -99,11 +99,12 @@ def decode_request(body: Any, content_type: str | None, max_chars: int) -> str:
         if claims_json or text.lstrip().startswith("{"):
             try:
                 body = json.loads(text)
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # JSONDecodeError, or an int over Python's digit limit
                 if claims_json:
+                    detail = (f"{e.msg} (line {e.lineno}, column {e.colno})"
+                              if isinstance(e, json.JSONDecodeError) else str(e))
                     raise BadRequest(
-                        f"body sent as {content_type} is not valid JSON: {e.msg} "
-                        f"(line {e.lineno}, column {e.colno})"
+                        f"body sent as {content_type} is not valid JSON: {detail}"
                     ) from e
                 body = text  # plain text that happens to start with "{"
             except RecursionError as e:
@@ -123,6 +124,11 @@ def decode_request(body: Any, content_type: str | None, max_chars: int) -> str:
         raise BadRequest("field 'text' is empty")
     if len(text) > max_chars:
         raise PayloadTooLarge(f"text has {len(text)} characters; the limit is {max_chars}")
+    try:  # a JSON escape such as "\ud800" decodes to a lone surrogate the tokenizer rejects
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(f"text holds a lone surrogate {text[e.start]!r} at character {e.start}; "
+                         "send valid Unicode") from e
     return text
 
 

@@ -21,6 +21,14 @@ def _is_evaluation(context: Any, idx: int) -> bool:
     return False
 
 
+def _is_describe(data: list[dict[str, Any]], context: Any) -> bool:
+    """TorchServe's own describe call is a batch of one that the front end sends without the
+    url_path header it adds to every inference request: a client's `describe` header on a
+    prediction must neither read the metadata nor break the batch it shares."""
+    return (len(data) == 1 and context.get_request_header(0, "describe") == "True"
+            and context.get_request_header(0, "url_path") is None)
+
+
 def _body_and_type(row: dict[str, Any], context: Any, idx: int) -> tuple[Any, str | None]:
     """TorchServe puts a raw POST body under "body" (or "data"); its content type per parameter."""
     name = "data" if "data" in row else "body"
@@ -52,7 +60,7 @@ class SentimentHandler:
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        if context.get_request_header(0, "describe") == "True":
+        if _is_describe(data, context):
             return [self.runtime.describe()]
         results: list[Any] = [None] * len(data)
         good: list[int] = []

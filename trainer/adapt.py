@@ -214,8 +214,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
     buffer = read_buffer(source_run)
     seen = list(prev["domains_seen"])
     domain, train_new, val_new, test_new = new_domain(data, s, labels, seen)
-    if not test_new:
-        raise DataError(f"{data}: domain {domain!r} has an empty test split")
+    if not test_new or len(val_new or train_new) < 2:
+        raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 val (or shot) "
+                        f"texts for the drift reference")
     sources = {d: prev["domain_sources"][d] for d in seen}  # the report sorts its keys
     tests = {**test_splits(sources, labels), domain: test_new}
     replay = buffer.items() if s.selection != "none" else []
@@ -233,9 +234,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
                                s.max_length, s.reherd)
                    if s.selection != "none" else ReplayBuffer())
     f1 = scored["pooled"]["per_class_f1"].values()
-    reference_texts = [ex.text for ex in (val_new or train_new)]
-    reference = build_reference(merged, tokenizer, reference_texts,
-                                min(s.drift_components, len(reference_texts)), s.max_length)
+    texts = [ex.text for ex in (val_new or train_new)]  # drift is judged against the new domain
+    reference = build_reference(merged, tokenizer, texts, min(s.drift_components, len(texts)),
+                                s.max_length)
     report = {
         "kind": "adapt",
         "step": len(matrix) - 1,

@@ -30,15 +30,15 @@ class LoopSettings:
     check_every: int = setting(25, "requests between drift checks")
     max_traffic: int = setting(400, "requests replayed per domain before giving up on an alarm")
     holdout: int = setting(150, "labelled test sentences per domain in the rollout gate")
-    max_eval: int = setting(400, "test sentences per domain scored by adapt (0 = all)")
+    adapt_max_eval: int = setting(400, "test sentences per domain scored by adapt (0 = all)")
     report_dir: str = setting("runs/loop", "where the step table goes (JSON, Markdown, PNG)")
     full: bool = setting(False, "full scale: whole splits for shots, holdouts and evaluation")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
                     for n in ("check_every", "max_traffic", "holdout") if getattr(self, n) < 1]
-        if self.shots < 0 or self.max_eval < 0:
-            problems.append("shots and max_eval must be >= 0")
+        if self.shots < 0 or self.adapt_max_eval < 0:
+            problems.append("shots and adapt_max_eval must be >= 0")
         if not self.stream:
             problems.append("stream must name at least one domain")
         check(problems, "loop settings")
@@ -97,7 +97,7 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
             if delay is not None:
                 out = Path(demo.runs) / name / f"v{version + 1}"
                 adapt = AdaptSettings(shots=0 if loop.full else loop.shots,
-                                      max_eval=0 if loop.full else loop.max_eval,
+                                      max_eval=0 if loop.full else loop.adapt_max_eval,
                                       seed=train.seed)
                 run_adapt(adapt, current, domain, out)
                 new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),

@@ -16,9 +16,9 @@ from handlers.features import REFERENCE_FILE
 from handlers.manifest import sha256_file, verify_manifest
 from trainer import config
 from trainer.config import check, setting
-from trainer.data import LABELS, fingerprint, load_source
+from trainer.data import LABELS, Splits, fingerprint, load_source
 from trainer.evaluate import evaluate
-from trainer.evaluate_cli import source_record
+from trainer.evaluate_cli import cap, source_record
 from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.fit import fit, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
@@ -37,6 +37,7 @@ class TrainSettings:
     lr: float = setting(1e-3, "AdamW learning rate, decayed linearly to 0")
     max_length: int = setting(128, "tokens kept per text")
     max_train: int = setting(0, "cap on training examples (0 = all); for quick runs")
+    max_eval: int = setting(0, "cap on val and test examples per domain (0 = all); quick runs")
     seed: int = setting(0, "seed for splits, LoRA init and batch order")
     lora_r: int = setting(8, "LoRA rank")
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
@@ -54,6 +55,8 @@ class TrainSettings:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_train < 0:
             problems.append(f"max_train must be >= 0, got {self.max_train}")
+        if self.max_eval < 0:
+            problems.append(f"max_eval must be >= 0, got {self.max_eval}")
         if not 0 < self.lr < 1:
             problems.append(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.lora_dropout < 1:
@@ -103,6 +106,8 @@ def run_train(settings: TrainSettings, source: str, out: Path,
     labels = list(settings.labels)
     splits = load_source(source, settings.seed, settings.label_threshold, tuple(labels))
     train = [ex for s in splits.values() for ex in s.train]
+    splits = {d: Splits(s.train, cap(s.val, settings.max_eval), cap(s.test, settings.max_eval))
+              for d, s in splits.items()}
     val = [ex for s in splits.values() for ex in s.val]
     if settings.max_train:
         train = train[: settings.max_train]
@@ -152,8 +157,9 @@ def run_train(settings: TrainSettings, source: str, out: Path,
         "metrics": metrics,
         "test_by_domain": per_domain,
         "domains_seen": list(test_acc),
-        "domain_sources": {d: source_record(source, settings.seed, settings.label_threshold, 0,
-                                            splits[d].test) for d in test_acc},
+        "domain_sources": {d: source_record(source, settings.seed, settings.label_threshold,
+                                            settings.max_eval, splits[d].test)
+                           for d in test_acc},
         "accuracy_matrix": [list(test_acc.values())],
         "replay_buffer": sizes_json(buffer),
         "wall_time_s": round(time.time() - started, 1),

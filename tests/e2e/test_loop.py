@@ -18,7 +18,7 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     store.mkdir()
     summary = run_loop(
         LoopSettings(stream=["tweets"], shots=8, check_every=50, max_traffic=150, holdout=40,
-                     max_eval=80, report_dir=str(reports)),
+                     adapt_max_eval=80, report_dir=str(reports)),
         DemoSettings(per_domain=20, runs=str(runs), model_store=str(store), free_ports=True),
         TrainSettings(epochs=1, max_train=256, max_length=64, lr=2e-3),
         ArchiveSettings())

@@ -202,3 +202,12 @@ def test_cli_evaluate_and_adapt(chain, tmp_path):
                           capture_output=True, text=True, env=ONE_THREAD)
     assert proc.returncode == 2 and "replay_buffer.json" in proc.stderr
     assert not (tmp_path / "v3").exists()
+
+
+@pytest.mark.parametrize(("verb", "flag"), [("adapt", "--selection"), ("evaluate", "--domains")])
+def test_verbs_are_registered_with_help(verb, flag, capsys):
+    from trainer.__main__ import parser
+
+    with pytest.raises(SystemExit) as info:
+        parser().parse_args([verb, "--help"])
+    assert info.value.code == 0 and flag in capsys.readouterr().out

@@ -101,7 +101,8 @@ def test_cli_bad_row_exits_nonzero_with_file_and_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("verb", ["train", "archive", "demo"])
+@pytest.mark.parametrize("verb", ["train", "adapt", "evaluate", "archive", "drift", "rollout",
+                                  "rollback", "demo", "loop"])
 def test_every_verb_has_help(verb):
     proc = subprocess.run([sys.executable, "-m", "trainer", verb, "--help"],
                           capture_output=True, text=True)
