@@ -49,7 +49,7 @@ def run(n: int, d: int, ms: list[int], seed: int = 0) -> list[dict]:
 
 
 def markdown(rows: list[dict], threads: int) -> str:
-    lines = [f"Herding on CPU ({threads} torch threads, float64): n per class, d features, "
+    lines = [f"Herding on CPU ({threads} torch thread(s), float64): n per class, d features, "
              f"m exemplars; picks identical in every row.", "",
              "| n | d | m | herding (s) | rank-all (s) | rank-all / herding |",
              "|---:|---:|---:|---:|---:|---:|"]

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -199,7 +199,7 @@ def test_killed_stats_writer_leaves_a_readable_window(tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_children_left_behind() -> None:
+def _no_children_left_behind() -> Iterator[None]:
     """Every command was started in its own session and killed as a group."""
     yield
     out = subprocess.run(["pgrep", "-f", "torch-model-archiver --model-name crash"],
