@@ -15,6 +15,7 @@ Writes continual.json, continual.md and continual.png (mean accuracy matrices) i
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import shutil
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.plot import matrices_png  # noqa: E402
 from trainer.adapt import AdaptSettings, run_adapt, train_step  # noqa: E402
+from trainer.artifacts import atomic_write_json  # noqa: E402
 from trainer.continual_metrics import summary  # noqa: E402
 from trainer.data import load_source  # noqa: E402
 from trainer.evaluate import evaluate_domains  # noqa: E402
@@ -305,17 +307,31 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(sc.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    # Finished seeds survive a killed run and can be run in parallel (`--seeds 1`, `--seeds 2`),
+    # then gathered by a run over all seeds; keyed by every setting but the seed list (gitignored).
+    scale = {k: v for k, v in dataclasses.asdict(sc).items() if k != "seeds"}
+    key = hashlib.sha256(json.dumps(scale, sort_keys=True).encode()).hexdigest()
+    done = out / "tmp" / f"continual-{key[:12]}"
+    per_seed, seconds = [], 0.0
     with tempfile.TemporaryDirectory(prefix="continual-") as tmp:  # never inside the repo
         if args.quick and not sc.base_model:
             sc.base_model = str(tiny_base(Path(tmp) / "tiny-bert"))
-        per_seed = []
         for seed in sc.seeds:
-            (Path(tmp) / str(seed)).mkdir()
-            per_seed.append(one_seed(sc, seed, Path(tmp) / str(seed)))
-            print(f"seed {seed} done after {(time.time() - started) / 60:.1f} min", file=sys.stderr)
+            saved = done / f"seed{seed}.json"
+            if not args.quick and saved.is_file():
+                result = json.loads(saved.read_text())
+                print(f"seed {seed}: reusing {saved}", file=sys.stderr)
+            else:
+                started = time.time()
+                (Path(tmp) / str(seed)).mkdir()
+                result = {"runs": one_seed(sc, seed, Path(tmp) / str(seed)),
+                          "seconds": time.time() - started}
+                if not args.quick:
+                    atomic_write_json(saved, result)
+                print(f"seed {seed} done in {result['seconds'] / 60:.1f} min", file=sys.stderr)
+            per_seed.append(result["runs"])
+            seconds += result["seconds"]
     agg = aggregate(per_seed)
-    seconds = time.time() - started
     stem = "continual-quick" if args.quick else "continual"
     meta = {**dataclasses.asdict(sc), "quick": args.quick, "seconds": round(seconds),
             "torch": torch.__version__, "machine": platform.machine(),
