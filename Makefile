@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo demo-v1 test lint bench clean
+.PHONY: setup java demo demo-v1 test lint bench bench-drift bench-continual bench-gpu clean
 
 setup: $(STAMP) java
 
@@ -29,8 +29,19 @@ demo: setup
 demo-v1: setup
 	$(BIN)/python -m trainer demo
 
+# Serving throughput/latency (rows a-d, bench/results/serve.*) and herding cost.
 bench: setup
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/herding.py
+
+bench-drift: setup
 	$(BIN)/python bench/drift.py
+
+bench-continual: setup
+	$(BIN)/python bench/continual.py
+
+bench-gpu:
+	bench/gpu.sh
 
 lint: setup
 	$(BIN)/ruff check .

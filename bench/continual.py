@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.models import tiny_base  # noqa: E402
 from bench.plot import matrices_png  # noqa: E402
 from trainer.adapt import AdaptSettings, run_adapt, train_step  # noqa: E402
 from trainer.artifacts import atomic_write_json  # noqa: E402
@@ -78,21 +79,6 @@ FULL = Scale(seeds=[0, 1, 2], per_domain=300, max_eval=250, epochs=2, memory=150
              threads=1)
 QUICK = Scale(seeds=[0, 1, 2], per_domain=48, max_eval=32, epochs=1, memory=24, lora_r=4, lr=1e-3,
               batch_size=16, full_lr=1e-4, max_length=32, shots=[5], few_shot_epochs=1, threads=1)
-
-
-def tiny_base(out: Path) -> Path:
-    """A 2-layer random BERT with MiniLM's tokenizer, as in tests/conftest.py."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from trainer.lora import default_base_model
-
-    tokenizer = AutoTokenizer.from_pretrained(default_base_model(), local_files_only=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def train_settings(sc: Scale, seed: int, selection: str) -> TrainSettings:

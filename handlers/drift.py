@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from handlers.errors import ConfigError
 
@@ -53,6 +52,8 @@ def drift_test(reference: dict[str, Any], window: dict[str, Any],
     """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
     "labels": [names]}. Returns the decision with every statistic behind it.
     `class_test=False` leaves out the chi-square test (for comparing feature sets)."""
+    from scipy import stats  # here, so the runtime imports on hosts without scipy (bench/gpu.py)
+
     n = len(window["classes"])
     tests: list[dict[str, Any]] = []
     for name, ref_values in reference["features"].items():

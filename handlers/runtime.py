@@ -16,6 +16,7 @@ from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
 
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter archive: these files + the base model in base/
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -27,6 +28,7 @@ class RuntimeSettings:
     max_length: int = 128  # tokens kept per text after truncation
     dtype: str = "float32"  # weights on GPU: float32 | float16 | bfloat16 (CPU always float32)
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+    merge: bool = True  # an archive holding a PEFT adapter is merged at load (false: served as is)
     monitor: bool = True  # keep drift features of the traffic (needs drift_reference.json)
     stats_dir: str = ""  # shared by the workers; "" = $DRIFTSERVE_STATS_DIR or $TMPDIR/driftserve
     window: int = 2000  # requests kept per worker for statistics (memory stays bounded)
@@ -57,6 +59,8 @@ class RuntimeSettings:
             problems.append(f"threads must be an integer >= 0, got {self.threads!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        problems += [f"{name} must be true or false, got {getattr(self, name)!r}"
+                     for name in ("merge", "monitor") if not isinstance(getattr(self, name), bool)]
         if not isinstance(self.window, int) or self.window < 1:
             problems.append(f"window must be a positive integer, got {self.window!r}")
         if not isinstance(self.persist_every_s, (int, float)) or self.persist_every_s <= 0:
@@ -82,6 +86,17 @@ def select_device(gpu_id: int | str | None) -> torch.device:
     if gpu_id is not None and str(gpu_id) != "" and int(gpu_id) >= 0 and torch.cuda.is_available():
         return torch.device(f"cuda:{int(gpu_id)}")
     return torch.device("cpu")
+
+
+def load_adapter(model_dir: Path, dtype: torch.dtype, merge: bool) -> Any:
+    """Base model from base/ plus the PEFT adapter beside it. Merged, it costs what the base model
+    costs per request; unmerged, every LoRA layer adds two small matmuls (kept for comparison)."""
+    from peft import PeftModel
+
+    base = AutoModelForSequenceClassification.from_pretrained(
+        model_dir / "base", local_files_only=True, use_safetensors=True, dtype=dtype)
+    model = PeftModel.from_pretrained(base, model_dir, is_trainable=False)
+    return model.merge_and_unload(safe_merge=True) if merge else model
 
 
 def decode_request(body: Any, content_type: str | None, max_chars: int) -> str:
@@ -166,9 +181,12 @@ class ModelRuntime:
             torch.set_num_threads(settings.threads)
         dtype = DTYPES[settings.dtype] if device.type == "cuda" else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
-        )
+        if (model_dir / ADAPTER_CONFIG).is_file():
+            model = load_adapter(model_dir, dtype, settings.merge)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
+            )
         model.to(device).eval()
         runtime = cls(model, tokenizer, settings, device, name, version)
         if settings.monitor and (model_dir / REFERENCE_FILE).is_file():

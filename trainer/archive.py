@@ -37,6 +37,7 @@ class ArchiveSettings:
     max_length: int = setting(128, "tokens kept per text")
     dtype: str = setting("float32", "weights on GPU: float32 | float16 | bfloat16")
     threads: int = setting(0, "torch threads per worker (0 = torch default)")
+    merge: bool = setting(True, "merge an archived PEFT adapter at load (false: serve it unmerged)")
     monitor: bool = setting(True, "keep drift statistics of the served traffic")
     window: int = setting(2000, "requests per worker kept for statistics")
 
@@ -65,7 +66,7 @@ class ArchiveSettings:
             "responseTimeout": self.response_timeout,
             "deviceType": self.device_type,
             "handler": {"max_chars": self.max_chars, "max_length": self.max_length,
-                        "dtype": self.dtype, "threads": self.threads,
+                        "dtype": self.dtype, "threads": self.threads, "merge": self.merge,
                         "monitor": self.monitor, "window": self.window},
         }
 
@@ -128,7 +129,6 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
             os.fsync(f.fileno())
         os.replace(built, out)
     return out
-
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

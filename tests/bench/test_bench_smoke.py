@@ -44,3 +44,32 @@ def test_herding_quick_asserts_identical_picks(tmp_path):
     assert [r["m"] for r in result["rows"]] == [5, 20, 50]
     assert all(r["identical_picks"] and r["herding_s"] > 0 for r in result["rows"])
     assert "rank-all / herding" in (tmp_path / "herding-quick.md").read_text()
+
+
+def test_serve_quick_measures_every_row_against_a_real_torchserve(tmp_path):
+    """Rows a-c through a real TorchServe (tiny model), row d in process; no timing asserts."""
+    run("serve.py", tmp_path)
+    result = json.loads((tmp_path / "serve-quick.json").read_text())
+    assert set(result["rows"]) == {"a", "b", "c", "d"}
+    for row in "abc":
+        assert [x["concurrency"] for x in result["rows"][row]] == [1, 8, 32]
+    for xs in result["rows"].values():
+        assert all(x["errors"] == 0 and x["throughput"] > 0 and x["p95_ms"] > 0 for x in xs)
+    assert set(result["ratios"]) == {"a/b", "a/c", "a/d"}
+    assert result["meta"]["merge_parity"] < 1e-4
+    md = (tmp_path / "serve-quick.md").read_text()
+    assert "stock pattern" in md and "Goals (CPU)" in md
+    assert (tmp_path / "serve-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_bench_without_cuda_exits_at_once_and_says_why(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: bench/gpu.py would run for minutes")
+    proc = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "nothing measured" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

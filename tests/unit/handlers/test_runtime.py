@@ -63,3 +63,44 @@ def test_device_falls_back_to_cpu_without_cuda():
     assert str(select_device(0)) == expected
     assert str(select_device(None)) == "cpu"
     assert str(select_device(-1)) == "cpu"
+
+
+@pytest.fixture(scope="module")
+def adapter_pair(tiny_base, tmp_path_factory):
+    """The same random LoRA saved merged (run dir) and unmerged (base/ + PEFT adapter)."""
+    from bench.serve import build_models
+
+    texts = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "taxes", "rain"] * 4)]
+    return build_models(tmp_path_factory.mktemp("pair"), tiny_base, texts)
+
+
+def test_adapter_archive_is_merged_at_load_and_matches_the_merged_run(adapter_pair):
+    from peft import PeftModel
+
+    merged_dir, adapter_dir = adapter_pair
+    texts = ["I loved it.", "Markets fell sharply on Tuesday.", "meh"]
+    merged = ModelRuntime.load(merged_dir, settings=RuntimeSettings(monitor=False))
+    at_load = ModelRuntime.load(adapter_dir, settings=RuntimeSettings(monitor=False))
+    unmerged = ModelRuntime.load(adapter_dir, settings=RuntimeSettings(monitor=False, merge=False))
+    assert not isinstance(at_load.model, PeftModel) and isinstance(unmerged.model, PeftModel)
+    assert not any("lora" in name for name, _ in at_load.model.named_parameters())
+    reference = merged.probabilities(texts)
+    assert torch.allclose(at_load.probabilities(texts), reference, atol=1e-5)
+    assert torch.allclose(unmerged.probabilities(texts), reference, atol=1e-5)
+    assert merged.labels == at_load.labels == ["negative", "neutral", "positive"]
+
+
+def test_adapter_archive_base_weights_are_verified(adapter_pair, tmp_path):
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter_pair[1], copy)
+    with open(copy / "base" / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(IntegrityError, match="base/model.safetensors"):
+        ModelRuntime.load(copy)
+
+
+@pytest.mark.parametrize("key", ["merge", "monitor"])
+def test_boolean_settings_reject_strings(key):
+    with pytest.raises(ConfigError, match=f"{key} must be true or false"):
+        RuntimeSettings.from_dict({key: "yes"})

@@ -1,0 +1,382 @@
+"""Served throughput and latency: the product's handler against the stock TorchServe pattern.
+
+    .venv/bin/python bench/serve.py            # MiniLM + LoRA r=16 -> bench/results/serve.*
+    .venv/bin/python bench/serve.py --sweep    # batch size / delay / workers / threads -> serve-sweep.*
+    .venv/bin/python bench/serve.py --quick    # tiny random BERT, few requests (smoke test)
+
+Rows, all in one run on one model (MiniLM + a rank-16 LoRA on query/value) and one sentence set
+(built-in data, every domain, up to 64 tokens), each served alone by one real TorchServe:
+  a  the product handler, adapter merged, the shipped ArchiveSettings defaults (found by --sweep)
+  b  the stock pattern (bench/stock_handler.py): per-request tokenisation padded to max_length,
+     TorchServe batch size 1, PEFT adapter unmerged
+  c  the product handler serving the unmerged adapter (what merging buys)
+  d  ModelRuntime.forward in this process at a's batch size, no server (the ceiling)
+The load generator is closed-loop: C client threads, each with one keep-alive connection, send
+the next request as soon as the previous answer arrives. It runs on the same 2 cores as the
+server, as a real sidecar client would; only ratios measured in the same run are meaningful.
+"""
+
+import argparse
+import dataclasses
+import http.client
+import itertools
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.models import random_lora, tiny_base  # noqa: E402
+from handlers.features import REFERENCE_FILE  # noqa: E402
+from handlers.manifest import write_manifest  # noqa: E402
+from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
+from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
+from trainer.artifacts import atomic_dir, atomic_write_json  # noqa: E402
+from trainer.client import TorchServeClient  # noqa: E402
+from trainer.data import LABELS, load_source  # noqa: E402
+from trainer.lora import default_base_model, load_classifier, merge  # noqa: E402
+from trainer.reference import build_reference  # noqa: E402
+from trainer.rundir import save_run  # noqa: E402
+from trainer.server import TorchServe  # noqa: E402
+
+ROWS = {"a": "product handler, merged, shipped settings",
+        "b": "stock pattern: pad to max_length, batch 1, unmerged",
+        "c": "product handler, unmerged adapter",
+        "d": "in-process forward, no server (ceiling)"}
+DOMAINS = ("nyt", "movie", "amazon", "tweets")
+
+
+@dataclasses.dataclass
+class Scale:
+    requests: dict[int, int]  # concurrency -> requests sent
+    warmup: int  # requests sent (and dropped) before each row
+    max_tokens: int = 64
+
+
+FULL = Scale(requests={1: 300, 8: 1200, 32: 1600}, warmup=64)
+QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8)
+SWEEP = Scale(requests={1: 200, 8: 800}, warmup=48)
+
+
+def sentences(tokenizer: Any, max_tokens: int, seed: int = 0) -> list[str]:
+    """Test sentences of every built-in domain, at most `max_tokens` tokens, shuffled."""
+    texts = [ex.text for d in DOMAINS for ex in load_source(d, seed)[d].test]
+    lengths = tokenizer(texts)["input_ids"]
+    kept = [t for t, ids in zip(texts, lengths) if len(ids) <= max_tokens]
+    random.Random(seed).shuffle(kept)
+    return kept
+
+
+def build_models(work: Path, base_dir: Path, texts: list[str]) -> tuple[Path, Path]:
+    """The same LoRA model saved twice: merged as a run dir (what `trainer train` writes) and
+    unmerged as base/ + PEFT adapter (bench.models.random_lora: untrained, same cost)."""
+    labels = list(LABELS)
+    model, tokenizer = load_classifier(base_dir, labels, new_head=True)
+    adapter = work / "adapter"
+    with atomic_dir(adapter) as tmp:
+        model.save_pretrained(tmp / "base")  # before LoRA wraps its layers
+        peft = random_lora(model)
+        peft.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        merged = merge(peft)
+        reference = build_reference(merged.eval(), tokenizer, texts[:200]).to_bytes()
+        (tmp / REFERENCE_FILE).write_bytes(reference)
+        write_manifest(tmp)
+    run = save_run(work / "merged", merged, tokenizer, labels, {"kind": "bench"},
+                   extra={REFERENCE_FILE: reference})
+    return run, adapter
+
+
+def merge_parity(run: Path, adapter: Path, texts: list[str]) -> float:
+    """Largest |p_merged - p_unmerged| over the bench sentences' first batch."""
+    settings = RuntimeSettings(monitor=False)
+    merged = ModelRuntime.load(run, settings=settings).probabilities(texts[:64])
+    unmerged = ModelRuntime.load(adapter, settings=dataclasses.replace(settings, merge=False))
+    return float((merged - unmerged.probabilities(texts[:64])).abs().max())
+
+
+def stock_archive(adapter: Path, store: Path, workers: int, threads: int) -> str:
+    """torch-model-archiver over bench/stock_handler.py, TorchServe batch size 1."""
+    config = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": workers, "maxWorkers": workers,
+              "responseTimeout": 120, "handler": {"threads": threads}}
+    with tempfile.TemporaryDirectory(prefix="stock-") as tmp:
+        (Path(tmp) / "model-config.yaml").write_text(yaml.safe_dump(config))
+        exe = Path(sys.executable).parent / "torch-model-archiver"
+        subprocess.run([str(exe), "--model-name", "stock", "--version", "1",
+                        "--handler", str(ROOT / "bench" / "stock_handler.py"),
+                        "--extra-files", str(adapter), "--config-file", f"{tmp}/model-config.yaml",
+                        "--export-path", str(store), "--force"], check=True, capture_output=True)
+    return "stock.mar"
+
+
+def drive(url: str, key: str, path: str, texts: list[str], concurrency: int,
+          n: int) -> dict[str, Any]:
+    """Closed loop: `concurrency` threads with one keep-alive connection each, `n` requests."""
+    host = urlparse(url)
+    counter, lock = itertools.count(), threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        while (i := next(counter)) < n:
+            body = json.dumps({"text": texts[i % len(texts)]})
+            start = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            answer = resp.read()
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                if resp.status != 200:
+                    errors.append(f"{resp.status} {answer[:200]!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = summarize(latencies, time.perf_counter() - start, concurrency, len(errors))
+    if errors:
+        result["first_error"] = errors[0]
+        print(f"{len(errors)} errors, the first: {errors[0]}", file=sys.stderr)
+    return result
+
+
+def summarize(latencies: list[float], wall: float, concurrency: int, errors: int,
+              items: int | None = None) -> dict[str, Any]:
+    q = statistics.quantiles([1000 * x for x in latencies], n=100, method="inclusive")
+    return {"concurrency": concurrency, "requests": items or len(latencies), "errors": errors,
+            "throughput": round((items or len(latencies)) / wall, 1),
+            "p50_ms": round(q[49], 2), "p95_ms": round(q[94], 2), "p99_ms": round(q[98], 2)}
+
+
+def in_process(run: Path, texts: list[str], batch_size: int, threads: int, n: int,
+               warmup: int) -> dict[str, Any]:
+    """Row d: forward only (no monitor, no server), batches of `batch_size` back to back."""
+    runtime = ModelRuntime.load(run, settings=RuntimeSettings(threads=threads, monitor=False))
+    batches = [[texts[(i + j) % len(texts)] for j in range(batch_size)]
+               for i in range(0, n, batch_size)]
+    for _ in range(0, warmup, batch_size):
+        runtime.forward(batches[0])
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        runtime.forward(batch)
+        times.append(time.perf_counter() - start)
+    row = summarize(times, sum(times), batch_size, 0, items=len(batches) * batch_size)
+    row["latency_is"] = "per batch"
+    return row
+
+
+def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: list[str],
+               sc: Scale) -> dict[str, list[dict[str, Any]]]:
+    """Register each model alone, warm it, drive it at every concurrency, unregister it."""
+    client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
+    key = json.loads(server.key_file.read_text())["inference"]["key"]
+    rows = {}
+    for row, (mar, workers) in models.items():
+        name = Path(mar).name.split(".")[0]
+        client.register(mar, name, workers=workers)
+        try:
+            drive(server.inference_url, key, f"/predictions/{name}", texts, 8, sc.warmup)
+            rows[row] = []
+            for concurrency, n in sc.requests.items():
+                result = drive(server.inference_url, key, f"/predictions/{name}", texts,
+                               concurrency, n)
+                rows[row].append(result)
+                if result["errors"]:
+                    print(server.log_tail(30), file=sys.stderr)
+                print(f"{row} c={concurrency:>2}: {result['throughput']:7.1f} req/s  p50 "
+                      f"{result['p50_ms']:6.1f} ms  p95 {result['p95_ms']:6.1f} ms  "
+                      f"errors {result['errors']}", file=sys.stderr)
+        finally:
+            client.unregister(name)
+    return rows
+
+
+def ratios(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:
+    out = {}
+    for other in ("b", "c", "d"):
+        out[f"a/{other}"] = {}
+        for a in rows["a"]:
+            b = rows[other][0] if other == "d" else next(
+                r for r in rows[other] if r["concurrency"] == a["concurrency"])
+            out[f"a/{other}"][a["concurrency"]] = round(a["throughput"] / b["throughput"], 2)
+    return out
+
+
+def goals(rows: dict[str, list[dict[str, Any]]], r: dict[str, dict[int, float]]) -> list[str]:
+    a1 = next(x for x in rows["a"] if x["concurrency"] == 1)
+    checks = [("a >= 2.5x b at concurrency 8", r["a/b"].get(8, 0) >= 2.5, f"{r['a/b'].get(8)}x"),
+              ("a >= 0.8x d at concurrency 8", r["a/d"].get(8, 0) >= 0.8, f"{r['a/d'].get(8)}x"),
+              ("p95 <= 20 ms at concurrency 1", a1["p95_ms"] <= 20, f"{a1['p95_ms']} ms")]
+    return [f"- {'met' if ok else 'MISSED'}: {what} (measured {v})" for what, ok, v in checks]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta, rows, r = result["meta"], result["rows"], result["ratios"]
+    lines = [f"{meta['model']}, {meta['sentences']} sentences of the built-in data (<= "
+             f"{meta['max_tokens']} tokens, mean {meta['mean_tokens']:.1f}); TorchServe 0.12 "
+             f"on {meta['cpus']} CPU cores ({meta['cpu']}), load generator on the same cores; "
+             f"settings of a: {meta['settings_a']}.", "",
+             "| row | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row, results in rows.items():
+        for x in results:
+            conc = f"batch {x['concurrency']}" if row == "d" else x["concurrency"]
+            lines.append(f"| {row}: {ROWS[row]} | {conc} | {x['requests']} | {x['throughput']} "
+                         f"| {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} |")
+    lines += ["", "| ratio (throughput) | " + " | ".join(f"c={c}" for c in r["a/b"]) + " |",
+              "|---" + "|---:" * len(r["a/b"]) + "|"]
+    lines += [f"| {k} | " + " | ".join(f"{v:.2f}x" for v in by.values()) + " |"
+              for k, by in r.items()]
+    lines += ["", f"Merged vs unmerged probabilities: max |diff| {meta['merge_parity']:.1e}.",
+              "", "Goals (CPU):", *goals(rows, r), ""]
+    return "\n".join(lines)
+
+
+def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    concs = [x["concurrency"] for x in rows["a"]]
+    width = 0.8 / 3
+    for k, row in enumerate("abc"):
+        xs = [i + (k - 1) * width for i in range(len(concs))]
+        left.bar(xs, [x["throughput"] for x in rows[row]], width, label=f"{row}: {ROWS[row]}")
+        right.bar(xs, [x["p95_ms"] for x in rows[row]], width, label=row)
+    left.axhline(rows["d"][0]["throughput"], color="black", ls="--", lw=1, label="d: ceiling")
+    for ax, title in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):
+        ax.set_xticks(range(len(concs)), [f"c={c}" for c in concs])
+        ax.set_title(title, fontsize=9)
+    right.set_yscale("log")
+    left.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def start_server(work: Path) -> TorchServe:
+    return TorchServe(work / "ts", work / "store", ROOT / "config.properties", ports="free").start()
+
+
+def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> dict[str, Any]:
+    settings = ArchiveSettings()
+    texts, run, adapter = prepare(base_dir, work, sc)
+    store = work / "store"
+    rows: dict[str, list[dict[str, Any]]] = {}
+    d = in_process(run, texts, settings.batch_size, settings.threads,
+                   max(sc.requests.values()), sc.warmup)
+    build_archive(run, "product", "1", store, settings)
+    build_archive(adapter, "unmerged", "1", store, dataclasses.replace(settings, merge=False))
+    stock = stock_archive(adapter, store, settings.min_workers, settings.threads)
+    models = {"a": ("product.v1.mar", settings.min_workers), "b": (stock, settings.min_workers),
+              "c": ("unmerged.v1.mar", settings.min_workers)}
+    server = start_server(work)
+    try:
+        rows.update(serve_rows(server, models, texts, sc))
+    finally:
+        server.stop()
+    rows["d"] = [d]
+    failed = [f"{row} c={x['concurrency']}: {x['first_error']}" for row, xs in rows.items()
+              for x in xs if x["errors"]]
+    if failed:  # a row that answered errors measured nothing worth reporting
+        raise SystemExit("requests failed, no results written:\n" + "\n".join(failed))
+    tokenizer = ModelRuntime.load(run, settings=RuntimeSettings(monitor=False)).tokenizer
+    meta = {"model": "tiny random BERT" if "tiny" in str(base_dir) else "all-MiniLM-L6-v2 + LoRA r=16",
+            "sentences": len(texts), "max_tokens": sc.max_tokens,
+            "mean_tokens": statistics.fmean(len(x) for x in tokenizer(texts)["input_ids"]),
+            "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "settings_a": {
+                k: v for k, v in dataclasses.asdict(settings).items()
+                if k in ("batch_size", "max_batch_delay", "min_workers", "threads")},
+            "requests": sc.requests, "merge_parity": merge_parity(run, adapter, texts)}
+    result = {"meta": meta, "rows": rows, "ratios": ratios(rows)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.md").write_text(markdown(result))
+    png(out / f"{stem}.png", rows)
+    print(markdown(result))
+    return result
+
+
+def prepare(base_dir: Path, work: Path, sc: Scale) -> tuple[list[str], Path, Path]:
+    _, tokenizer = load_classifier(base_dir, list(LABELS), new_head=True)
+    texts = sentences(tokenizer, sc.max_tokens)
+    run, adapter = build_models(work, base_dir, texts)
+    return texts, run, adapter
+
+
+SWEEP_GRID = [  # (batch size, max batch delay ms, workers, threads per worker)
+    (8, 5, 1, 2), (8, 5, 1, 1), (8, 5, 2, 1),
+    (1, 0, 1, 2), (4, 0, 1, 2), (8, 0, 1, 2), (16, 0, 1, 2), (32, 0, 1, 2),
+    (8, 2, 1, 2), (16, 2, 1, 2), (16, 5, 1, 2),
+]
+
+
+def run_sweep(sc: Scale, base_dir: Path, work: Path, out: Path) -> list[dict[str, Any]]:
+    """Product handler only, one setting per registration; the shipped default comes from here."""
+    texts, run, _ = prepare(base_dir, work, sc)
+    store, models = work / "store", {}
+    for bs, delay, workers, threads in SWEEP_GRID:
+        name = f"bs{bs}_d{delay}_w{workers}_t{threads}"
+        build_archive(run, name, "1", store, ArchiveSettings(
+            batch_size=bs, max_batch_delay=delay, min_workers=workers, max_workers=workers,
+            threads=threads))
+        models[name] = (f"{name}.v1.mar", workers)
+    server = start_server(work)
+    try:
+        rows = serve_rows(server, models, texts, sc)
+    finally:
+        server.stop()
+    table = [{"setting": k, **{f"c{x['concurrency']}_{m}": x[m] for x in v
+                               for m in ("throughput", "p95_ms")}} for k, v in rows.items()]
+    atomic_write_json(out / "serve-sweep.json", {"requests": sc.requests, "rows": table})
+    head = list(table[0])
+    md = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    md += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in table]
+    (out / "serve-sweep.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random BERT, few requests")
+    p.add_argument("--sweep", action="store_true", help="tune the product handler's settings")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["DRIFTSERVE_STATS_DIR"] = str(work / "stats")
+        base = tiny_base(work / "tiny-bert") if args.quick else default_base_model()
+        if args.sweep:
+            run_sweep(QUICK if args.quick else SWEEP, base, work, args.out)
+        else:
+            run_bench(QUICK if args.quick else FULL, base, work, args.out,
+                      "serve-quick" if args.quick else "serve")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
