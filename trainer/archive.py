@@ -28,7 +28,7 @@ class ArchiveSettings:
     """TorchServe's per-model settings (model-config.yaml) plus the handler's own section."""
 
     batch_size: int = setting(8, "most requests TorchServe batches into one handler call")
-    max_batch_delay: int = setting(5, "ms TorchServe waits to fill a batch")
+    max_batch_delay: int = setting(2, "ms TorchServe waits to fill a batch (bench/serve.py --sweep)")
     min_workers: int = setting(1, "worker processes kept alive")
     max_workers: int = setting(1, "worker processes at most")
     response_timeout: int = setting(120, "seconds before TorchServe restarts a stuck worker")
