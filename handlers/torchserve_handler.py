@@ -29,10 +29,17 @@ def _is_describe(data: list[dict[str, Any]], context: Any) -> bool:
             and context.get_request_header(0, "url_path") is None)
 
 
-def _body_and_type(row: dict[str, Any], context: Any, idx: int) -> tuple[Any, str | None]:
-    """TorchServe puts a raw POST body under "body" (or "data"); its content type per parameter."""
+def _body_and_type(row: Any, context: Any, idx: int, per_request: bool
+                   ) -> tuple[Any, str | None]:
+    """TorchServe puts a raw POST body under "body" (or "data"), its content type per parameter.
+    Behind a KServe envelope a row is one instance instead: {"text": ...}, a string, or a v2
+    input whose "data" is the text."""
+    if isinstance(row, str) or (isinstance(row, dict) and "text" in row):
+        return row, None
+    if not isinstance(row, dict):
+        return row, None
     name = "data" if "data" in row else "body"
-    header = context.get_request_header(idx, name)
+    header = context.get_request_header(idx, name) if per_request else None
     content_type = header.get("content-type") if isinstance(header, dict) else header
     return row.get(name), content_type
 
@@ -62,21 +69,27 @@ class SentimentHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         if _is_describe(data, context):
             return [self.runtime.describe()]
+        # One row per request, unless a KServe envelope handed over the instances of one
+        # request: then errors stay inline and the request's own status is left alone.
+        requests = len(getattr(context, "request_processor", None) or [])
+        per_request = len(data) == requests
         results: list[Any] = [None] * len(data)
         good: list[int] = []
         texts: list[str] = []
         for idx, row in enumerate(data):
-            body, content_type = _body_and_type(row, context, idx)
+            body, content_type = _body_and_type(row, context, idx, per_request)
             try:
                 texts.append(rt.decode_request(body, content_type, self.runtime.settings.max_chars))
                 good.append(idx)
             except HandlerError as e:
-                context.set_response_status(e.status, e.message, idx)
+                if per_request:
+                    context.set_response_status(e.status, e.message, idx)
                 results[idx] = {"error": e.message, "status": e.status}
-        monitored = [not _is_evaluation(context, idx) for idx in good]
+        monitored = [requests == 0 or not _is_evaluation(context, idx if per_request else 0)
+                     for idx in good]
         for idx, prediction in zip(good, self.runtime.predict(texts, monitored)):
             results[idx] = prediction
-        for idx in range(len(data)):
+        for idx in range(len(data) if per_request else 0):
             context.set_response_content_type(idx, "application/json")
         self._emit_metrics(context, [results[i] for i in good])
         return results

@@ -17,7 +17,7 @@ from trainer.data import DataError  # noqa: E402
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
 VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.archive",
-         "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop"]
+         "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop", "trainer.kserve"]
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,
                    ValueError)
 

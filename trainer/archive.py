@@ -33,6 +33,8 @@ class ArchiveSettings:
     max_workers: int = setting(1, "worker processes at most")
     response_timeout: int = setting(120, "seconds before TorchServe restarts a stuck worker")
     device_type: str = setting("gpu", "gpu: use a GPU when TorchServe has one, else CPU; cpu: never")
+    device_ids: str = setting("", "GPUs for this model's workers, e.g. 0,1 (empty: every GPU "
+                                  "TorchServe has; workers are spread over them round-robin)")
     max_chars: int = setting(2000, "longest accepted request text, in characters")
     max_length: int = setting(128, "tokens kept per text")
     dtype: str = setting("float32", "weights on GPU: float32 | float16 | bfloat16")
@@ -53,11 +55,15 @@ class ArchiveSettings:
             problems.append(f"device_type must be gpu or cpu, got {self.device_type!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.device_ids and not all(x.strip().isdigit() for x in self.device_ids.split(",")):
+            problems.append(f"device_ids must be GPU numbers such as 0,1, got {self.device_ids!r}")
         if self.threads < 0:
             problems.append(f"threads must be >= 0, got {self.threads}")
         check(problems, "archive settings")
 
     def model_config(self) -> dict:
+        devices = {"deviceIds": [int(x) for x in self.device_ids.split(",")]} \
+            if self.device_ids else {}
         return {
             "batchSize": self.batch_size,
             "maxBatchDelay": self.max_batch_delay,
@@ -65,6 +71,7 @@ class ArchiveSettings:
             "maxWorkers": self.max_workers,
             "responseTimeout": self.response_timeout,
             "deviceType": self.device_type,
+            **devices,
             "handler": {"max_chars": self.max_chars, "max_length": self.max_length,
                         "dtype": self.dtype, "threads": self.threads, "merge": self.merge,
                         "monitor": self.monitor, "window": self.window},

@@ -73,6 +73,11 @@ class TorchServe:
         return self.props["metrics_address"]
 
     @property
+    def token_auth(self) -> bool:
+        """Off only where a config says so (the KServe export: KServe's wrapper sends no key)."""
+        return self.props.get("disable_token_authorization", "false").lower() != "true"
+
+    @property
     def key_file(self) -> Path:
         return self.workdir / "key_file.json"
 
@@ -110,7 +115,8 @@ class TorchServe:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.proc.returncode}; "
                                    f"see {self.log_path}:\n{self.log_tail()}")
-            if STARTED in self.log_path.read_text(errors="replace") and self.key_file.exists():
+            if STARTED in self.log_path.read_text(errors="replace") and (
+                    self.key_file.exists() or not self.token_auth):
                 return self
             time.sleep(0.25)
         self.stop()

@@ -73,3 +73,12 @@ def test_bad_names_and_settings(tiny_run, tmp_path):
         ArchiveSettings(batch_size=0, device_type="tpu", min_workers=2, max_workers=1).validate()
     for field in ("batch_size", "device_type", "max_workers"):
         assert field in str(info.value)
+
+
+def test_device_ids_reach_model_config_and_are_checked():
+    assert "deviceIds" not in ArchiveSettings().model_config()
+    settings = ArchiveSettings(device_ids="0,2", min_workers=4, max_workers=4)
+    settings.validate()
+    assert settings.model_config()["deviceIds"] == [0, 2]
+    with pytest.raises(SettingsError, match="device_ids must be GPU numbers"):
+        ArchiveSettings(device_ids="0,gpu1").validate()
