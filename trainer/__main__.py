@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from handlers.errors import HandlerError  # noqa: E402
+from trainer import distributed  # noqa: E402
 from trainer.client import ClientError  # noqa: E402
 from trainer.config import SettingsError  # noqa: E402
 from trainer.data import DataError  # noqa: E402
@@ -32,13 +33,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    distributed.init_from_env()  # under torchrun: join the group; train/adapt run data-parallel
+    main_rank = distributed.is_main()
     try:
-        result, code = args.func(args)
+        if getattr(args, "engine", "local") == "ray":
+            result, code = distributed.run_on_ray(args)
+        else:
+            result, code = args.func(args)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    json.dump(result, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    finally:
+        distributed.close()
+    if main_rank:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
     return code
 
 

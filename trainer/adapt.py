@@ -20,7 +20,7 @@ import torch
 
 from handlers.features import REFERENCE_FILE
 from handlers.manifest import MANIFEST_NAME, sha256_file
-from trainer import config, continual_metrics
+from trainer import config, continual_metrics, distributed
 from trainer.balance import (
     class_counts,
     deferred_weights,
@@ -226,6 +226,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
 
     merged, result, counts, weights = train_step(model, tokenizer, replay + train_new, val_new,
                                                  labels, s, len(replay))
+    if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
+        return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length)
     matrix = [[*row, None] for row in prev["accuracy_matrix"]]
     matrix.append([scored["by_domain"][d]["accuracy"] for d in tests])
@@ -268,6 +270,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
         "replay_buffer": sizes_json(next_buffer),
         "wall_time_s": round(time.time() - started, 1),
+        "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
     save_run(out, merged, tokenizer, labels, report,
@@ -282,6 +285,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="new domain: built-in name (nyt, movie, amazon, tweets) or .jsonl/.csv")
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
     config.add_arguments(p, AdaptSettings)
+    distributed.add_engine_arguments(p)
     p.set_defaults(func=lambda args: (run_adapt(config.from_args(AdaptSettings, args),
                                                 Path(args.source_run), args.data,
                                                 Path(args.out)), 0))

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from trainer import distributed
 from trainer.data import Example
 from trainer.evaluate import evaluate
 
@@ -44,6 +46,9 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     """
     index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index[ex.label] for ex in train])
+    rank, size = distributed.world()
+    # One process: the model itself. Several: DDP averages gradients over the ranks' slices.
+    forward = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     steps_per_epoch = -(-len(train) // batch_size)
@@ -54,22 +59,30 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     for epoch in range(1, epochs + 1):
         model.train()
         weights = class_weights(epoch) if class_weights else None
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
         total = 0.0
         batches = _batches(len(train), batch_size, generator, sampler)
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, disable=not progress,
                    leave=False)
         for idx in bar:
-            batch = tokenizer([train[i].text for i in idx], padding=True, truncation=True,
+            # The weighted mean over the GLOBAL batch, whatever slice this rank holds: each
+            # rank's share is scaled by the world size because DDP averages. A rank whose
+            # slice is empty (a last batch smaller than the world) backpropagates zero.
+            mine = distributed.shard(idx, rank, size)
+            rows = mine or idx[:1]
+            batch = tokenizer([train[i].text for i in rows], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
-            loss = loss_fn(model(**batch).logits, targets[idx])
-            loss.backward()
+            per_example = F.cross_entropy(forward(**batch).logits, targets[rows], weight=weights,
+                                          reduction="none")
+            denominator = float(weights[targets[idx]].sum()) if weights is not None else len(idx)
+            share = per_example.sum() / denominator * (1.0 if mine else 0.0)
+            (share * size).backward()
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            total += loss.item() * len(idx)
+            batch_loss = distributed.all_sum(share.item())
+            total += batch_loss * len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{batch_loss:.3f}")
         val_scores = evaluate(model, tokenizer, val or train, labels, max_length)
         history.append({"epoch": epoch, "train_loss": round(total / max(1, len(train)), 4),
                         "val_accuracy": val_scores["accuracy"],

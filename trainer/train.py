@@ -14,7 +14,7 @@ import torch
 from handlers.errors import IntegrityError
 from handlers.features import REFERENCE_FILE
 from handlers.manifest import sha256_file, verify_manifest
-from trainer import config
+from trainer import config, distributed
 from trainer.config import check, setting
 from trainer.data import LABELS, Splits, fingerprint, load_source
 from trainer.evaluate import evaluate
@@ -128,6 +128,8 @@ def run_train(settings: TrainSettings, source: str, out: Path,
     result = fit(model, tokenizer, train, val, labels, epochs=settings.epochs,
                  batch_size=settings.batch_size, lr=settings.lr, max_length=settings.max_length,
                  seed=settings.seed)
+    if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
+        return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     merged = merge(model)
     metrics = {
         name: evaluate(merged, tokenizer, part, labels, settings.max_length)
@@ -163,6 +165,7 @@ def run_train(settings: TrainSettings, source: str, out: Path,
         "accuracy_matrix": [list(test_acc.values())],
         "replay_buffer": sizes_json(buffer),
         "wall_time_s": round(time.time() - started, 1),
+        "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
     reference = build_reference(merged, tokenizer, [ex.text for ex in val],
@@ -180,5 +183,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--reuse", action="store_true",
                    help="skip training when --out was built from the same inputs")
     config.add_arguments(p, TrainSettings)
+    distributed.add_engine_arguments(p)
     p.set_defaults(func=lambda args: (
         run_train(config.from_args(TrainSettings, args), args.data, Path(args.out), args.reuse), 0))
