@@ -22,8 +22,18 @@ def init_from_env() -> bool:
     """Join the process group a launcher described in the environment (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device())
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
+
+
+def device() -> torch.device:
+    """This rank's GPU (LOCAL_RANK, or the one GPU a launcher left visible), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device(f"cuda:{local if local < torch.cuda.device_count() else 0}")
 
 
 def world() -> tuple[int, int]:

@@ -47,8 +47,12 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index[ex.label] for ex in train])
     rank, size = distributed.world()
+    device = distributed.device()
+    model.to(device)
+    targets = targets.to(device)
     # One process: the model itself. Several: DDP averages gradients over the ranks' slices.
-    forward = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    forward = (torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None) if size > 1 else model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     steps_per_epoch = -(-len(train) // batch_size)
@@ -59,6 +63,7 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     for epoch in range(1, epochs + 1):
         model.train()
         weights = class_weights(epoch) if class_weights else None
+        weights = weights.to(device) if weights is not None else None
         total = 0.0
         batches = _batches(len(train), batch_size, generator, sampler)
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, disable=not progress,
@@ -70,7 +75,7 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             mine = distributed.shard(idx, rank, size)
             rows = mine or idx[:1]
             batch = tokenizer([train[i].text for i in rows], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
+                              max_length=max_length, return_tensors="pt").to(device)
             per_example = F.cross_entropy(forward(**batch).logits, targets[rows], weight=weights,
                                           reduction="none")
             denominator = float(weights[targets[idx]].sum()) if weights is not None else len(idx)
