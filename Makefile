@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo demo-v1 test lint bench bench-drift bench-continual bench-gpu clean
+.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gpu clean
 
 setup: $(STAMP) java
 
@@ -29,9 +29,11 @@ demo: setup
 demo-v1: setup
 	$(BIN)/python -m trainer demo
 
-# Serving throughput/latency (rows a-d, bench/results/serve.*) and herding cost.
+# Serving throughput/latency, rows a-d side by side (bench/results/serve.*; ~10 min).
 bench: setup
 	$(BIN)/python bench/serve.py
+
+bench-herding: setup
 	$(BIN)/python bench/herding.py
 
 bench-drift: setup
