@@ -34,9 +34,7 @@ def _body_and_type(row: Any, context: Any, idx: int, per_request: bool
     """TorchServe puts a raw POST body under "body" (or "data"), its content type per parameter.
     Behind a KServe envelope a row is one instance instead: {"text": ...}, a string, or a v2
     input whose "data" is the text."""
-    if isinstance(row, str) or (isinstance(row, dict) and "text" in row):
-        return row, None
-    if not isinstance(row, dict):
+    if not isinstance(row, dict) or "text" in row:
         return row, None
     name = "data" if "data" in row else "body"
     header = context.get_request_header(idx, name) if per_request else None
@@ -66,7 +64,7 @@ class SentimentHandler:
                  self.runtime.device)
         self.initialized = True
 
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
         if _is_describe(data, context):
             return [self.runtime.describe()]
         # One row per request, unless a KServe envelope handed over the instances of one

@@ -95,7 +95,6 @@ def run_on_ray(args: argparse.Namespace) -> tuple[Any, int]:
     if args.num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
     shipped = absolute_paths(args)
-    shipped.engine = "local"
 
     def worker(config: dict[str, Any]) -> None:
         config["args"].func(config["args"])  # rank 0 writes the run dir and its report.json
