@@ -99,7 +99,9 @@ def run_on_ray(args: argparse.Namespace) -> tuple[Any, int]:
     def worker(config: dict[str, Any]) -> None:
         config["args"].func(config["args"])  # rank 0 writes the run dir and its report.json
 
-    if not ray.is_initialized():  # a local cluster; RAY_ADDRESS joins an existing one instead
+    if os.environ.get("RAY_ADDRESS"):  # an existing cluster: --out must be on shared storage
+        ray.init()
+    elif not ray.is_initialized():  # a local cluster, one logical CPU more than the workers
         ray.init(num_cpus=max(os.cpu_count() or 1, args.num_workers + 1), include_dashboard=False,
                  log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="driftserve-ray-") as storage:
