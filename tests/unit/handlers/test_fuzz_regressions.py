@@ -5,8 +5,7 @@ import pytest
 
 from handlers.errors import BadRequest, PayloadTooLarge
 from handlers.runtime import decode_request
-from handlers.torchserve_handler import SentimentHandler
-from tests.unit.handlers.test_torchserve_handler import batch_of, make_context
+from tests.unit.handlers.conftest import batch_of
 
 BIG_INT = b'{"text": ' + b"9" * 5000 + b"}"  # over Python's 4300-digit int limit: ValueError
 SURROGATE = b'{"text": "lone \\ud800 surrogate"}'  # tokenizer raises TypeError on it
@@ -30,16 +29,8 @@ def test_big_int_without_a_json_content_type_is_plain_text():
         decode_request(BIG_INT, "application/octet-stream", max_chars=100)
 
 
-@pytest.fixture(scope="module")
-def handler(tiny_run):
-    ctx = make_context(tiny_run)
-    h = SentimentHandler()
-    h.initialize(ctx)
-    return h, ctx
-
-
-def test_they_fail_alone_in_a_batch(handler):
-    h, ctx = handler
+def test_they_fail_alone_in_a_batch(handler_and_context):
+    h, ctx = handler_and_context
     headers, inputs, ids = batch_of([("application/json", {"text": "a calm day"}),
                                      ("application/octet-stream", BIG_INT),
                                      ("application/json", {"text": "lone \ud800"}),
@@ -50,9 +41,9 @@ def test_they_fail_alone_in_a_batch(handler):
     assert out[0]["label"] and out[3]["label"]
 
 
-def test_a_client_describe_header_on_a_batch_gets_predictions(handler):
+def test_a_client_describe_header_on_a_batch_gets_predictions(handler_and_context):
     """Inference requests carry the url_path header the front end adds; describe calls don't."""
-    h, ctx = handler
+    h, ctx = handler_and_context
     spoofed = [{"name": b"describe", "value": b"True"}, {"name": b"url_path", "value": b""}]
     headers, inputs, ids = batch_of([("application/json", {"text": "hello"}),
                                      ("application/json", {"text": "goodbye"})], spoofed)
