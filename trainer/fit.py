@@ -33,6 +33,16 @@ def _batches(n: int, batch_size: int, generator: torch.Generator,
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def shard_loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch.Tensor,
+               weights: torch.Tensor | None, size: int, empty: bool = False) -> torch.Tensor:
+    """This rank's part of the class-weighted mean loss over the GLOBAL batch (`batch_targets`),
+    times the world size because DDP averages gradients: the ranks' gradients then average to
+    the single-process one. An empty slice (its rows only a stand-in) contributes zero."""
+    per_example = F.cross_entropy(logits, targets, weight=weights, reduction="none")
+    denominator = weights[batch_targets].sum() if weights is not None else len(batch_targets)
+    return per_example.sum() / denominator * (0.0 if empty else float(size))
+
+
 def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
         labels: Sequence[str], *, epochs: int, batch_size: int, lr: float, max_length: int,
         seed: int, class_weights: Callable[[int], torch.Tensor | None] | None = None,
@@ -45,11 +55,10 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     epoch's example order (default: a seeded shuffle).
     """
     index = {label: i for i, label in enumerate(labels)}
-    targets = torch.tensor([index[ex.label] for ex in train])
     rank, size = distributed.world()
     device = distributed.device()
     model.to(device)
-    targets = targets.to(device)
+    targets = torch.tensor([index[ex.label] for ex in train], device=device)
     # One process: the model itself. Several: DDP averages gradients over the ranks' slices.
     forward = (torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None) if size > 1 else model)
@@ -69,22 +78,17 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, disable=not progress,
                    leave=False)
         for idx in bar:
-            # The weighted mean over the GLOBAL batch, whatever slice this rank holds: each
-            # rank's share is scaled by the world size because DDP averages. A rank whose
-            # slice is empty (a last batch smaller than the world) backpropagates zero.
             mine = distributed.shard(idx, rank, size)
-            rows = mine or idx[:1]
+            rows = mine or idx[:1]  # an empty slice still runs the step DDP waits for
             batch = tokenizer([train[i].text for i in rows], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)
-            per_example = F.cross_entropy(forward(**batch).logits, targets[rows], weight=weights,
-                                          reduction="none")
-            denominator = float(weights[targets[idx]].sum()) if weights is not None else len(idx)
-            share = per_example.sum() / denominator * (1.0 if mine else 0.0)
-            (share * size).backward()
+            loss = shard_loss(forward(**batch).logits, targets[rows], targets[idx], weights,
+                              size, empty=not mine)
+            loss.backward()
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            batch_loss = distributed.all_sum(share.item())
+            batch_loss = distributed.all_sum(loss.item() / size)
             total += batch_loss * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.3f}")

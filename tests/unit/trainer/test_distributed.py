@@ -1,6 +1,8 @@
-"""DistributedDataParallel under torchrun: 2 CPU processes (gloo) against one process on a tiny
-model with dropout off, for `train` and for a class-balanced, herding-replay `adapt`. The weights
-must match within 1e-4 (only float summation order differs) and rank 0 alone writes."""
+"""DistributedDataParallel: the gradient of every global batch equals one process's (exact
+math, checked on gradients because Adam would hide a constant scale error); then torchrun and
+Ray Train, 2 CPU processes (gloo) against one process on a tiny model with dropout off, for
+`train` and a class-balanced, herding-replay `adapt`: weights within 1e-4 (only float summation
+order differs), and rank 0 alone writes."""
 
 import json
 import os
@@ -9,15 +11,57 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 from bench.models import tiny_base
+from trainer.distributed import shard
+from trainer.fit import shard_loss
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 COMMON = ["--epochs", "2", "--max-train", "49", "--batch-size", "16", "--max-length", "32",
           "--lora-dropout", "0", "--memory", "12", "--max-eval", "32"]
+
+
+BATCHES = [list(range(8)), [8, 9, 10], [11]]  # split 4/4, 2/1, and 1/0: an empty slice
+
+
+def ddp_gradients(rank, size, store, out, x, y, weights):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], 3)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    grads = []
+    for idx in BATCHES:
+        mine = shard(idx, rank, size)
+        rows = mine or idx[:1]
+        shard_loss(ddp(x[rows]), y[rows], y[idx], weights, size, empty=not mine).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    torch.save(grads, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("weights", [None, torch.tensor([0.5, 1.0, 2.5])])
+def test_ddp_gradients_equal_one_process_gradients(tmp_path, weights):
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 4, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    torch.multiprocessing.start_processes(  # spawn: a fork would inherit torch's thread pool
+        ddp_gradients, args=(2, tmp_path / "store", tmp_path, x, y, weights), nprocs=2,
+        start_method="spawn")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    for step, idx in enumerate(BATCHES):
+        mean = torch.nn.CrossEntropyLoss(weight=weights)(model(x[idx]), y[idx])
+        assert torch.allclose(shard_loss(model(x[idx]), y[idx], y[idx], weights, 1), mean)
+        expected = torch.autograd.grad(mean, list(model.parameters()))
+        for rank in (0, 1):
+            got = torch.load(tmp_path / f"rank{rank}.pt")[step]
+            for g, e in zip(got, expected):
+                assert torch.allclose(g, e, atol=1e-6), (step, rank)
 
 
 def trainer(args: list[str], ranks: int = 1) -> dict:
