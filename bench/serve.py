@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 import yaml
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -323,7 +324,7 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
               for x in xs if x["errors"]]
     if failed:  # a row that answered errors measured nothing worth reporting
         raise SystemExit("requests failed, no results written:\n" + "\n".join(failed))
-    tokenizer = ModelRuntime.load(run, settings=RuntimeSettings(monitor=False)).tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(run, local_files_only=True)
     meta = {"model": "tiny random BERT" if "tiny" in str(base_dir) else "all-MiniLM-L6-v2 + LoRA r=16",
             "sentences": len(texts), "max_tokens": sc.max_tokens,
             "mean_tokens": statistics.fmean(len(x) for x in tokenizer(texts)["input_ids"]),
@@ -342,7 +343,7 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
 
 
 def prepare(base_dir: Path, work: Path, sc: Scale) -> tuple[list[str], Path, Path]:
-    _, tokenizer = load_classifier(base_dir, list(LABELS), new_head=True)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     texts = sentences(tokenizer, sc.max_tokens)
     run, adapter = build_models(work, base_dir, texts)
     return texts, run, adapter
