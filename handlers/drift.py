@@ -1,5 +1,6 @@
-"""Drift test: two-sample KS per feature + chi-square on predicted classes, corrected for many
-tests, firing only when significant AND large AND the window is big enough."""
+"""Drift test: two-sample KS per feature + chi-square on predicted classes (+ a novelty test when
+the reference holds several served domains, against which the others are mixture-matched),
+corrected for many tests, firing only when significant AND large AND the window is big enough."""
 
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -7,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import ConfigError
+from handlers.mixture import Match, expected_class_shares, mixture_match, served_domains, weighted_ks
+from handlers.novelty import uniformity_test
 
 
 @dataclass
@@ -47,32 +50,67 @@ def corrected(p_values: list[float], method: str) -> list[float]:
     return out.tolist()
 
 
+def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Match | None
+                  ) -> list[dict[str, Any]]:
+    """KS per feature: scipy's exact two-sample test, or the weighted one when matched."""
+    from scipy import stats  # here, so the runtime imports on hosts without scipy (bench/gpu.py)
+
+    tests = []
+    for name, ref_values in reference["features"].items():
+        values = np.asarray(window["features"].get(name, []), dtype=float)
+        if len(values) == 0:
+            continue
+        ref = np.asarray(ref_values, dtype=float)
+        if match is None:
+            result = stats.ks_2samp(ref, values)
+            statistic, p_value = float(result.statistic), float(result.pvalue)
+        else:
+            statistic, p_value = weighted_ks(ref, match.weights, values)
+        tests.append({"test": "ks", "feature": name, "statistic": statistic, "p_value": p_value})
+    return tests
+
+
+def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | None
+               ) -> dict[str, Any]:
+    """Chi-square of the window's predicted classes against the (matched) reference shares."""
+    from scipy import stats
+
+    k = len(reference["labels"])
+    win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)
+    n = int(win_counts.sum())
+    if match is None:
+        ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
+        ref_shares = ref_counts / ref_counts.sum()
+    else:
+        ref_shares = expected_class_shares(reference["classes"], match.reference_assigned,
+                                           match.shares, k)
+    chi2 = stats.chisquare(win_counts, ref_shares * n)
+    tv = 0.5 * float(np.abs(win_counts / n - ref_shares).sum())
+    return {"test": "chi2", "feature": "predicted_class", "statistic": tv,
+            "chi2": float(chi2.statistic), "p_value": float(chi2.pvalue)}
+
+
+def novelty_test(match: Match) -> dict[str, Any]:
+    d, p_value, n_eff = uniformity_test(match.novelty_p, match.calibration_n)
+    return {"test": "novelty", "feature": "pcs", "statistic": d, "p_value": p_value,
+            "effective_n": round(n_eff, 1)}
+
+
 def drift_test(reference: dict[str, Any], window: dict[str, Any],
                settings: DriftSettings, class_test: bool = True) -> dict[str, Any]:
     """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
-    "labels": [names]}. Returns the decision with every statistic behind it.
-    `class_test=False` leaves out the chi-square test (for comparing feature sets)."""
-    from scipy import stats  # here, so the runtime imports on hosts without scipy (bench/gpu.py)
-
+    "labels": [names]}; a reference of several served domains adds "domains": [names] and
+    "domain_index": [domain per row] (and may keep a fitted "novelty": Novelty). Returns the
+    decision with every statistic behind it. `class_test=False` leaves out the chi-square test
+    (for comparing feature sets). One domain: exactly scipy's ks_2samp and chisquare."""
     n = len(window["classes"])
-    tests: list[dict[str, Any]] = []
-    for name, ref_values in reference["features"].items():
-        values = np.asarray(window["features"].get(name, []), dtype=float)
-        if n < 2 or len(values) == 0:
-            continue
-        result = stats.ks_2samp(np.asarray(ref_values, dtype=float), values)
-        tests.append({"test": "ks", "feature": name, "statistic": float(result.statistic),
-                      "p_value": float(result.pvalue)})
-    labels = reference["labels"]
+    domains = served_domains(reference)
+    match = mixture_match(reference, window) if n >= 2 and len(domains) > 1 else None
+    tests = feature_tests(reference, window, match) if n >= 2 else []
     if class_test and n >= 2:
-        k = len(labels)
-        ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
-        win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)
-        expected = ref_counts / ref_counts.sum() * n
-        chi2 = stats.chisquare(win_counts, expected)
-        tv = 0.5 * float(np.abs(win_counts / n - ref_counts / ref_counts.sum()).sum())
-        tests.append({"test": "chi2", "feature": "predicted_class", "statistic": tv,
-                      "chi2": float(chi2.statistic), "p_value": float(chi2.pvalue)})
+        tests.append(chi2_test(reference, window, match))
+    if match is not None:
+        tests.append(novelty_test(match))
     for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests],
                                             settings.correction)):
         test["p_corrected"] = p_adj
@@ -80,6 +118,7 @@ def drift_test(reference: dict[str, Any], window: dict[str, Any],
     enough = n >= settings.min_window
     fired = sorted((t for t in tests if t["fires"]), key=lambda t: t["p_corrected"]) \
         if enough else []
+    shares = match.shares if match is not None else np.full(len(domains), 1.0 if n else 0.0)
     return {
         "is_drift": bool(fired),
         "window_size": n,
@@ -90,6 +129,8 @@ def drift_test(reference: dict[str, Any], window: dict[str, Any],
         "fired": [f"{t['test']}:{t['feature']}" for t in fired],
         "not_enough_requests": not enough,
         "max_ks": max((t["statistic"] for t in tests if t["test"] == "ks"), default=0.0),
+        "served_mix": {d: round(float(s), 4) for d, s in zip(domains, shares)},
+        "mixture_matched": match is not None,
         "settings": asdict(settings),
         "tests": tests,
     }

@@ -2,11 +2,14 @@
 the softmax outputs (they catch label shift), the confidence and the token length."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from handlers.errors import ConfigError
+from handlers.novelty import DEFAULT_DOMAIN, Novelty, pc_names
 
 REFERENCE_FILE = "drift_reference.json"
 
@@ -53,26 +56,60 @@ def feature_matrix(pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray,
 
 @dataclass
 class Reference:
-    """What the traffic is compared with: stored in the run dir and the archive."""
+    """What the traffic is compared with: stored in the run dir and the archive. It holds
+    held-out rows of every domain the version serves; `domain_index` names each row's domain."""
 
     labels: list[str]
     names: list[str]
     projection: Projection
-    features: np.ndarray  # (n, len(names)) on held-out source data
+    features: np.ndarray  # (n, len(names)) on held-out data of the served domains
     classes: np.ndarray  # (n,) predicted class index
+    domains: list[str] = field(default_factory=lambda: [DEFAULT_DOMAIN])
+    domain_index: np.ndarray | None = None  # (n,) row -> index into domains; None = all domain 0
+
+    def __post_init__(self) -> None:
+        if self.domain_index is None:
+            self.domain_index = np.zeros(len(self.classes), np.int16)
+        self.domain_index = np.asarray(self.domain_index, np.int16)
+        problems = []
+        if not self.domains or len(set(self.domains)) != len(self.domains):
+            problems.append(f"domains must be distinct names, got {self.domains}")
+        if self.domain_index.shape != (len(self.classes),):
+            problems.append(f"domain_index has shape {self.domain_index.shape}, expected "
+                            f"({len(self.classes)},)")
+        elif len(self.domain_index) and not 0 <= self.domain_index.min() <= \
+                self.domain_index.max() < len(self.domains):
+            problems.append(f"domain_index values must be in [0, {len(self.domains)})")
+        if problems:
+            raise ConfigError("drift reference: " + "; ".join(problems))
+
+    def domain_sizes(self) -> dict[str, int]:
+        counts = np.bincount(self.domain_index, minlength=len(self.domains))
+        return {d: int(c) for d, c in zip(self.domains, counts)}
 
     def as_test_input(self) -> dict[str, Any]:
-        return {"labels": self.labels, "classes": self.classes.tolist(),
-                "features": {n: self.features[:, i].tolist() for i, n in enumerate(self.names)}}
+        """The dict drift_test takes; with several domains the novelty calibration is fitted
+        here, once, not on every check."""
+        features = {n: self.features[:, i] for i, n in enumerate(self.names)}
+        pcs = self.features[:, [self.names.index(n) for n in pc_names(self.names)]]
+        novelty = Novelty.fit(pcs, self.domain_index, self.domains) \
+            if len(self.domains) > 1 else None
+        return {"labels": self.labels, "classes": self.classes, "features": features,
+                "domains": self.domains, "domain_index": self.domain_index, "novelty": novelty}
 
     def to_bytes(self) -> bytes:
         return json.dumps({
             "labels": self.labels, "names": self.names, "projection": self.projection.to_json(),
             "features": np.round(self.features, 6).tolist(), "classes": self.classes.tolist(),
+            "domains": self.domains, "domain_index": self.domain_index.tolist(),
         }).encode()
 
     @classmethod
     def load(cls, path: Path) -> "Reference":
+        """A file written before domains were stored loads as one domain, DEFAULT_DOMAIN."""
         raw = json.loads(Path(path).read_text())
+        domains = raw["domains"] if "domains" in raw else [DEFAULT_DOMAIN]
+        index = raw["domain_index"] if "domain_index" in raw else None
         return cls(raw["labels"], raw["names"], Projection.from_json(raw["projection"]),
-                   np.asarray(raw["features"], np.float32), np.asarray(raw["classes"], np.int16))
+                   np.asarray(raw["features"], np.float32), np.asarray(raw["classes"], np.int16),
+                   list(domains), index)

@@ -26,10 +26,7 @@ class TrafficMonitor:
     def __init__(self, reference: Reference, directory: Path, capacity: int,
                  persist_every_s: float, drift: DriftSettings, worker_id: str) -> None:
         self.reference = reference
-        self.reference_input = {
-            "labels": reference.labels, "classes": reference.classes,
-            "features": {n: reference.features[:, i] for i, n in enumerate(reference.names)},
-        }
+        self.reference_input = reference.as_test_input()  # novelty calibration fitted once
         self.directory = Path(directory)
         self.path = self.directory / f"{worker_id}{SUFFIX}"
         self.capacity = capacity
@@ -101,6 +98,7 @@ class TrafficMonitor:
             "confidence": features.get("confidence", {}),
             "reference": {
                 "size": int(len(self.reference.classes)),
+                "domains": self.reference.domain_sizes(),
                 "features": summarize(self.reference.names, self.reference.features),
                 "class_distribution": class_shares(self.reference.classes, labels),
             },

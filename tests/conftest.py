@@ -29,7 +29,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_settings(tiny_base: Path):
     from trainer.train import TrainSettings
 
-    return TrainSettings(base_model=str(tiny_base), epochs=1, batch_size=16, max_train=64,
+    return TrainSettings(base_model=str(tiny_base), epochs=1, min_steps=0, patience=0, batch_size=16,
+                         max_train=64,
                          max_length=32)
 
 

@@ -29,7 +29,7 @@ from trainer.balance import (
 )
 from trainer.config import check, setting
 from trainer.data import DataError, Example, load_source
-from trainer.evaluate import evaluate_domains
+from trainer.evaluate import evaluate, evaluate_domains
 from trainer.evaluate_cli import cap, source_record, test_splits
 from trainer.features import (
     BUFFER_FILE,
@@ -39,10 +39,16 @@ from trainer.features import (
     read_buffer,
     sizes_json,
 )
-from trainer.fit import FitResult, fit, seed_everything
+from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, merge, parameter_counts
-from trainer.reference import build_reference
+from trainer.quality import EXIT_WEAK, assess, warning_line
+from trainer.reference_texts import (
+    REFERENCE_TEXTS_FILE,
+    build_reference_for,
+    read_reference_texts,
+    reference_texts_bytes,
+)
 from trainer.rundir import load_run, save_run
 from trainer.train import TrainSettings
 
@@ -66,9 +72,17 @@ class AdaptSettings:
     defer_epochs: int = setting(0, "class weights only in the last N epochs (0 = in every epoch)")
     full_finetune: bool = setting(False, "train every weight instead of a LoRA adapter (baseline)")
     label_threshold: float = setting(_TRAIN.label_threshold, "VADER rating band (-t, t) = neutral")
-    epochs: int = setting(2, "passes over the step's training set")
+    epochs: int = setting(2, "passes over the step's training set, at least")
+    min_steps: int = setting(100, "optimiser steps, at least: few examples get more passes "
+                                  "(up to --max-epochs)")
+    max_epochs: int = setting(_TRAIN.max_epochs, "passes at most, however small the data")
+    patience: int = setting(_TRAIN.patience, "stop after this many passes without a better "
+                                             "validation macro-F1 (0 = never)")
     batch_size: int = setting(_TRAIN.batch_size, "examples per optimiser step")
-    lr: float = setting(_TRAIN.lr, "AdamW learning rate, decayed linearly to 0")
+    lr: float = setting(_TRAIN.lr, "AdamW learning rate: linear warm-up, then decay to 0")
+    lr_warmup: float = setting(_TRAIN.lr_warmup, "share of the steps warming the learning rate up")
+    weak_margin: float = setting(_TRAIN.weak_margin, "validation macro-F1 must beat always "
+                                 "answering the majority class by this much, or the run is weak")
     max_length: int = setting(_TRAIN.max_length, "tokens kept per text")
     max_train: int = setting(0, "cap on the new domain's training examples (0 = all); quick runs")
     max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
@@ -77,16 +91,26 @@ class AdaptSettings:
     lora_r: int = setting(_TRAIN.lora_r, "LoRA rank")
     lora_alpha: int = setting(_TRAIN.lora_alpha, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = setting(_TRAIN.lora_dropout, "dropout on the LoRA input")
-    target_modules: list[str] = setting(list(_TRAIN.target_modules), "modules that get LoRA")
+    target_modules: list[str] = setting(list(_TRAIN.target_modules), "modules that get LoRA "
+                                        "(empty: the architecture's attention projections)")
     drift_components: int = setting(_TRAIN.drift_components, "principal components kept for drift")
+    reference_per_domain: int = setting(_TRAIN.reference_per_domain,
+                                        "held-out texts per domain in the drift reference")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
-                    for n in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
-                              "drift_components") if getattr(self, n) < 1]
+                    for n in ("epochs", "max_epochs", "batch_size", "max_length", "lora_r",
+                              "lora_alpha", "drift_components", "reference_per_domain")
+                    if getattr(self, n) < 1]
         problems += [f"{n} must be >= 0, got {getattr(self, n)}"
-                     for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs")
+                     for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs",
+                               "min_steps", "patience")
                      if getattr(self, n) < 0]
+        if self.max_epochs < self.epochs:
+            problems.append(f"max_epochs ({self.max_epochs}) must be >= epochs ({self.epochs})")
+        for name in ("lr_warmup", "weak_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.selection not in SELECTIONS:
             problems.append(f"selection must be one of {', '.join(SELECTIONS)}, "
                             f"got {self.selection!r}")
@@ -105,14 +129,15 @@ class AdaptSettings:
             problems.append(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not self.target_modules and not self.full_finetune:
-            problems.append("target_modules must name at least one module")
         check(problems, "adapt settings")
 
 
 def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
-               seen: Sequence[str]) -> tuple[str, list[Example], list[Example], list[Example]]:
-    """(domain, train, val, test) of the one new domain in `source`, checked against vN."""
+               seen: Sequence[str]) -> tuple[str, list[Example], list[Example], list[Example],
+                                             list[str]]:
+    """(domain, train, val, test, held-out texts for the drift reference) of the one new domain
+    in `source`, checked against vN. The val split's texts serve the reference even with
+    --shots: the reference needs no labels."""
     splits = load_source(source, s.seed, s.label_threshold, tuple(labels))
     if len(splits) != 1:
         raise DataError(f"{source}: adapt takes one new domain per step, got {sorted(splits)}")
@@ -127,7 +152,9 @@ def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
     if not split.train:
         raise DataError(f"{source}: domain {domain!r} has no training examples")
     train = few_shot(split.train, s.shots, source) if s.shots else cap(split.train, s.max_train)
-    return domain, train, [] if s.shots else cap(split.val, s.max_eval), cap(split.test, s.max_eval)
+    held_out = [ex.text for ex in cap(split.val or split.train, s.reference_per_domain)]
+    return (domain, train, [] if s.shots else cap(split.val, s.max_eval),
+            cap(split.test, s.max_eval), held_out)
 
 
 def few_shot(train: list[Example], k: int, source: str) -> list[Example]:
@@ -189,9 +216,11 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
     print(f"training {counts['trainable']:,} of {counts['total']:,} parameters "
           f"({100 * counts['share']:.2f}%) on {len(train)} examples ({n_replay} replayed)",
           file=sys.stderr)
-    result = fit(model, tokenizer, train, val, labels, epochs=s.epochs, batch_size=s.batch_size,
+    epochs = plan_epochs(len(train), s.batch_size, s.epochs, s.min_steps, s.max_epochs)
+    result = fit(model, tokenizer, train, val, labels, epochs=epochs, batch_size=s.batch_size,
                  lr=s.lr, max_length=s.max_length, seed=s.seed, class_weights=class_weights,
-                 sampler=epoch_order(train, n_replay, s))
+                 sampler=epoch_order(train, n_replay, s), warmup=s.lr_warmup,
+                 patience=s.patience)
     merged = model if s.full_finetune else merge(model)
     return merged, result, counts, None if weights is None else weights.tolist()
 
@@ -213,10 +242,16 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
                         f"it predates `adapt` -- retrain it with `trainer train`")
     buffer = read_buffer(source_run)
     seen = list(prev["domains_seen"])
-    domain, train_new, val_new, test_new = new_domain(data, s, labels, seen)
-    if not test_new or len(val_new or train_new) < 2:
-        raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 val (or shot) "
+    domain, train_new, val_new, test_new, held_new = new_domain(data, s, labels, seen)
+    if not test_new or len(held_new) < 2:
+        raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 held-out "
                         f"texts for the drift reference")
+    held_out = {**read_reference_texts(source_run), domain: held_new}
+    missing = [d for d in seen if d not in held_out]
+    if missing:
+        print(f"note: {source_run} carries no reference texts for {missing} (made before "
+              f"{REFERENCE_TEXTS_FILE}); the drift reference covers {list(held_out)} only",
+              file=sys.stderr)
     sources = {d: prev["domain_sources"][d] for d in seen}  # the report sorts its keys
     tests = {**test_splits(sources, labels), domain: test_new}
     replay = buffer.items() if s.selection != "none" else []
@@ -236,9 +271,11 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
                                s.max_length, s.reherd)
                    if s.selection != "none" else ReplayBuffer())
     f1 = scored["pooled"]["per_class_f1"].values()
-    texts = [ex.text for ex in (val_new or train_new)]  # drift is judged against the new domain
-    reference = build_reference(merged, tokenizer, texts, min(s.drift_components, len(texts)),
-                                s.max_length)
+    step_train = replay + train_new
+    judged_on = val_new or step_train
+    quality = assess(evaluate(merged, tokenizer, judged_on, labels, s.max_length), step_train,
+                     judged_on, labels, s.weak_margin)
+    reference = build_reference_for(merged, tokenizer, held_out, s.drift_components, s.max_length)
     report = {
         "kind": "adapt",
         "step": len(matrix) - 1,
@@ -252,6 +289,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
         "parameters": counts,
         "history": result.history,
         "best_epoch": result.best_epoch,
+        "quality": quality,
         "training_set": {"new": len(train_new), "replay": len(replay),
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
@@ -269,12 +307,16 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
         "macro_f1": scored["pooled"]["macro_f1"],
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
         "replay_buffer": sizes_json(next_buffer),
+        "reference_sizes": {d: len(t) for d, t in held_out.items()},
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
     save_run(out, merged, tokenizer, labels, report,
-             extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes()})
+             extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes(),
+                    REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})
+    if quality["weak"]:
+        print(warning_line(quality, "adapt"), file=sys.stderr)
     return report
 
 
@@ -286,6 +328,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
     config.add_arguments(p, AdaptSettings)
     distributed.add_engine_arguments(p)
-    p.set_defaults(func=lambda args: (run_adapt(config.from_args(AdaptSettings, args),
-                                                Path(args.source_run), args.data,
-                                                Path(args.out)), 0))
+
+    def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+        report = run_adapt(config.from_args(AdaptSettings, args), Path(args.source_run),
+                           args.data, Path(args.out))
+        return report, EXIT_WEAK if report.get("quality", {}).get("weak") else 0
+
+    p.set_defaults(func=run)

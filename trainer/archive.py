@@ -18,6 +18,8 @@ from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.runtime import DTYPES
 from trainer import config
 from trainer.config import check, setting
+from trainer.quality import refuse_weak
+from trainer.rundir import read_report
 
 HANDLER_FILE = "torchserve_handler.py"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -94,14 +96,17 @@ def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings) -> bool:
 
 
 def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
-                  settings: ArchiveSettings, reuse: bool = False) -> Path:
+                  settings: ArchiveSettings, reuse: bool = False, allow_weak: bool = False) -> Path:
     """Stage run files + the handlers package, archive them beside the store, rename in."""
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(version)):
         raise ValueError(f"version {version!r} must be dotted digits, e.g. 1 or 2.1")
     run_dir, model_store = Path(run_dir), Path(model_store)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--run {run_dir}: no such run directory")
     verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
+    refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
     out = mar_path(model_store, name, version)
     if reuse and mar_is_current(out, run_dir, settings):
         print(f"{out}: up to date; reusing it", file=sys.stderr)
@@ -145,11 +150,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="1", help="model version (default: 1)")
     p.add_argument("--model-store", default="model_store", help="default: model_store")
     p.add_argument("--reuse", action="store_true", help="keep an identical existing .mar")
+    p.add_argument("--allow-weak", action="store_true",
+                   help="archive a run marked weak (no better than the majority class)")
     config.add_arguments(p, ArchiveSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = build_archive(Path(args.run), args.name, args.version, Path(args.model_store),
-                            config.from_args(ArchiveSettings, args), reuse=args.reuse)
+                            config.from_args(ArchiveSettings, args), reuse=args.reuse,
+                            allow_weak=args.allow_weak)
         return {"mar": str(mar), "bytes": mar.stat().st_size}, 0
 
     p.set_defaults(func=run)

@@ -18,6 +18,7 @@ VADER_FILES = {
     "tweets": "tweets_GroundTruth.txt",
 }
 DOMAINS: tuple[str, ...] = tuple(VADER_FILES)
+SPLIT: tuple[float, float] = (0.15, 0.15)  # val and test shares of a source split by `train`
 
 
 class DataError(ValueError):
@@ -91,7 +92,7 @@ def load_vader(domain: str, threshold: float = 0.5) -> list[Example]:
     return examples
 
 
-def _check_row(path: Path, lineno: int, row: object, labels: tuple[str, ...],
+def _check_row(path: Path, lineno: int, row: object, labels: tuple[str, ...] | None,
                default_domain: str) -> Example:
     if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected an object with fields text, label")
@@ -104,19 +105,26 @@ def _check_row(path: Path, lineno: int, row: object, labels: tuple[str, ...],
     if not text.strip():
         raise DataError(f"{path}:{lineno}: field 'text' is empty")
     label = str(label).strip()
-    if label not in labels:
+    if not label:
+        raise DataError(f"{path}:{lineno}: field 'label' is empty")
+    if labels is not None and label not in labels:
         raise DataError(f"{path}:{lineno}: unknown label {label!r}; expected one of {list(labels)}")
     domain = str(row.get("domain") or default_domain).strip()
     return Example(text.strip(), label, domain)
 
 
-def load_file(path: str | Path, labels: tuple[str, ...] = LABELS) -> list[Example]:
-    """Read JSONL or CSV with `text`, `label` and optional `domain`; stop at the first bad row."""
+def load_file(path: str | Path, labels: tuple[str, ...] | None = LABELS,
+              default_domain: str | None = None) -> list[Example]:
+    """Read JSONL or CSV with `text`, `label` and optional `domain`; stop at the first bad row.
+
+    `labels` None accepts any label (the caller takes the label set from the data); a row
+    without a domain gets `default_domain` (default: the file's stem).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     content = _decode(path, path.read_bytes())
-    default_domain = path.stem
+    default_domain = default_domain or path.stem
     examples: list[Example] = []
     if path.suffix.lower() in (".jsonl", ".json"):
         for lineno, line in enumerate(content.splitlines(), start=1):
@@ -142,7 +150,7 @@ def load_file(path: str | Path, labels: tuple[str, ...] = LABELS) -> list[Exampl
 
 
 def stratified_split(examples: list[Example], seed: int,
-                     fractions: tuple[float, float] = (0.15, 0.15)) -> Splits:
+                     fractions: tuple[float, float] = SPLIT) -> Splits:
     """Deterministic per-label shuffle, then val/test fractions from every label."""
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
@@ -161,15 +169,42 @@ def stratified_split(examples: list[Example], seed: int,
     return Splits(train, val, test)
 
 
-def load_source(source: str, seed: int, threshold: float = 0.5,
-                labels: tuple[str, ...] = LABELS) -> dict[str, Splits]:
-    """A built-in domain name or a JSONL/CSV path -> seeded splits per domain."""
+def default_domain(source: str) -> str:
+    """The domain of rows that name none: the built-in name, or the file's stem."""
+    return source if source in VADER_FILES else Path(source).stem
+
+
+def by_domain(examples: list[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        groups[ex.domain].append(ex)
+    return dict(sorted(groups.items()))
+
+
+def load_examples(source: str, threshold: float = 0.5, labels: tuple[str, ...] | None = LABELS,
+                  domain: str | None = None) -> list[Example]:
+    """Every row of a built-in domain or a JSONL/CSV file, unsplit."""
     if source in VADER_FILES:
-        return {source: stratified_split(load_vader(source, threshold), seed)}
-    by_domain: dict[str, list[Example]] = defaultdict(list)
-    for ex in load_file(source, labels):
-        by_domain[ex.domain].append(ex)
-    return {d: stratified_split(exs, seed) for d, exs in sorted(by_domain.items())}
+        examples = load_vader(source, threshold)
+        if labels is not None:
+            unknown = sorted({ex.label for ex in examples} - set(labels))
+            if unknown:
+                raise DataError(f"{source}: label(s) {unknown} not in --labels {list(labels)}")
+        return examples
+    return load_file(source, labels, domain)
+
+
+def load_source(source: str, seed: int, threshold: float = 0.5,
+                labels: tuple[str, ...] | None = LABELS,
+                fractions: tuple[float, float] = SPLIT) -> dict[str, Splits]:
+    """A built-in domain name or a JSONL/CSV path -> seeded splits per domain."""
+    return {d: stratified_split(exs, seed, fractions)
+            for d, exs in by_domain(load_examples(source, threshold, labels)).items()}
+
+
+def labels_in(examples: list[Example]) -> list[str]:
+    """The label set of a data set in a stable (sorted) order; VADER's three sort as LABELS."""
+    return sorted({ex.label for ex in examples})
 
 
 def fingerprint(examples: list[Example]) -> str:

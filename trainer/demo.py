@@ -31,6 +31,8 @@ class DemoSettings:
     model_store: str = setting("model_store", "TorchServe's model store")
     config: str = setting("config.properties", "TorchServe config to start with")
     free_ports: bool = setting(False, "pick free loopback ports instead of the config's")
+    allow_weak: bool = setting(False, "archive and roll out runs marked weak (no better than "
+                                      "the majority class); for quick smoke runs")
 
 
 def send_all(client: TorchServeClient, model: str, examples: list[Example],
@@ -69,7 +71,8 @@ def prepare_v1(demo: DemoSettings, train: TrainSettings,
     """Train (or reuse) v1 on the source domain and archive it (or reuse the archive)."""
     run_dir = Path(demo.runs) / demo.name / "v1"
     report = run_train(train, demo.source, run_dir, reuse=True)
-    mar = build_archive(run_dir, demo.name, "1", Path(demo.model_store), archive, reuse=True)
+    mar = build_archive(run_dir, demo.name, "1", Path(demo.model_store), archive, reuse=True,
+                        allow_weak=demo.allow_weak)
     return run_dir, report, mar
 
 

@@ -44,8 +44,11 @@ def from_stats_dir(stats_dir: Path, reference_path: Path, settings: DriftSetting
 def summary_line(result: dict[str, Any]) -> str:
     verdict = "DRIFT" if result["is_drift"] else "no drift"
     why = result["rule"] or ("window too small" if result["not_enough_requests"] else "—")
+    mix = result.get("served_mix") or {}  # absent from servers running an older handler
+    served = f", served mix {', '.join(f'{d} {s:.0%}' for d, s in mix.items())}" \
+        if len(mix) > 1 else ""
     return (f"{verdict}: window {result['window_size']} requests, max KS "
-            f"{result['max_ks']:.3f}; {why}")
+            f"{result['max_ks']:.3f}{served}; {why}")
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

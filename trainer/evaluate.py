@@ -35,6 +35,7 @@ def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) 
         "accuracy": round(float(accuracy(y_true, y_pred)), 4),
         "macro_f1": round(float(macro_f1(y_true, y_pred, len(labels))), 4),
         "per_class_f1": {label: round(float(f), 4) for label, f in zip(labels, f1s)},
+        "predicted": {label: sum(1 for p in y_pred if p == i) for i, label in enumerate(labels)},
     }
 
 

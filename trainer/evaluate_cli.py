@@ -14,14 +14,16 @@ from typing import Any
 from trainer.data import DOMAINS, DataError, Example, fingerprint, load_source
 from trainer.evaluate import evaluate_domains
 from trainer.rundir import load_run
+from trainer.splits import rebuild_test
 
 
 def source_record(source: str, seed: int, label_threshold: float, max_eval: int,
-                  test: Sequence[Example]) -> dict[str, Any]:
-    """How to rebuild one domain's test split later; file sources are stored as absolute paths."""
+                  test: Sequence[Example], how: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild one domain's test split later; file sources are stored as absolute paths.
+    `how` (trainer.splits) says whether the test split is a share of the source or a whole file."""
     path = source if source in DOMAINS else str(Path(source).resolve())
     return {"source": path, "seed": seed, "label_threshold": label_threshold,
-            "max_eval": max_eval, "test_sha256": fingerprint(test)}
+            "max_eval": max_eval, **(how or {}), "test_sha256": fingerprint(test)}
 
 
 def cap(examples: list[Example], limit: int) -> list[Example]:
@@ -31,16 +33,12 @@ def cap(examples: list[Example], limit: int) -> list[Example]:
 def test_splits(sources: Mapping[str, Mapping[str, Any]],
                 labels: Sequence[str]) -> dict[str, list[Example]]:
     """Rebuild each recorded domain's test split; stop if one is empty or no longer the same."""
-    loaded: dict[tuple, Any] = {}
     out = {}
     for domain, rec in sources.items():
-        key = (rec["source"], rec["seed"], rec["label_threshold"])
-        if key not in loaded:
-            loaded[key] = load_source(rec["source"], rec["seed"], rec["label_threshold"],
-                                      tuple(labels))
-        if domain not in loaded[key]:
+        test = rebuild_test(rec, domain, rec["seed"], rec["label_threshold"], tuple(labels))
+        if test is None:
             raise DataError(f"domain {domain!r} is no longer in {rec['source']}")
-        test = cap(loaded[key][domain].test, rec.get("max_eval", 0))
+        test = cap(test, rec.get("max_eval", 0))
         if not test:
             raise DataError(f"domain {domain!r} has an empty test split")
         if "test_sha256" in rec and fingerprint(test) != rec["test_sha256"]:

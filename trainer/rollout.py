@@ -24,6 +24,7 @@ from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
 from trainer.evaluate_cli import test_splits
+from trainer.quality import refuse_weak
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 MAR_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_-]*)\.v(?P<version>[0-9]+(\.[0-9]+)*)\.mar$")
@@ -195,8 +196,10 @@ def prune(client: TorchServeClient, model: str, keep: int) -> list[str]:
     return removed
 
 
-def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings) -> dict[str, Any]:
+def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
+            allow_weak: bool = False) -> dict[str, Any]:
     info = read_archive(mar)
+    refuse_weak(info["report"], mar.name, allow_weak)
     model_store = mar.parent
     with rollout_lock(model_store, model) as state_file:
         registered, default = versions(client, model)  # also proves the server and key work
@@ -284,11 +287,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _server_args(p)
     p.add_argument("--mar", required=True, help="NAME.vN.mar in the model store")
     p.add_argument("--model-store", default="model_store", help="default: model_store")
+    p.add_argument("--allow-weak", action="store_true",
+                   help="roll out an archive whose run was marked weak (no better than the "
+                        "majority class)")
     config.add_arguments(p, GateSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = Path(args.model_store) / Path(args.mar).name
-        result = rollout(_client(args), mar, args.model, config.from_args(GateSettings, args))
+        result = rollout(_client(args), mar, args.model, config.from_args(GateSettings, args),
+                         args.allow_weak)
         return result, EXIT_PROMOTED if result["promoted"] else EXIT_REJECTED
 
     p.set_defaults(func=run)

@@ -15,44 +15,83 @@ from handlers.errors import IntegrityError
 from handlers.features import REFERENCE_FILE
 from handlers.manifest import sha256_file, verify_manifest
 from trainer import config, distributed
+from trainer.balance import class_counts, effective_number_weights
 from trainer.config import check, setting
-from trainer.data import LABELS, Splits, fingerprint, load_source
+from trainer.data import Splits, fingerprint
 from trainer.evaluate import evaluate
 from trainer.evaluate_cli import cap, source_record
 from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
-from trainer.fit import fit, seed_everything
+from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
-from trainer.reference import build_reference
+from trainer.quality import EXIT_WEAK, assess, warning_line
+from trainer.reference_texts import (
+    REFERENCE_TEXTS_FILE,
+    build_reference_for,
+    reference_texts_bytes,
+)
 from trainer.rundir import REPORT_FILE, save_run
+from trainer.splits import load_training_data, say
 
 
 @dataclass
 class TrainSettings:
     base_model: str = setting("", "local Hugging Face model dir; empty = bundled all-MiniLM-L6-v2")
-    labels: list[str] = setting(list(LABELS), "class names, comma-separated, in head order")
+    labels: list[str] = setting([], "class names, comma-separated, in head order (empty: the "
+                                    "labels found in the training data, sorted)")
     label_threshold: float = setting(0.5, "VADER rating band (-t, t) labelled neutral")
-    epochs: int = setting(2, "passes over the training split")
-    batch_size: int = setting(32, "examples per optimiser step")
-    lr: float = setting(1e-3, "AdamW learning rate, decayed linearly to 0")
+    epochs: int = setting(2, "passes over the training split, at least")
+    min_steps: int = setting(300, "optimiser steps, at least: small data gets more passes "
+                                  "(up to --max-epochs)")
+    max_epochs: int = setting(30, "passes at most, however small the data")
+    patience: int = setting(4, "stop after this many passes without a better validation "
+                               "macro-F1 (0 = never); the best pass is kept")
+    batch_size: int = setting(16, "examples per optimiser step")
+    lr: float = setting(1e-3, "AdamW learning rate: linear warm-up, then linear decay to 0")
+    lr_warmup: float = setting(0.1, "share of the steps spent warming the learning rate up")
+    balance: bool = setting(True, "effective-number class weights (Cui et al. 2019) in the loss, "
+                                  "counted over the whole training split")
+    beta: float = setting(0.999, "effective-number beta in [0, 1); 0 = unweighted")
     max_length: int = setting(128, "tokens kept per text")
     max_train: int = setting(0, "cap on training examples (0 = all); for quick runs")
     max_eval: int = setting(0, "cap on val and test examples per domain (0 = all); quick runs")
+    val_fraction: float = setting(0.15, "share of --data held out for validation (per label), "
+                                        "unless --val-data is given")
+    test_fraction: float = setting(0.15, "share of --data held out for the test, unless "
+                                         "--test-data is given")
+    weak_margin: float = setting(0.1, "validation macro-F1 must beat always answering the "
+                                      "majority class by this much, or the run is marked weak")
     seed: int = setting(0, "seed for splits, LoRA init and batch order")
     lora_r: int = setting(8, "LoRA rank")
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = setting(0.1, "dropout on the LoRA input")
-    target_modules: list[str] = setting(["query", "value"], "modules that get LoRA, comma-separated")
+    target_modules: list[str] = setting([], "modules that get LoRA, comma-separated (empty: the "
+                                            "architecture's attention projections, PEFT's map)")
     memory: int = setting(300, "replay budget K (exemplars in all) carried to `adapt` (0 = none)")
     selection: str = setting("herding", "how exemplars are picked: herding | random | reservoir")
     drift_components: int = setting(8, "principal components of the embedding kept for drift")
+    reference_per_domain: int = setting(500, "held-out texts per domain in the drift reference")
 
     def validate(self) -> None:
         problems = []
-        for name in ("epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
-                     "drift_components"):
+        for name in ("epochs", "max_epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
+                     "drift_components", "reference_per_domain"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_steps", "patience"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_epochs < self.epochs:
+            problems.append(f"max_epochs ({self.max_epochs}) must be >= epochs ({self.epochs})")
+        if not 0 <= self.lr_warmup < 1:
+            problems.append(f"lr_warmup must be in [0, 1), got {self.lr_warmup}")
+        if not 0 <= self.beta < 1:
+            problems.append(f"beta must be in [0, 1), got {self.beta}")
+        for name in ("val_fraction", "test_fraction", "weak_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            problems.append("val_fraction + test_fraction must leave rows to train on")
         if self.max_train < 0:
             problems.append(f"max_train must be >= 0, got {self.max_train}")
         if self.max_eval < 0:
@@ -63,10 +102,8 @@ class TrainSettings:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.label_threshold <= 4:
             problems.append(f"label_threshold must be in [0, 4], got {self.label_threshold}")
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+        if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             problems.append(f"labels must be >= 2 distinct names, got {self.labels}")
-        if not self.target_modules:
-            problems.append("target_modules must name at least one module")
         if self.memory < 0:
             problems.append(f"memory must be >= 0, got {self.memory}")
         if self.selection not in STRATEGIES:
@@ -99,35 +136,52 @@ def is_current(out: Path, fp: str) -> bool:
         return False
 
 
-def run_train(settings: TrainSettings, source: str, out: Path,
-              reuse: bool = False) -> dict[str, Any]:
+def reference_texts(splits: dict[str, Splits], per_domain: int) -> dict[str, list[str]]:
+    """Held-out (validation) texts of every domain -- its training texts where it has no
+    validation rows: what the drift reference is built from."""
+    return {d: [ex.text for ex in cap(s.val or s.train, per_domain)] for d, s in splits.items()}
+
+
+def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = False,
+              val_data: str | None = None, test_data: str | None = None) -> dict[str, Any]:
     """Load and check all data first (a bad row stops before anything is written), then train."""
     started = time.time()
-    labels = list(settings.labels)
-    splits = load_source(source, settings.seed, settings.label_threshold, tuple(labels))
+    data = load_training_data(source, settings.seed, settings.label_threshold, settings.labels,
+                              val_data, test_data, (settings.val_fraction, settings.test_fraction))
+    labels, splits = data.labels, data.splits
     train = [ex for s in splits.values() for ex in s.train]
     splits = {d: Splits(s.train, cap(s.val, settings.max_eval), cap(s.test, settings.max_eval))
               for d, s in splits.items()}
     val = [ex for s in splits.values() for ex in s.val]
     if settings.max_train:
         train = train[: settings.max_train]
-    fp = train_fingerprint(settings, source, fingerprint(train + val))
+    if distributed.is_main():
+        say(data)
+    fp = train_fingerprint(settings, source, fingerprint(train + val) + fingerprint(
+        [ex for s in splits.values() for ex in s.test]))
     if reuse and is_current(out, fp):
         print(f"{out}: up to date (same settings, data and base model); reusing it",
               file=sys.stderr)
-        report = json.loads((Path(out) / REPORT_FILE).read_text())
-        return report
+        return json.loads((Path(out) / REPORT_FILE).read_text())
 
     seed_everything(settings.seed)
     base, tokenizer = load_classifier(settings.base_model_dir(), labels, new_head=True)
     model = apply_lora(base, settings.lora_r, settings.lora_alpha, settings.lora_dropout,
                        settings.target_modules)
     counts = parameter_counts(model)
+    epochs = plan_epochs(len(train), settings.batch_size, settings.epochs, settings.min_steps,
+                         settings.max_epochs)
+    index = {label: i for i, label in enumerate(labels)}
+    weights = (effective_number_weights(class_counts([index[ex.label] for ex in train],
+                                                     len(labels)), settings.beta)
+               if settings.balance else None)
     print(f"training {counts['trainable']:,} of {counts['total']:,} parameters "
-          f"({100 * counts['share']:.2f}%) on {len(train)} examples", file=sys.stderr)
-    result = fit(model, tokenizer, train, val, labels, epochs=settings.epochs,
+          f"({100 * counts['share']:.2f}%) on {len(train)} examples: up to {epochs} passes of "
+          f"{-(-len(train) // settings.batch_size)} steps", file=sys.stderr)
+    result = fit(model, tokenizer, train, val, labels, epochs=epochs,
                  batch_size=settings.batch_size, lr=settings.lr, max_length=settings.max_length,
-                 seed=settings.seed)
+                 seed=settings.seed, class_weights=(lambda _: weights) if weights is not None
+                 else None, warmup=settings.lr_warmup, patience=settings.patience)
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     merged = merge(model)
@@ -137,6 +191,8 @@ def run_train(settings: TrainSettings, source: str, out: Path,
                            ("test", [ex for s in splits.values() for ex in s.test]))
         if part
     }
+    quality = assess(metrics.get("val", metrics["train"]), train, val or train, labels,
+                     settings.weak_margin)
     per_domain = {d: evaluate(merged, tokenizer, s.test, labels, settings.max_length)
                   for d, s in splits.items() if s.test and len(splits) > 1}
     # The start of the adapt chain: a replay buffer and a one-row accuracy matrix.
@@ -144,45 +200,62 @@ def run_train(settings: TrainSettings, source: str, out: Path,
                          settings.selection, settings.seed, settings.max_length)
     test_acc = {d: (per_domain[d] if d in per_domain else metrics["test"])["accuracy"]
                 for d, s in splits.items() if s.test}
+    held_out = reference_texts(splits, settings.reference_per_domain)
     report = {
         "kind": "train",
         "fingerprint": fp,
         "source": source,
+        "split": data.plan,
         "domains": list(splits),
         "labels": labels,
         "settings": asdict(settings),
         "base_model": str(settings.base_model_dir()),
         "parameters": counts,
+        "epochs_planned": epochs,
         "history": result.history,
         "best_epoch": result.best_epoch,
         "examples_processed": result.examples_seen,
+        "class_weights": None if weights is None else weights.tolist(),
         "metrics": metrics,
+        "quality": quality,
         "test_by_domain": per_domain,
         "domains_seen": list(test_acc),
         "domain_sources": {d: source_record(source, settings.seed, settings.label_threshold,
-                                            settings.max_eval, splits[d].test)
+                                            settings.max_eval, splits[d].test, data.records[d])
                            for d in test_acc},
         "accuracy_matrix": [list(test_acc.values())],
         "replay_buffer": sizes_json(buffer),
+        "reference_sizes": {d: len(t) for d, t in held_out.items()},
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
-    reference = build_reference(merged, tokenizer, [ex.text for ex in val],
-                                settings.drift_components, settings.max_length)
-    save_run(out, merged, tokenizer, labels, report, extra={REFERENCE_FILE: reference.to_bytes(),
-                                                          BUFFER_FILE: buffer_bytes(buffer)})
+    reference = build_reference_for(merged, tokenizer, held_out, settings.drift_components,
+                                    settings.max_length)
+    save_run(out, merged, tokenizer, labels, report, extra={
+        REFERENCE_FILE: reference.to_bytes(), BUFFER_FILE: buffer_bytes(buffer),
+        REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})
+    if quality["weak"]:
+        print(warning_line(quality, "train"), file=sys.stderr)
     return report
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("train", help="LoRA-train a classifier and write a merged run dir")
     p.add_argument("--data", required=True,
-                   help="built-in domain (nyt, movie, amazon, tweets) or a .jsonl/.csv file")
+                   help="built-in domain (nyt, movie, amazon, tweets) or a .jsonl/.csv file with "
+                        "text, label and optional domain")
+    p.add_argument("--val-data", help="your own validation file (default: a share of --data)")
+    p.add_argument("--test-data", help="your own test file (default: a share of --data)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--reuse", action="store_true",
                    help="skip training when --out was built from the same inputs")
     config.add_arguments(p, TrainSettings)
     distributed.add_engine_arguments(p)
-    p.set_defaults(func=lambda args: (
-        run_train(config.from_args(TrainSettings, args), args.data, Path(args.out), args.reuse), 0))
+
+    def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+        report = run_train(config.from_args(TrainSettings, args), args.data, Path(args.out),
+                           args.reuse, args.val_data, args.test_data)
+        return report, EXIT_WEAK if report.get("quality", {}).get("weak") else 0
+
+    p.set_defaults(func=run)

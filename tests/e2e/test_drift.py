@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def two_worker_models(client, model_store, minilm_run):
     build_archive(minilm_run, "drift", "1", model_store,
-                  ArchiveSettings(min_workers=2, max_workers=2, batch_size=4))
+                  ArchiveSettings(min_workers=2, max_workers=2, batch_size=4), allow_weak=True)
     client.register("drift.v1.mar", "drift_nyt", workers=2)
     client.register("drift.v1.mar", "drift_tweets", workers=1)
     yield

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def store(tiny_run, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
-    build_archive(tiny_run, "sentiment", "3", store, ArchiveSettings(max_chars=200))
+    build_archive(tiny_run, "sentiment", "3", store, ArchiveSettings(max_chars=200),
+                  allow_weak=True)
     return store
 
 

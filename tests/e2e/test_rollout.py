@@ -27,14 +27,16 @@ FAST = dict(holdout=60, concurrency=4, max_p95_ms=5000.0)
 @pytest.fixture(scope="module")
 def archives(minilm_run, model_store, tmp_path_factory):
     """v1 (the e2e model), v2 (same weights: gate 'not worse' passes), v3 (deliberately broken
-    head that always answers 'positive': old-domain accuracy collapses)."""
-    build_archive(minilm_run, MODEL, "1", model_store, ArchiveSettings())
-    build_archive(minilm_run, MODEL, "2", model_store, ArchiveSettings())
+    head that always answers 'positive': old-domain accuracy collapses). The e2e model is a
+    fast, weak one (see conftest), so these archives and rollouts pass allow_weak."""
+    build_archive(minilm_run, MODEL, "1", model_store, ArchiveSettings(), allow_weak=True)
+    build_archive(minilm_run, MODEL, "2", model_store, ArchiveSettings(), allow_weak=True)
     model, tokenizer, labels, report = load_run(minilm_run)
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([-50.0, -50.0, 50.0]))
+    report = {**report, "quality": {"weak": True, "reasons": ["always answers 'positive'"]}}
     worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
-    build_archive(worse, MODEL, "3", model_store, ArchiveSettings())
+    build_archive(worse, MODEL, "3", model_store, ArchiveSettings(), allow_weak=True)
     return model_store
 
 
@@ -79,9 +81,11 @@ class Load:
             t.join()
 
 
-def cli(server, *args, store=None):
+def cli(server, *args, store=None, allow_weak=True):
+    """A trainer verb against `server`; rollouts pass --allow-weak (the e2e model is weak)."""
+    weak = ["--allow-weak"] if allow_weak and args[0] == "rollout" else []
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *args, "--model", MODEL,
+        [sys.executable, "-m", "trainer", *args, *weak, "--model", MODEL,
          "--inference-url", server.inference_url, "--management-url", server.management_url,
          "--key-file", str(server.key_file), *(["--model-store", str(store)] if store else [])],
         capture_output=True, text=True, timeout=600)
@@ -90,7 +94,7 @@ def cli(server, *args, store=None):
 def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, archives):
     with Load(server) as load:
         result = rollout(rollme, archives / f"{MODEL}.v2.mar", MODEL,
-                         GateSettings(min_new_gain=-0.01, **FAST))
+                         GateSettings(min_new_gain=-0.01, **FAST), allow_weak=True)
         time.sleep(0.5)
     assert result["promoted"] and result["default"] == "2", result["rules"]
     assert versions(rollme, MODEL) == (["1", "2"], "2")
@@ -116,6 +120,13 @@ def test_worse_archive_is_rejected_and_removed(server, rollme, archives):
     assert any(r.startswith("FAIL nyt") for r in result["rules"])
     assert versions(rollme, MODEL) == (["1", "2"], "2")
     assert "rejected v3" in proc.stderr
+
+
+def test_weak_archive_is_refused_before_the_server_is_touched(server, rollme, archives):
+    before = versions(rollme, MODEL)
+    proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", store=archives, allow_weak=False)
+    assert proc.returncode == 2 and "is marked weak" in proc.stderr and "--allow-weak" in proc.stderr
+    assert versions(rollme, MODEL) == before
 
 
 def test_second_rollout_is_refused_while_one_runs(server, rollme, archives):
@@ -159,7 +170,8 @@ def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tm
 
 
 def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, rollme, archives):
-    args = ["rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60", "--max-p95-ms", "5000"]
+    args = ["rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60", "--max-p95-ms", "5000",
+            "--allow-weak"]
     full = [sys.executable, "-m", "trainer", *args, "--model", MODEL,
             "--inference-url", server.inference_url, "--management-url", server.management_url,
             "--key-file", str(server.key_file), "--model-store", str(archives)]

@@ -57,3 +57,22 @@ def test_bad_settings_are_all_named():
         DriftSettings(alpha=2, min_effect=-1, min_window=0, correction="holm").validate()
     for field in ("alpha", "min_effect", "min_window", "correction"):
         assert field in str(info.value)
+
+
+def test_one_domain_is_exactly_scipys_ks_and_chisquare():
+    """A single-domain reference (old files, `trainer train`) keeps the pooled tests unchanged."""
+    from scipy import stats
+
+    rng = np.random.default_rng(8)
+    ref, window = sample(rng, 1500), sample(rng, 300, shift=0.2, classes_p=(0.4, 0.3, 0.3))
+    named = {**ref, "domains": ["nyt"], "domain_index": np.zeros(1500, int)}
+    for reference, domain in ((ref, "source"), (named, "nyt")):
+        result = drift_test(reference, window, DriftSettings())
+        assert [t["test"] for t in result["tests"]] == ["ks", "ks", "chi2"]
+        for t in result["tests"][:2]:
+            expected = stats.ks_2samp(ref["features"][t["feature"]], window["features"][t["feature"]])
+            assert (t["statistic"], t["p_value"]) == (expected.statistic, expected.pvalue)
+        counts = np.bincount(ref["classes"], minlength=3) + 0.5
+        chi2 = stats.chisquare(np.bincount(window["classes"], minlength=3), counts / counts.sum() * 300)
+        assert (result["tests"][2]["chi2"], result["tests"][2]["p_value"]) == (chi2.statistic, chi2.pvalue)
+        assert result["served_mix"] == {domain: 1.0} and not result["mixture_matched"]

@@ -16,7 +16,9 @@ from trainer.config import SettingsError
 @pytest.fixture(scope="module")
 def built(tiny_run, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
-    return build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4)), store
+    mar = build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4),
+                        allow_weak=True)
+    return mar, store
 
 
 def test_archive_contents(built, tiny_run):
@@ -41,9 +43,11 @@ def test_archive_contents(built, tiny_run):
 def test_reuse_keeps_identical_archive(built, tiny_run):
     mar, store = built
     before = mar.stat().st_mtime_ns
-    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4), reuse=True)
+    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=4), reuse=True,
+                  allow_weak=True)
     assert mar.stat().st_mtime_ns == before
-    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=2), reuse=True)
+    build_archive(tiny_run, "sentiment", "1", store, ArchiveSettings(batch_size=2), reuse=True,
+                  allow_weak=True)
     assert mar.stat().st_mtime_ns != before
 
 
@@ -53,22 +57,22 @@ def test_tampered_run_dir_is_not_archived(tiny_run, tmp_path):
     (run / "config.json").write_text("{}")
     store = tmp_path / "store"
     with pytest.raises(IntegrityError, match="config.json"):
-        build_archive(run, "sentiment", "1", store, ArchiveSettings())
+        build_archive(run, "sentiment", "1", store, ArchiveSettings(), allow_weak=True)
     assert not store.exists() or not any(store.iterdir())
 
 
 def test_archiver_failure_leaves_no_partial_mar(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(archive, "HANDLER_FILE", "missing_handler.py")
     with pytest.raises(RuntimeError, match="torch-model-archiver failed"):
-        build_archive(tiny_run, "sentiment", "1", tmp_path, ArchiveSettings())
+        build_archive(tiny_run, "sentiment", "1", tmp_path, ArchiveSettings(), allow_weak=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_names_and_settings(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="model name"):
-        build_archive(tiny_run, "../evil", "1", tmp_path, ArchiveSettings())
+        build_archive(tiny_run, "../evil", "1", tmp_path, ArchiveSettings(), allow_weak=True)
     with pytest.raises(ValueError, match="version"):
-        build_archive(tiny_run, "ok", "1;rm", tmp_path, ArchiveSettings())
+        build_archive(tiny_run, "ok", "1;rm", tmp_path, ArchiveSettings(), allow_weak=True)
     with pytest.raises(SettingsError) as info:
         ArchiveSettings(batch_size=0, device_type="tpu", min_workers=2, max_workers=1).validate()
     for field in ("batch_size", "device_type", "max_workers"):

@@ -23,6 +23,7 @@ import pytest
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.stats import read_window
 from trainer.features import BUFFER_FILE, read_buffer
+from trainer.quality import EXIT_WEAK
 from trainer.rundir import REPORT_FILE
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,7 +31,8 @@ SEED = int(os.environ.get("CRASH_SEED", "0"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 TRIGGERS = ("temp", "final", "timer")
-TINY = ["--epochs", "1", "--max-train", "64", "--batch-size", "16", "--max-length", "32"]
+TINY = ["--epochs", "1", "--min-steps", "0", "--max-train", "64", "--batch-size", "16",
+        "--max-length", "32"]
 
 
 def visible(parent: Path) -> list[str]:
@@ -123,7 +125,8 @@ def crash_then_rerun(args: list[str], target: Path, check: Callable[[Path], None
             check(target)
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # a tiny random model is usually weak (exit 3): the run is still written whole
+    assert proc.returncode in (0, EXIT_WEAK), proc.stderr[-2000:]
     assert visible(target.parent) == [target.name]
     check(target)
     print(f"{args[2]}: {events}")  # shown when a test fails
@@ -159,7 +162,7 @@ def test_killed_archive_leaves_no_partial_mar(tiny_run: Path, tmp_path: Path) ->
         check_mar(mar, tmp_path / f"unzipped-{next(scratch)}")
 
     args = ["-m", "trainer", "archive", "--run", str(tiny_run), "--name", "crash",
-            "--version", "1", "--model-store", str(store)]
+            "--version", "1", "--model-store", str(store), "--allow-weak"]
     events = crash_then_rerun(args, store / "crash.v1.mar", check, tmp_path, SEED + 2)
     assert ("temp", "killed") in [e[:2] for e in events]
 

@@ -1,6 +1,7 @@
 """LoRA training and merging: merged == unmerged, run dir contents, reuse, bad input stops early."""
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_bad_data_row_stops_before_anything_is_written(tiny_settings, tmp_path):
     data.write_text('{"text": "fine", "label": "positive"}\n{"text": "x", "label": "meh"}\n')
     out = tmp_path / "runs" / "v1"
     with pytest.raises(DataError, match=r"data.jsonl:2: unknown label 'meh'"):
-        run_train(tiny_settings, str(data), out)
+        run_train(dataclasses.replace(tiny_settings, labels=LABELS), str(data), out)
     assert not (tmp_path / "runs").exists()
 
 

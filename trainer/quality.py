@@ -1,0 +1,50 @@
+"""The guard against useless models: is validation macro-F1 clearly above always answering the
+majority class, and does every class get predicted? Said in one line, recorded in the report."""
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from trainer.data import Example
+from trainer.evaluate import scores
+
+EXIT_WEAK = 3  # the run dir is written, but marked weak; archive/rollout refuse it
+
+
+def majority_baseline(train: Sequence[Example], val: Sequence[Example],
+                      labels: Sequence[str]) -> dict[str, Any]:
+    """Scores on `val` of a model that always answers the training set's most common class."""
+    majority = Counter(ex.label for ex in train).most_common(1)[0][0]
+    index = {label: i for i, label in enumerate(labels)}
+    baseline = scores([index[ex.label] for ex in val], [index[majority]] * len(val), labels)
+    return {"label": majority, "macro_f1": baseline["macro_f1"], "accuracy": baseline["accuracy"]}
+
+
+def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[Example],
+           labels: Sequence[str], margin: float) -> dict[str, Any]:
+    """`weak` when macro-F1 < baseline + margin or a class is never predicted on validation."""
+    base = majority_baseline(train, val, labels)
+    never = [label for label in labels if val_scores["predicted"].get(label, 0) == 0]
+    reasons = []
+    if val_scores["macro_f1"] < base["macro_f1"] + margin:
+        reasons.append(f"validation macro-F1 {val_scores['macro_f1']:.3f} is not {margin:.2f} "
+                       f"above the {base['macro_f1']:.3f} of always answering {base['label']!r}")
+    if never:
+        reasons.append(f"class(es) {never} never predicted on {len(val)} validation rows")
+    return {"weak": bool(reasons), "reasons": reasons, "majority_baseline": base,
+            "val_macro_f1": val_scores["macro_f1"], "margin": margin, "never_predicted": never}
+
+
+def warning_line(quality: dict[str, Any], verb: str) -> str:
+    """The one line a weak run prints: the numbers and what to try."""
+    return (f"WEAK MODEL ({verb}): {'; '.join(quality['reasons'])}. Try more labelled rows per "
+            "class, more steps (--min-steps), a lower --lr, or check the labels; "
+            "archive/rollout refuse this run unless --allow-weak")
+
+
+def refuse_weak(report: dict[str, Any], where: str, allow_weak: bool) -> None:
+    """archive and rollout: a weak run is an error unless the user says --allow-weak."""
+    quality = report.get("quality") or {}
+    if quality.get("weak") and not allow_weak:
+        raise ValueError(f"{where} is marked weak ({'; '.join(quality['reasons'])}); "
+                         "retrain it, or pass --allow-weak to use it anyway")
