@@ -144,6 +144,8 @@ def decode_request(body: Any, content_type: str | None, max_chars: int) -> str:
     except UnicodeEncodeError as e:
         raise BadRequest(f"text holds a lone surrogate {text[e.start]!r} at character {e.start}; "
                          "send valid Unicode") from e
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise BadRequest("field 'text' holds only control characters (e.g. NUL); send words")
     return text
 
 

@@ -22,17 +22,24 @@ def majority_baseline(train: Sequence[Example], val: Sequence[Example],
 
 def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[Example],
            labels: Sequence[str], margin: float) -> dict[str, Any]:
-    """`weak` when macro-F1 < baseline + margin or a class is never predicted on validation."""
+    """`weak` when macro-F1 < baseline + margin, or a class is never predicted (or never
+    predicted right: F1 0) on validation."""
     base = majority_baseline(train, val, labels)
     never = [label for label in labels if val_scores["predicted"].get(label, 0) == 0]
+    dead = [label for label in labels if label not in never
+            and val_scores["per_class_f1"].get(label, 0.0) == 0.0]
     reasons = []
     if val_scores["macro_f1"] < base["macro_f1"] + margin:
         reasons.append(f"validation macro-F1 {val_scores['macro_f1']:.3f} is not {margin:.2f} "
                        f"above the {base['macro_f1']:.3f} of always answering {base['label']!r}")
     if never:
         reasons.append(f"class(es) {never} never predicted on {len(val)} validation rows")
+    if dead:
+        reasons.append(f"class(es) {dead} never predicted right on {len(val)} validation rows "
+                       "(F1 0)")
     return {"weak": bool(reasons), "reasons": reasons, "majority_baseline": base,
-            "val_macro_f1": val_scores["macro_f1"], "margin": margin, "never_predicted": never}
+            "val_macro_f1": val_scores["macro_f1"], "margin": margin, "never_predicted": never,
+            "f1_zero": dead}
 
 
 def warning_line(quality: dict[str, Any], verb: str) -> str:

@@ -112,7 +112,14 @@ class TrainSettings:
         check(problems, "train settings")
 
     def base_model_dir(self) -> Path:
-        return Path(self.base_model) if self.base_model else default_base_model()
+        """The base model's directory, checked: a wrong path names itself and what was expected."""
+        if not self.base_model:
+            return default_base_model()
+        path = Path(self.base_model)
+        if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
+            raise FileNotFoundError(f"--base-model {path}: expected a local Hugging Face model "
+                                    "directory with config.json and *.safetensors weights")
+        return path
 
 
 def train_fingerprint(settings: TrainSettings, source: str, data_hash: str) -> str:

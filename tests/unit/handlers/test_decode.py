@@ -68,3 +68,9 @@ def test_any_json_value_gives_text_or_a_4xx(value):
         decode_request(json.dumps(value).encode(), "application/json", max_chars=200)
     except HandlerError as e:
         assert 400 <= e.status < 500
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"\x00\x00\x01\x1f", "\x07\x00"])
+def test_control_characters_only_is_refused_like_an_empty_text(body):
+    with pytest.raises(BadRequest, match="only control characters"):
+        decode_request(body, "text/plain", 100)

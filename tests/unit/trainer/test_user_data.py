@@ -132,13 +132,18 @@ def test_assess_flags_majority_answers_and_unpredicted_classes():
     val = [ex("a")] * 7 + [ex("b")] * 3
     base = majority_baseline(train, val, labels)
     assert base["label"] == "a" and base["macro_f1"] == pytest.approx(0.4118, abs=1e-4)
-    majority_like = {"macro_f1": 0.4118, "predicted": {"a": 10, "b": 0}}
+    majority_like = {"macro_f1": 0.4118, "predicted": {"a": 10, "b": 0},
+                     "per_class_f1": {"a": 0.82, "b": 0.0}}
     q = assess(majority_like, train, val, labels, margin=0.1)
     assert q["weak"] and q["never_predicted"] == ["b"] and len(q["reasons"]) == 2
-    good = {"macro_f1": 0.8, "predicted": {"a": 6, "b": 4}}
+    good = {"macro_f1": 0.8, "predicted": {"a": 6, "b": 4}, "per_class_f1": {"a": 0.85, "b": 0.75}}
     assert assess(good, train, val, labels, margin=0.1)["weak"] is False
-    barely = {"macro_f1": 0.45, "predicted": {"a": 6, "b": 4}}  # predicts both, not clearly better
+    barely = {"macro_f1": 0.45, "predicted": {"a": 6, "b": 4},  # predicts both, not clearly better
+              "per_class_f1": {"a": 0.6, "b": 0.3}}
     assert assess(barely, train, val, labels, margin=0.1)["weak"] is True
+    dead = {"macro_f1": 0.55, "predicted": {"a": 7, "b": 3}, "per_class_f1": {"a": 0.6, "b": 0.0}}
+    q = assess(dead, train, val, labels, margin=0.1)  # predicts b, never right: F1 0
+    assert q["weak"] and q["f1_zero"] == ["b"] and "never predicted right" in q["reasons"][-1]
 
 
 @pytest.mark.parametrize("n,batch,epochs,min_steps,max_epochs,want", [
@@ -170,3 +175,12 @@ def test_early_stopping_keeps_the_best_epoch(quick, two_class_rows, tmp_path):
     assert len(history) < 6  # a learning rate this small cannot keep improving
     assert report["best_epoch"] == 1 + f1.index(max(f1))
     assert history[-1]["epoch"] - report["best_epoch"] == 1
+
+
+def test_a_bad_base_model_path_names_itself(quick, two_class_rows, tmp_path):
+    data = write_jsonl(tmp_path / "mine.jsonl", two_class_rows)
+    settings = dataclasses.replace(quick, base_model=str(tmp_path / "no-model"))
+    with pytest.raises(FileNotFoundError, match=r"--base-model .*no-model: expected a local "
+                                                r"Hugging Face model directory"):
+        run_train(settings, str(data), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
