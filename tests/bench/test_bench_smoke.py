@@ -73,3 +73,15 @@ def test_gpu_bench_without_cuda_exits_at_once_and_says_why(tmp_path):
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr and "nothing measured" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_defaults_quick_runs_the_cli_per_cell_and_tables_it(tmp_path):
+    """Two cells through `python -m trainer train --data FILE --test-data FILE` with a tiny
+    random BERT: the harness works end to end, and such a model is (rightly) flagged weak."""
+    run("defaults.py", tmp_path)
+    result = json.loads((tmp_path / "defaults-quick.json").read_text())
+    cells = result["results"]
+    assert [(c["classes"], c["train_rows"]) for c in cells] == [(3, 102), (2, 102)]
+    assert [len(c["labels"]) for c in cells] == [3, 2]  # labels from the data: no ghost class
+    assert all(c["exit_code"] == 3 and c["weak"] and not c["meets_goal"] for c in cells)
+    assert result["met"] == 0 and (tmp_path / "defaults-quick.md").read_text().count("\n| ") == 3
