@@ -82,7 +82,7 @@ def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | 
         ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
         ref_shares = ref_counts / ref_counts.sum()
     else:
-        ref_shares = expected_class_shares(reference["classes"], match.reference_assigned,
+        ref_shares = expected_class_shares(reference["classes"], match.reference_domain,
                                            match.shares, k)
     chi2 = stats.chisquare(win_counts, ref_shares * n)
     tv = 0.5 * float(np.abs(win_counts / n - ref_shares).sum())

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import ConfigError
-from handlers.novelty import DEFAULT_DOMAIN, Novelty, pc_names
+from handlers.mixture import novelty_model
+from handlers.novelty import DEFAULT_DOMAIN
 
 REFERENCE_FILE = "drift_reference.json"
 
@@ -77,8 +78,7 @@ class Reference:
         if self.domain_index.shape != (len(self.classes),):
             problems.append(f"domain_index has shape {self.domain_index.shape}, expected "
                             f"({len(self.classes)},)")
-        elif len(self.domain_index) and not 0 <= self.domain_index.min() <= \
-                self.domain_index.max() < len(self.domains):
+        elif np.any((self.domain_index < 0) | (self.domain_index >= len(self.domains))):
             problems.append(f"domain_index values must be in [0, {len(self.domains)})")
         if problems:
             raise ConfigError("drift reference: " + "; ".join(problems))
@@ -90,12 +90,11 @@ class Reference:
     def as_test_input(self) -> dict[str, Any]:
         """The dict drift_test takes; with several domains the novelty calibration is fitted
         here, once, not on every check."""
-        features = {n: self.features[:, i] for i, n in enumerate(self.names)}
-        pcs = self.features[:, [self.names.index(n) for n in pc_names(self.names)]]
-        novelty = Novelty.fit(pcs, self.domain_index, self.domains) \
-            if len(self.domains) > 1 else None
-        return {"labels": self.labels, "classes": self.classes, "features": features,
-                "domains": self.domains, "domain_index": self.domain_index, "novelty": novelty}
+        data = {"labels": self.labels, "classes": self.classes, "domains": self.domains,
+                "features": {n: self.features[:, i] for i, n in enumerate(self.names)},
+                "domain_index": self.domain_index}
+        data["novelty"] = novelty_model(data) if len(self.domains) > 1 else None
+        return data
 
     def to_bytes(self) -> bytes:
         return json.dumps({

@@ -1,5 +1,6 @@
-"""Mixture-matched two-sample tests: the reference re-weighted to the window's estimated domain
-shares, so a window of one served domain is compared with that domain, not with the pool."""
+"""Mixture-matched two-sample tests: the reference re-weighted to the mixture of served domains
+that is closest to the window, so a window of ANY served mixture is compared with that mixture
+(not with the pool), while no mixture of served domains explains an unseen one."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -7,16 +8,19 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import ConfigError
-from handlers.novelty import DEFAULT_DOMAIN, Novelty, assign, calibration_size, pc_names
+from handlers.novelty import DEFAULT_DOMAIN, Novelty, calibration_size, pc_names
+
+GRID = 64  # ECDF points per feature when fitting the mixture (the tests then use every value)
+SUM_TO_ONE = 1e3  # weight of the shares-sum-to-one row in the least-squares fit
 
 
 @dataclass
 class Match:
-    """How the window splits over the served domains, and the reference weighted to match it."""
+    """The served mixture closest to the window, and the reference weighted to it."""
 
-    shares: np.ndarray  # (domains,) window rows assigned to each domain
-    reference_assigned: np.ndarray  # (n_ref,) each reference row's own (leave-one-out) domain
-    weights: np.ndarray  # (n_ref,) w_d / m_d for the rows assigned to d
+    shares: np.ndarray  # (domains,) that mixture: the window's estimated domain shares
+    reference_domain: np.ndarray  # (n_ref,) each reference row's domain
+    weights: np.ndarray  # (n_ref,) pi_d / n_d for the rows of domain d
     novelty_p: np.ndarray  # (n,) max over domains of the window rows' conformal p-values
     calibration_n: float  # effective size of the calibration behind those p-values
 
@@ -32,44 +36,67 @@ def novelty_model(reference: dict[str, Any]) -> Novelty:
         return reference["novelty"]
     if reference.get("domain_index") is None:
         raise ConfigError("a reference with several domains needs 'domain_index' (one per row)")
-    names = pc_names(list(reference["features"]))
-    pcs = np.column_stack([np.asarray(reference["features"][n], dtype=float) for n in names]) \
-        if names else np.zeros((len(reference["classes"]), 0))
-    return Novelty.fit(pcs, reference["domain_index"], served_domains(reference))
+    return Novelty.fit(pc_matrix(reference, "reference"), reference["domain_index"],
+                       served_domains(reference))
+
+
+def pc_matrix(data: dict[str, Any], what: str) -> np.ndarray:
+    """The pc columns, in order; the novelty score and the matching need all of them."""
+    names = pc_names(list(data["features"]))
+    if not names:
+        raise ConfigError(f"the {what} has no principal components (pc1..), which a "
+                          "multi-domain reference needs")
+    return np.column_stack([np.asarray(data["features"][n], dtype=float) for n in names])
 
 
 def mixture_match(reference: dict[str, Any], window: dict[str, Any]) -> Match:
-    """Assign window and reference rows to their least-novel domain and weight to match."""
+    """Fit the closest served mixture, weight the reference to it, score the window's novelty."""
     model = novelty_model(reference)
-    names = pc_names(list(reference["features"]))
-    missing = [n for n in names if n not in window["features"]]
-    if missing or not names:
-        raise ConfigError(f"the window lacks the principal components {missing or 'pc1..'} that "
-                          "matching a multi-domain reference needs")
-    p = model.p_values(np.column_stack([np.asarray(window["features"][n], dtype=float)
-                                        for n in names]))
-    shares = domain_shares(assign(p), len(model.domains))
-    ref_assigned = assign(model.reference_p)
-    return Match(shares, ref_assigned, reference_weights(ref_assigned, shares), p.max(axis=1),
+    missing = [n for n in pc_names(list(reference["features"])) if n not in window["features"]]
+    if missing:
+        raise ConfigError(f"the window lacks the principal components {missing} that a "
+                          "multi-domain reference needs")
+    novelty_p = model.p_values(pc_matrix(window, "window")).max(axis=1)
+    index = np.asarray(reference["domain_index"], dtype=int)
+    shares = closest_mixture(reference, window, index, len(model.domains))
+    return Match(shares, index, reference_weights(index, shares), novelty_p,
                  calibration_size(shares, model.reference_sizes()))
 
 
-def domain_shares(assigned: np.ndarray, domains: int) -> np.ndarray:
-    """Share of the rows assigned to each domain (zeros for an empty window)."""
-    counts = np.bincount(np.asarray(assigned, dtype=int), minlength=domains).astype(float)
-    return counts / max(1.0, counts.sum())
+def ecdf_gaps(ref: np.ndarray, index: np.ndarray, win: np.ndarray, domains: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(G, e) on a grid t of pooled quantiles: G[t, d] = ECDF of domain d, e[t] = the window's."""
+    t = np.quantile(np.concatenate([ref, win]), np.linspace(0.0, 1.0, GRID))
+    per_domain = [np.sort(ref[index == d]) for d in range(domains)]
+    g = np.column_stack([np.searchsorted(r, t, side="right") / len(r) for r in per_domain])
+    return g, np.searchsorted(np.sort(win), t, side="right") / len(win)
 
 
-def reference_weights(reference_assigned: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Weight w_d / m_d on each reference row assigned to d (m_d such rows). A window share on a
-    domain no reference row was assigned to cannot be matched: the rest is renormalised."""
-    assigned = np.asarray(reference_assigned, dtype=int)
-    m = np.bincount(assigned, minlength=len(shares)).astype(float)
-    usable = np.where(m > 0, shares, 0.0)
-    if usable.sum() <= 0:  # nothing to match: the pooled reference
-        return np.full(len(assigned), 1.0 / max(1, len(assigned)))
-    per_row = usable / usable.sum() / np.maximum(m, 1.0)
-    return per_row[assigned]
+def closest_mixture(reference: dict[str, Any], window: dict[str, Any], index: np.ndarray,
+                    domains: int) -> np.ndarray:
+    """The mixture pi of served domains whose sum_d pi_d F_d comes closest to the window's ECDF,
+    least squares over a grid of every feature (a minimum-distance estimate: NNLS, the
+    sum-to-one constraint as a heavy extra row). Assigning rows to their nearest domain
+    instead biases the shares where domains overlap, and the biased reference then fires."""
+    from scipy.optimize import nnls
+
+    parts = [ecdf_gaps(np.asarray(values, dtype=float), index,
+                       np.asarray(window["features"][name], dtype=float), domains)
+             for name, values in reference["features"].items()
+             if len(window["features"].get(name, [])) > 0]
+    g = np.concatenate([p[0] for p in parts] + [np.full((1, domains), SUM_TO_ONE)])
+    e = np.concatenate([p[1] for p in parts] + [[SUM_TO_ONE]])
+    shares, _ = nnls(g, e)
+    if shares.sum() <= 0:  # never expected: the pooled reference
+        return np.bincount(index, minlength=domains) / len(index)
+    return shares / shares.sum()
+
+
+def reference_weights(domain_index: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Weight pi_d / n_d on each reference row of domain d: the reference as that mixture."""
+    index = np.asarray(domain_index, dtype=int)
+    sizes = np.bincount(index, minlength=len(shares)).astype(float)
+    return (shares / np.maximum(sizes, 1.0))[index]
 
 
 def effective_size(weights: np.ndarray) -> float:
@@ -103,19 +130,14 @@ def weighted_ks(reference: np.ndarray, weights: np.ndarray, window: np.ndarray
     return d, float(np.clip(stats.kstwo.sf(d, max(1, round(en))), 0.0, 1.0))
 
 
-def expected_class_shares(classes: np.ndarray, assigned: np.ndarray, shares: np.ndarray,
+def expected_class_shares(classes: np.ndarray, domain_index: np.ndarray, shares: np.ndarray,
                           k: int) -> np.ndarray:
-    """sum_d w_d * (class counts of d's reference rows + 0.5) / (m_d + 0.5 k): the pooled
-    formula of the single-domain test, per domain, mixed by the window's shares."""
+    """sum_d pi_d * (class counts of domain d + 0.5) / (n_d + 0.5 k): the single-domain
+    formula per domain, mixed as the window is."""
     classes = np.asarray(classes, dtype=int)
-    assigned = np.asarray(assigned, dtype=int)
+    index = np.asarray(domain_index, dtype=int)
     out = np.zeros(k)
-    usable = [d for d in range(len(shares)) if shares[d] > 0 and np.any(assigned == d)]
-    total = sum(shares[d] for d in usable)
-    for d in usable:
-        counts = np.bincount(classes[assigned == d], minlength=k) + 0.5
-        out += shares[d] / total * counts / counts.sum()
-    if not usable:
-        counts = np.bincount(classes, minlength=k) + 0.5
-        out = counts / counts.sum()
+    for d in np.flatnonzero(shares):
+        counts = np.bincount(classes[index == d], minlength=k) + 0.5
+        out += shares[d] / shares.sum() * counts / counts.sum()
     return out

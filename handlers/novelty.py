@@ -58,7 +58,6 @@ class Novelty:
     points: list[np.ndarray]  # per domain: its reference rows' pcs (n_d, dims)
     neighbours: list[int]  # per domain: k, at most n_d - 1
     calibration: list[np.ndarray]  # per domain: sorted leave-one-out scores (n_d,)
-    reference_p: np.ndarray  # (n_ref, domains): each reference row's p-values, own domain LOO
 
     @classmethod
     def fit(cls, pcs: np.ndarray, domain_index: np.ndarray, domains: Sequence[str],
@@ -69,14 +68,7 @@ class Novelty:
         points = [x[index == d] for d in range(len(domains))]
         neighbours = [min(k, len(p) - 1) for p in points]
         loo = [kth_distances(p, p, kd, leave_out_self=True) for p, kd in zip(points, neighbours)]
-        model = cls(list(domains), points, neighbours, [np.sort(s) for s in loo],
-                    np.empty((len(x), len(domains))))
-        model.reference_p = model.p_values(x)
-        for d, scores in enumerate(loo):  # own domain: rank among the OTHER rows' LOO scores
-            n_d = len(scores)
-            model.reference_p[index == d, d] = (n_d - np.searchsorted(
-                model.calibration[d], scores, side="left")) / n_d
-        return model
+        return cls(list(domains), points, neighbours, [np.sort(s) for s in loo])
 
     def p_values(self, pcs: np.ndarray) -> np.ndarray:
         """(n, domains): conformal p-value of each row under each served domain."""
@@ -106,11 +98,6 @@ def check_domains(pcs: np.ndarray, index: np.ndarray, domains: Sequence[str]) ->
         problems.append("each domain needs >= 2 reference rows: " + ", ".join(small))
     if problems:
         raise ConfigError("novelty reference: " + "; ".join(problems))
-
-
-def assign(p: np.ndarray) -> np.ndarray:
-    """Each row's domain: the one under which it looks least novel (ties -> first)."""
-    return np.argmax(p, axis=1)
 
 
 def uniformity_test(p: np.ndarray, reference_n: float) -> tuple[float, float, float]:

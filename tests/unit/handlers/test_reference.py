@@ -37,7 +37,7 @@ def test_domains_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.features, ref.features, atol=1e-6)
     test_input = loaded.as_test_input()
     assert test_input["novelty"].domains == ["nyt", "movie"]
-    assert test_input["novelty"].reference_p.shape == (6, 2)
+    assert [len(c) for c in test_input["novelty"].calibration] == [3, 3]
 
 
 @pytest.mark.parametrize("domains, index, problem", [
