@@ -42,7 +42,7 @@ from trainer.features import (
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, merge, parameter_counts
-from trainer.quality import EXIT_WEAK, assess, warning_line
+from trainer.quality import assess, exit_code, warning_line
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
     build_reference_for,
@@ -326,12 +326,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True,
                    help="new domain: built-in name (nyt, movie, amazon, tweets) or .jsonl/.csv")
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
+    p.add_argument("--allow-weak", action="store_true",
+                   help="exit 0 even when the model is weak (it is still marked weak)")
     config.add_arguments(p, AdaptSettings)
     distributed.add_engine_arguments(p)
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_adapt(config.from_args(AdaptSettings, args), Path(args.source_run),
                            args.data, Path(args.out))
-        return report, EXIT_WEAK if report.get("quality", {}).get("weak") else 0
+        return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

@@ -19,7 +19,7 @@ from handlers.runtime import DTYPES
 from trainer import config
 from trainer.config import check, setting
 from trainer.quality import refuse_weak
-from trainer.rundir import read_report
+from trainer.rundir import REPORT_FILE, read_report
 
 HANDLER_FILE = "torchserve_handler.py"
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -106,7 +106,8 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--run {run_dir}: no such run directory")
     verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
-    refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
+    if (run_dir / REPORT_FILE).is_file():  # a bare PEFT adapter dir has no report
+        refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
     out = mar_path(model_store, name, version)
     if reuse and mar_is_current(out, run_dir, settings):
         print(f"{out}: up to date; reusing it", file=sys.stderr)

@@ -111,4 +111,6 @@ def run_on_ray(args: argparse.Namespace) -> tuple[Any, int]:
                                          use_gpu=torch.cuda.is_available()),
             run_config=RunConfig(storage_path=storage, name="driftserve"),
         ).fit()
-    return json.loads((Path(shipped.out) / "report.json").read_text()), 0
+    report = json.loads((Path(shipped.out) / "report.json").read_text())
+    weak = report.get("quality", {}).get("weak") and not getattr(args, "allow_weak", False)
+    return report, 3 if weak else 0  # trainer.quality.EXIT_WEAK

@@ -38,7 +38,8 @@ def from_stats_dir(stats_dir: Path, reference_path: Path, settings: DriftSetting
     window = {"classes": merged["classes"],
               "features": {n: merged["features"][:, i] for i, n in enumerate(merged["names"])}}
     result = drift_test(reference.as_test_input(), window, settings)
-    return {**result, "workers": merged["workers"], "requests_seen": merged["seen"]}
+    return {**result, "workers": merged["workers"], "requests_seen": merged["seen"],
+            "reference_domains": reference.domain_sizes()}
 
 
 def summary_line(result: dict[str, Any]) -> str:

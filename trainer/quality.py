@@ -42,6 +42,11 @@ def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[E
             "f1_zero": dead}
 
 
+def exit_code(report: dict[str, Any], allow_weak: bool) -> int:
+    """train/adapt: EXIT_WEAK for a weak run unless the user said --allow-weak."""
+    return EXIT_WEAK if report.get("quality", {}).get("weak") and not allow_weak else 0
+
+
 def warning_line(quality: dict[str, Any], verb: str) -> str:
     """The one line a weak run prints: the numbers and what to try."""
     return (f"WEAK MODEL ({verb}): {'; '.join(quality['reasons'])}. Try more labelled rows per "

@@ -24,7 +24,7 @@ from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
-from trainer.quality import EXIT_WEAK, assess, warning_line
+from trainer.quality import assess, exit_code, warning_line
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
     build_reference_for,
@@ -257,12 +257,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--reuse", action="store_true",
                    help="skip training when --out was built from the same inputs")
+    p.add_argument("--allow-weak", action="store_true",
+                   help="exit 0 even when the model is weak (it is still marked weak)")
     config.add_arguments(p, TrainSettings)
     distributed.add_engine_arguments(p)
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_train(config.from_args(TrainSettings, args), args.data, Path(args.out),
                            args.reuse, args.val_data, args.test_data)
-        return report, EXIT_WEAK if report.get("quality", {}).get("weak") else 0
+        return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 COMMON = ["--epochs", "2", "--max-train", "49", "--batch-size", "16", "--max-length", "32",
-          "--lora-dropout", "0", "--memory", "12", "--max-eval", "32"]
+          "--lora-dropout", "0", "--memory", "12", "--max-eval", "32", "--min-steps", "0",
+          "--patience", "0", "--allow-weak"]  # a tiny random model: weak, on purpose fast
 
 
 BATCHES = [list(range(8)), [8, 9, 10], [11]]  # split 4/4, 2/1, and 1/0: an empty slice

@@ -1,0 +1,39 @@
+"""`trainer drift --stats-dir`: the persisted windows against a two-domain reference file."""
+
+import numpy as np
+
+from handlers.drift import DriftSettings
+from handlers.features import REFERENCE_FILE, Projection, Reference, feature_matrix, feature_names
+from handlers.stats import SUFFIX, FeatureWindow
+from trainer.drift import from_stats_dir, summary_line
+
+LABELS = ["negative", "positive"]
+
+
+def domain_rows(rng, domain: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pooled embeddings, probabilities, token counts) of one synthetic domain."""
+    x = rng.normal(0, 0.15, size=(n, 16))
+    x[:, domain] += 1.0
+    p = rng.beta(2 + 4 * domain, 6 - 4 * domain, n)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.column_stack([1 - p, p]), \
+        rng.integers(5, 40, n)
+
+
+def test_stats_dir_is_matched_to_the_served_mix(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [domain_rows(rng, d, 300) for d in (0, 1)]
+    pooled, probs, tokens = (np.concatenate(c) for c in zip(*parts))
+    projection = Projection.fit(pooled, 4)
+    reference = Reference(LABELS, feature_names(LABELS, 4), projection,
+                          feature_matrix(pooled, probs, tokens, projection), probs.argmax(axis=1),
+                          ["nyt", "movie"], np.repeat([0, 1], 300))
+    (tmp_path / REFERENCE_FILE).write_bytes(reference.to_bytes())
+    window = FeatureWindow(reference.names, 1000)
+    served, served_probs, served_tokens = domain_rows(rng, 0, 200)
+    window.add(feature_matrix(served, served_probs, served_tokens, projection),
+               served_probs.argmax(axis=1).tolist())
+    window.save(tmp_path / "stats" / f"w1{SUFFIX}", {"capacity": 1000})
+    result = from_stats_dir(tmp_path / "stats", tmp_path, DriftSettings(), 1000)
+    assert result["reference_domains"] == {"nyt": 300, "movie": 300}
+    assert result["served_mix"]["nyt"] > 0.95 and not result["is_drift"], result["fired"]
+    assert "served mix nyt" in summary_line(result)
