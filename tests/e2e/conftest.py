@@ -19,8 +19,8 @@ def minilm_run(tmp_path_factory) -> Path:
     steps make a weak model (the guard says so): these tests check serving, not accuracy, so
     its archives are built with allow_weak."""
     out = tmp_path_factory.mktemp("e2e-runs") / "v1"
-    settings = TrainSettings(epochs=1, min_steps=0, patience=0, max_train=256, max_length=64,
-                             batch_size=32, lr=2e-3)
+    settings = TrainSettings(epochs=1, min_steps=0, patience=0, lr_warmup=0.0, balance=False,
+                             max_train=256, max_length=64, batch_size=32, lr=2e-3)
     run_train(settings, "nyt", out)
     return out
 

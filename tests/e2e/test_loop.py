@@ -22,7 +22,8 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
         # 16 training steps make a weak v1 on purpose (speed); the guard is tested elsewhere
         DemoSettings(per_domain=20, runs=str(runs), model_store=str(store), free_ports=True,
                      allow_weak=True),
-        TrainSettings(epochs=1, min_steps=0, patience=0, max_train=256, max_length=64, lr=2e-3),
+        TrainSettings(epochs=1, min_steps=0, patience=0, lr_warmup=0.0, balance=False,
+                      max_train=256, max_length=64, lr=2e-3),
         ArchiveSettings())
     assert set(summary["first_version"]) == {"nyt", "movie", "amazon", "tweets"}
     (step,) = summary["steps"]
