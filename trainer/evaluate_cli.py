@@ -33,9 +33,11 @@ def cap(examples: list[Example], limit: int) -> list[Example]:
 def test_splits(sources: Mapping[str, Mapping[str, Any]],
                 labels: Sequence[str]) -> dict[str, list[Example]]:
     """Rebuild each recorded domain's test split; stop if one is empty or no longer the same."""
-    out = {}
+    out: dict[str, list[Example]] = {}
+    loaded: dict = {}
     for domain, rec in sources.items():
-        test = rebuild_test(rec, domain, rec["seed"], rec["label_threshold"], tuple(labels))
+        test = rebuild_test(rec, domain, rec["seed"], rec["label_threshold"], tuple(labels),
+                            loaded)
         if test is None:
             raise DataError(f"domain {domain!r} is no longer in {rec['source']}")
         test = cap(test, rec.get("max_eval", 0))

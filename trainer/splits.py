@@ -93,10 +93,15 @@ def say(data: TrainingData) -> None:
 
 
 def rebuild_test(rec: dict[str, Any], domain: str, seed: int, threshold: float,
-                 labels: tuple[str, ...]) -> list[Example] | None:
-    """A recorded domain's test split, rebuilt the way `train` made it (None: domain gone)."""
-    examples = by_domain(load_examples(rec["source"], threshold, labels,
-                                       rec.get("domain_default")))
+                 labels: tuple[str, ...], loaded: dict | None = None) -> list[Example] | None:
+    """A recorded domain's test split, rebuilt the way `train` made it (None: domain gone).
+    `loaded` caches each source's rows across calls, so a multi-domain file is read once."""
+    key = (rec["source"], threshold, rec.get("domain_default"))
+    cache = loaded if loaded is not None else {}
+    if key not in cache:
+        cache[key] = by_domain(load_examples(rec["source"], threshold, labels,
+                                             rec.get("domain_default")))
+    examples = cache[key]
     if domain not in examples:
         return None
     if rec.get("whole"):
