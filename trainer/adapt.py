@@ -50,7 +50,7 @@ from trainer.reference_texts import (
     reference_texts_bytes,
 )
 from trainer.rundir import load_run, save_run
-from trainer.train import TrainSettings
+from trainer.train import TrainSettings, reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
 _TRAIN = TrainSettings()  # LoRA and optimiser defaults are shared with `train`
@@ -152,7 +152,7 @@ def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
     if not split.train:
         raise DataError(f"{source}: domain {domain!r} has no training examples")
     train = few_shot(split.train, s.shots, source) if s.shots else cap(split.train, s.max_train)
-    held_out = [ex.text for ex in cap(split.val or split.train, s.reference_per_domain)]
+    held_out = reference_texts({domain: split}, s.reference_per_domain)[domain]
     return (domain, train, [] if s.shots else cap(split.val, s.max_eval),
             cap(split.test, s.max_eval), held_out)
 
