@@ -1,22 +1,27 @@
-"""Continual stream nyt -> movie -> amazon -> tweets: seven recipes side by side, several seeds.
+"""Continual stream nyt -> movie -> amazon -> tweets: eight recipes side by side, several seeds.
 
-    .venv/bin/python bench/continual.py              # MiniLM; see --help for the scale knobs
-    .venv/bin/python bench/continual.py --quick      # tiny random BERT, a minute or two (smoke test)
+    .venv/bin/python bench/continual.py              # MiniLM at the issue's scale, 2 workers
+    .venv/bin/python bench/continual.py --quick      # tiny random BERT, tiny data (smoke test)
 
-Rows (same base model, data caps, epochs and replay budget; only the recipe differs):
-  1 source only (train on the first domain, never adapt)   2 sequential full fine-tuning, no replay
-  3 sequential LoRA, no replay      4 LoRA + random replay      5 LoRA + herding replay
-  6 LoRA + herding replay + class balancing (the product's `trainer adapt` defaults)
-  7 full retraining: at every step the `train` recipe from the base model on all data seen so far
-plus few-shot (K per class of each new domain) for rows 3 and 6. Rows 2-6 run the real
-`trainer train` / `trainer adapt` code and run dirs; row 7 uses the same LoRA fit on the joint data.
-Writes continual.json, continual.md and continual.png (mean accuracy matrices) into --out.
+Rows (same base model, data, settings and replay budget; only the recipe differs):
+  1 source only (v1, never adapted)   2 sequential full fine-tuning   3 sequential LoRA
+  4 EWC on the LoRA steps (bench/ewc.py; lambda chosen per seed on validation)
+  5 LoRA + random replay   6 LoRA + herding replay
+  7 LoRA + herding + class balancing: `trainer adapt` with its shipped defaults
+  8 full retraining: at every step `trainer train`'s recipe from the base model on all data so far
+plus the few-shot curve (K labelled examples per class of each new domain) for rows 3 and 7.
+v1 is `trainer train` with its defaults on the first domain's whole train split; rows 2-3 and
+5-7 run the real `trainer adapt` and its run dirs. Every unit of work (v1, a row, a few-shot
+chain) is cached on its own, so a killed run resumes where it stopped and seeds can be added
+later. Writes continual.json, continual.md and continual.png into --out.
 """
 
 import argparse
+import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import platform
 import shutil
 import statistics
@@ -29,27 +34,32 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import ewc  # noqa: E402
 from bench.models import tiny_base  # noqa: E402
 from bench.plot import matrices_png  # noqa: E402
-from trainer.adapt import AdaptSettings, run_adapt, train_step  # noqa: E402
-from trainer.artifacts import atomic_write_json  # noqa: E402
+from trainer.adapt import AdaptSettings, new_domain, run_adapt, train_step  # noqa: E402
+from trainer.artifacts import atomic_write_bytes, atomic_write_json  # noqa: E402
 from trainer.continual_metrics import summary  # noqa: E402
 from trainer.data import load_source  # noqa: E402
-from trainer.evaluate import evaluate_domains  # noqa: E402
+from trainer.evaluate import evaluate, evaluate_domains  # noqa: E402
 from trainer.evaluate_cli import cap, source_record, test_splits  # noqa: E402
 from trainer.lora import load_classifier  # noqa: E402
+from trainer.precision import autocast  # noqa: E402
+from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
-ROWS = {
-    "1 source only": None,
-    "2 seq. full FT, no replay": {"selection": "none", "balance": False, "full_finetune": True},
-    "3 seq. LoRA, no replay": {"selection": "none", "balance": False},
-    "4 LoRA + random replay": {"selection": "random", "balance": False},
-    "5 LoRA + herding replay": {"selection": "herding", "balance": False},
-    "6 LoRA + herding + balancing (default)": {},
-    "7 full retraining (joint)": None,
-}
-FEW_SHOT_ROWS = ("3 seq. LoRA, no replay", "6 LoRA + herding + balancing (default)")
+SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT = (
+    "1 source only", "2 seq. full FT, no replay", "3 seq. LoRA, no replay", "4 EWC (LoRA)",
+    "5 LoRA + random replay", "6 LoRA + herding replay",
+    "7 LoRA + herding + balancing (default)", "8 full retraining (joint)")
+# The adapt settings each chained row changes from the shipped defaults.
+CHAINS = {FULL_FT: {"selection": "none", "balance": False, "full_finetune": True},
+          SEQ_LORA: {"selection": "none", "balance": False},
+          RANDOM: {"selection": "random", "balance": False},
+          HERDING: {"selection": "herding", "balance": False},
+          DEFAULT: {}}
+ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT)
+FEW_SHOT_ROWS = (SEQ_LORA, DEFAULT)
 METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
            "worst_drop", "macro_f1", "f1_spread", "trainable_share", "compute_vs_joint",
            "wall_vs_joint")
@@ -58,58 +68,50 @@ METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "ba
 @dataclasses.dataclass
 class Scale:
     seeds: list[int]
-    per_domain: int  # training sentences per domain
+    v1_train: int  # first domain's training sentences (0 = its whole train split)
+    per_domain: int  # training sentences per new domain (all of them where fewer)
     max_eval: int  # val and test sentences per domain
-    epochs: int
-    memory: int
-    lora_r: int
-    lr: float
-    batch_size: int
-    full_lr: float
-    max_length: int
     shots: list[int]
-    few_shot_epochs: int
-    threads: int
+    full_lr: float  # row 2's learning rate (the LoRA default is far too high for every weight)
+    ewc_lambdas: list[float]  # row 4's grid, chosen on the first step's validation splits
+    ewc_examples: int  # training sentences per domain for the Fisher information
+    precision: str  # training autocast; scores are always fp32, as served
+    threads: int  # torch threads per worker
+    workers: int
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)  # quick runs only
+    reference_per_domain: int = 50  # drift reference texts: no bearing on accuracy
     stream: list[str] = dataclasses.field(default_factory=lambda: ["nyt", "movie", "amazon", "tweets"])
     base_model: str = ""
 
 
-FULL = Scale(seeds=[0, 1, 2], per_domain=300, max_eval=250, epochs=2, memory=150, lora_r=16,
-             lr=2e-3, batch_size=16, full_lr=5e-5, max_length=64, shots=[5, 10], few_shot_epochs=2,
-             threads=1)
-QUICK = Scale(seeds=[0, 1, 2], per_domain=48, max_eval=32, epochs=1, memory=24, lora_r=4, lr=1e-3,
-              batch_size=16, full_lr=1e-4, max_length=32, shots=[5], few_shot_epochs=1, threads=1)
+FULL = Scale(seeds=[0, 1, 2], v1_train=0, per_domain=1000, max_eval=400,
+             shots=[1, 5, 10, 32, 100], full_lr=5e-5, ewc_lambdas=[1e1, 1e2, 1e3, 1e4, 1e5, 1e6],
+             ewc_examples=300, precision="bf16", threads=1, workers=2)
+QUICK = Scale(seeds=[0, 1, 2], v1_train=96, per_domain=48, max_eval=32, shots=[5], full_lr=1e-4,
+              ewc_lambdas=[1e2, 1e4], ewc_examples=16, precision="fp32", threads=1, workers=1,
+              recipe={"min_steps": 0, "epochs": 1, "patience": 0})
 
 
-# Fixed passes, no warm-up, early stopping or class weights in v1: the recipe the published
-# table was measured with (the defaults' own benchmark is bench/defaults.py).
-FIXED_PASSES = {"min_steps": 0, "patience": 0, "lr_warmup": 0.0}
-
-
-def train_settings(sc: Scale, seed: int, selection: str) -> TrainSettings:
-    return TrainSettings(**FIXED_PASSES, balance=False, base_model=sc.base_model, epochs=sc.epochs,
-                         lr=sc.lr,
-                         batch_size=sc.batch_size, max_length=sc.max_length,
-                         max_train=sc.per_domain, max_eval=sc.max_eval, seed=seed,
-                         lora_r=sc.lora_r, lora_alpha=2 * sc.lora_r, memory=sc.memory,
-                         selection=selection)
+def train_settings(sc: Scale, seed: int, selection: str = "herding") -> TrainSettings:
+    return TrainSettings(**{**sc.recipe, "base_model": sc.base_model, "max_train": sc.v1_train,
+                            "max_eval": sc.max_eval, "seed": seed, "selection": selection,
+                            "precision": sc.precision,
+                            "reference_per_domain": sc.reference_per_domain})
 
 
 def adapt_settings(sc: Scale, seed: int, shots: int = 0, **row: Any) -> AdaptSettings:
-    lr = sc.full_lr if row.get("full_finetune") else sc.lr
-    return AdaptSettings(**FIXED_PASSES, epochs=sc.few_shot_epochs if shots else sc.epochs, lr=lr,
-                         batch_size=sc.batch_size,
-                         max_length=sc.max_length, max_train=sc.per_domain, max_eval=sc.max_eval,
-                         seed=seed, lora_r=sc.lora_r, lora_alpha=2 * sc.lora_r,
-                         memory=sc.memory, shots=shots, **row)
+    lr = {"lr": sc.full_lr} if row.get("full_finetune") else {}
+    return AdaptSettings(**{**sc.recipe, **lr, "max_train": sc.per_domain, "max_eval": sc.max_eval,
+                            "seed": seed, "shots": shots, "precision": sc.precision,
+                            "reference_per_domain": sc.reference_per_domain, **row})
 
 
-def chain(v1: Path, sc: Scale, s: AdaptSettings, work: Path, name: str) -> dict[str, Any]:
+def chain(v1: Path, sc: Scale, s: AdaptSettings, work: Path) -> dict[str, Any]:
     """Run `adapt` over the rest of the stream; the last report holds the whole matrix."""
     prev, v1_report = v1, json.loads((v1 / "report.json").read_text())
     wall = v1_report["wall_time_s"]
     for i, domain in enumerate(sc.stream[1:], start=2):
-        out = work / f"{name}-v{i}"
+        out = work / f"v{i}"
         report = run_adapt(s, prev, domain, out)
         wall += report["wall_time_s"]
         if prev != v1:
@@ -130,33 +132,37 @@ def tests_for(sc: Scale, seed: int, v1_report: dict, labels: list[str]) -> dict[
     return test_splits(records, labels)
 
 
-def source_only(v1: Path, tests: dict, sc: Scale, v1_report: dict) -> dict[str, Any]:
-    from trainer.rundir import load_run
-
-    model, tokenizer, labels, _ = load_run(v1)
-    scored = evaluate_domains(model, tokenizer, tests, labels, sc.max_length)
+def source_only(v1: Path, sc: Scale, seed: int) -> dict[str, Any]:
+    model, tokenizer, labels, v1_report = load_run(v1)
+    tests = tests_for(sc, seed, v1_report, labels)
+    scored = evaluate_domains(model, tokenizer, tests, labels, v1_report["settings"]["max_length"])
     row = [scored["by_domain"][d]["accuracy"] for d in sc.stream]
     return {"matrix": [row] * len(sc.stream), "pooled": scored["pooled"],
             "share": v1_report["parameters"]["share"],
             "examples": v1_report["examples_processed"], "wall": v1_report["wall_time_s"]}
 
 
-def joint(sc: Scale, seed: int, tests: dict, v1_report: dict, base: Path) -> dict[str, Any]:
-    """Row 7: at step i, the train recipe (LoRA from the base model) on domains 0..i together."""
-    labels = v1_report["labels"]
+def joint(v1: Path, sc: Scale, seed: int) -> dict[str, Any]:
+    """Row 8: at step i, `train`'s recipe (LoRA from the base model) on domains 0..i together."""
+    v1_report = json.loads((v1 / "report.json").read_text())
+    labels, base = v1_report["labels"], Path(v1_report["base_model"])
+    tests = tests_for(sc, seed, v1_report, labels)
     splits = {d: load_source(d, seed)[d] for d in sc.stream}
+    caps = {d: sc.v1_train if i == 0 else sc.per_domain for i, d in enumerate(sc.stream)}
     matrix = [v1_report["accuracy_matrix"][0] + [None] * (len(sc.stream) - 1)]
     examples, wall = v1_report["examples_processed"], v1_report["wall_time_s"]
-    s = adapt_settings(sc, seed, selection="none", balance=False)
+    t = train_settings(sc, seed)
+    s = adapt_settings(sc, seed, **{f.name: getattr(t, f.name) for f in dataclasses.fields(t)
+                                     if f.name in ("epochs", "min_steps", "balance")})
     for i in range(1, len(sc.stream)):
         start = time.time()
         seen = sc.stream[: i + 1]
-        train = [ex for d in seen for ex in cap(splits[d].train, sc.per_domain)]
+        train = [ex for d in seen for ex in cap(splits[d].train, caps[d])]
         val = [ex for d in seen for ex in cap(splits[d].val, sc.max_eval)]
         model, tokenizer = load_classifier(base, labels, new_head=True)
         merged, result, counts, _ = train_step(model, tokenizer, train, val, labels, s)
         scored = evaluate_domains(merged, tokenizer, {d: tests[d] for d in seen}, labels,
-                                  sc.max_length)
+                                  s.max_length)
         matrix.append([scored["by_domain"][d]["accuracy"] for d in seen]
                       + [None] * (len(sc.stream) - i - 1))
         examples += result.examples_seen
@@ -165,10 +171,72 @@ def joint(sc: Scale, seed: int, tests: dict, v1_report: dict, base: Path) -> dic
             "examples": examples, "wall": wall}
 
 
+def ewc_step(model: Any, tokenizer: Any, labels: list[str], s: AdaptSettings, domain: str,
+             seen: list[str], fisher_sum: dict | None, lam: float) -> tuple[Any, Any, dict, list]:
+    """One sequential LoRA step (row 3's settings) under the EWC penalty."""
+    _, train, val, _, _ = new_domain(domain, s, labels, seen)
+    regulariser = (lambda m: ewc.penalty(m, fisher_sum, lam)) if fisher_sum else None
+    merged, result, counts, _ = train_step(model, tokenizer, train, val, labels, s,
+                                           regulariser=regulariser)
+    return merged, result, counts, train
+
+
+def choose_lambda(v1: Path, sc: Scale, seed: int, s: AdaptSettings, fisher_sum: dict
+                  ) -> tuple[float, dict[str, float]]:
+    """The lambda with the best mean validation accuracy over the first two domains after the
+    first adapt step (validation splits only; the test splits are never looked at)."""
+    first, second = sc.stream[:2]
+    val_first = cap(load_source(first, seed)[first].val, sc.max_eval)
+    found = {}
+    for lam in sc.ewc_lambdas:
+        model, tokenizer, labels, _ = load_run(v1)
+        merged, _, _, _ = ewc_step(model, tokenizer, labels, s, second, [first], fisher_sum, lam)
+        _, _, val_second, _, _ = new_domain(second, s, labels, [first])
+        with autocast(s.precision):
+            found[str(lam)] = statistics.fmean(
+                evaluate(merged, tokenizer, v, labels, s.max_length)["accuracy"]
+                for v in (val_first, val_second))
+    return float(max(found, key=lambda k: found[k])), found
+
+
+def ewc_chain(v1: Path, sc: Scale, seed: int) -> dict[str, Any]:
+    """Row 4: sequential LoRA, each step penalised by the summed Fisher of the domains before."""
+    s = adapt_settings(sc, seed, **CHAINS[SEQ_LORA])
+    model, tokenizer, labels, v1_report = load_run(v1)
+    tests = tests_for(sc, seed, v1_report, labels)
+    names = ewc.anchored_names(model, s.target_modules)
+    first = sc.stream[0]
+    sample = cap(load_source(first, seed)[first].train, sc.ewc_examples)
+    fisher_sum = ewc.fisher(model, tokenizer, sample, labels, names, s.max_length)
+    lam, grid = choose_lambda(v1, sc, seed, s, fisher_sum)
+    start, examples = time.time(), v1_report["examples_processed"] + len(sample)
+    matrix = [v1_report["accuracy_matrix"][0] + [None] * (len(sc.stream) - 1)]
+    for i, domain in enumerate(sc.stream[1:], start=1):
+        seen = sc.stream[:i]
+        model, result, counts, train = ewc_step(model, tokenizer, labels, s, domain, seen,
+                                                fisher_sum, lam)
+        scored = evaluate_domains(model, tokenizer, {d: tests[d] for d in sc.stream[: i + 1]},
+                                  labels, s.max_length)
+        matrix.append([scored["by_domain"][d]["accuracy"] for d in sc.stream[: i + 1]]
+                      + [None] * (len(sc.stream) - i - 1))
+        examples += result.examples_seen
+        if i < len(sc.stream) - 1:
+            sample = cap(train, sc.ewc_examples)
+            fisher_sum = ewc.add(fisher_sum, ewc.fisher(model, tokenizer, sample, labels, names,
+                                                        s.max_length))
+            examples += len(sample)
+    return {"matrix": matrix, "pooled": scored["pooled"], "share": counts["share"],
+            "examples": examples, "wall": v1_report["wall_time_s"] + time.time() - start,
+            "ewc_lambda": lam, "ewc_validation": grid}
+
+
+def filled(matrix: list[list[float | None]]) -> list[list[float]]:
+    return [[0.0 if v is None else v for v in row] for row in matrix]  # j > i: unused
+
+
 def metrics(run: dict[str, Any], joint_run: dict[str, Any]) -> dict[str, float]:
-    filled = [[0.0 if v is None else v for v in row] for row in run["matrix"]]  # j > i unused
     f1 = run["pooled"]["per_class_f1"].values()
-    return {**summary(filled), "macro_f1": run["pooled"]["macro_f1"],
+    return {**summary(filled(run["matrix"])), "macro_f1": run["pooled"]["macro_f1"],
             "f1_spread": max(f1) - min(f1), "trainable_share": run["share"],
             "compute_vs_joint": run["examples"] / joint_run["examples"],
             "wall_vs_joint": run["wall"] / joint_run["wall"]}
@@ -180,39 +248,128 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
     from handlers.features import REFERENCE_FILE
     from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
     from trainer.herding import ReplayBuffer
-    from trainer.rundir import load_run, save_run
+    from trainer.reference_texts import REFERENCE_TEXTS_FILE
+    from trainer.rundir import save_run
 
     model, tokenizer, labels, report = load_run(v1)
-    train = cap(load_source(sc.stream[0], seed)[sc.stream[0]].train, sc.per_domain)
-    buffer = grow_buffer(model, tokenizer, ReplayBuffer(), train, sc.memory, "random", seed,
-                         sc.max_length)
-    report = {**report, "settings": {**report["settings"], "selection": "random"},
+    s = report["settings"]
+    train = cap(load_source(sc.stream[0], seed)[sc.stream[0]].train, sc.v1_train)
+    buffer = grow_buffer(model, tokenizer, ReplayBuffer(), train, s["memory"], "random", seed,
+                         s["max_length"])
+    report = {**report, "settings": {**s, "selection": "random"},
               "replay_buffer": sizes_json(buffer)}
     save_run(out, model, tokenizer, labels, report, extra={
-        BUFFER_FILE: buffer_bytes(buffer), REFERENCE_FILE: (v1 / REFERENCE_FILE).read_bytes()})
+        BUFFER_FILE: buffer_bytes(buffer), REFERENCE_FILE: (v1 / REFERENCE_FILE).read_bytes(),
+        REFERENCE_TEXTS_FILE: (v1 / REFERENCE_TEXTS_FILE).read_bytes()})
     return out
 
 
-def one_seed(sc: Scale, seed: int, work: Path) -> dict[str, dict[str, Any]]:
-    v1 = {"herding": work / "v1-herding", "random": work / "v1-random"}
-    run_train(train_settings(sc, seed, "herding"), sc.stream[0], v1["herding"])
-    random_v1(v1["herding"], v1["random"], sc, seed)
-    v1_report = json.loads((v1["herding"] / "report.json").read_text())
-    tests = tests_for(sc, seed, v1_report, v1_report["labels"])
-    base = Path(v1_report["base_model"])
-    runs = {"7 full retraining (joint)": joint(sc, seed, tests, v1_report, base),
-            "1 source only": source_only(v1["herding"], tests, sc, v1_report)}
-    for name, row in ROWS.items():
-        if row is not None:
-            start = v1["random" if row.get("selection") == "random" else "herding"]
-            runs[name] = chain(start, sc, adapt_settings(sc, seed, **row), work, name[0])
-    for name in FEW_SHOT_ROWS:
-        for k in sc.shots:
-            s = adapt_settings(sc, seed, shots=k, **ROWS[name])
-            runs[f"{name} (K={k})"] = chain(v1["herding"], sc, s, work, f"{name[0]}k{k}")
-    joint_run = runs["7 full retraining (joint)"]
-    order = [*ROWS, *(n for n in runs if n not in ROWS)]
-    return {name: {"metrics": metrics(runs[name], joint_run), "matrix": runs[name]["matrix"]}
+def units(shots: list[int]) -> list[str]:
+    """One seed's units after v1, longest first so the workers finish together."""
+    few = [f"{row} (K={k})" for k in sorted(shots, reverse=True) for row in FEW_SHOT_ROWS]
+    return [JOINT, FULL_FT, DEFAULT, HERDING, RANDOM, SEQ_LORA, EWC, *few, SOURCE]
+
+
+def run_unit(sc: Scale, seed: int, unit: str, seed_dir: Path) -> str:
+    """Compute one unit (in a worker process) and store its result; returns the unit."""
+    torch.set_num_threads(sc.threads)
+    v1 = {"herding": seed_dir / "v1-herding", "random": seed_dir / "v1-random"}
+    if unit == "v1":
+        for d in v1.values():
+            shutil.rmtree(d, ignore_errors=True)
+        run_train(train_settings(sc, seed), sc.stream[0], v1["herding"])
+        random_v1(v1["herding"], v1["random"], sc, seed)
+        return unit
+    work, started = Path(tempfile.mkdtemp(prefix="unit-", dir=seed_dir)), time.time()
+    try:
+        if unit == SOURCE:
+            result = source_only(v1["herding"], sc, seed)
+        elif unit == JOINT:
+            result = joint(v1["herding"], sc, seed)
+        elif unit == EWC:
+            result = ewc_chain(v1["herding"], sc, seed)
+        else:
+            row, _, k = unit.partition(" (K=")
+            row_settings = CHAINS[row]
+            s = adapt_settings(sc, seed, shots=int(k.rstrip(")") or 0), **row_settings)
+            start = v1["random" if row_settings.get("selection") == "random" else "herding"]
+            result = chain(start, sc, s, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(unit_file(seed_dir, unit), {**result, "unit_seconds": time.time() - started})
+    return unit
+
+
+def unit_key(unit: str) -> str:
+    """'7' for row 7, '7K32' for its few-shot chain at K = 32 (what --only takes)."""
+    row, _, k = unit.partition(" (K=")
+    return row.split(" ")[0] + (f"K{k.rstrip(')')}" if k else "")
+
+
+def unit_file(seed_dir: Path, unit: str) -> Path:
+    return seed_dir / "units" / (hashlib.sha256(unit.encode()).hexdigest()[:12] + ".json")
+
+
+def run_seeds(sc: Scale, root: Path, wanted: list[str]) -> dict[int, dict[str, Any]]:
+    """The `wanted` units of all seeds over `sc.workers` processes, v1s first; cached units are
+    skipped."""
+    todo = {seed: [u for u in wanted if not unit_file(root / f"seed{seed}", u).is_file()]
+            for seed in sc.seeds}
+    ready = {seed: (root / f"seed{seed}" / "v1-random" / "report.json").is_file()
+             for seed in sc.seeds}
+    for seed in sc.seeds:
+        (root / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")
+    pool = (cf.ProcessPoolExecutor(sc.workers, mp_context=ctx) if sc.workers > 1
+            else _Inline())
+    with pool:
+        pending = {}
+
+        def submit(seed: int, unit: str) -> None:
+            pending[pool.submit(run_unit, sc, seed, unit, root / f"seed{seed}")] = (seed, unit)
+
+        for seed in sc.seeds:
+            if not todo[seed]:
+                continue
+            if ready[seed]:
+                for u in todo[seed]:
+                    submit(seed, u)
+            else:
+                submit(seed, "v1")
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                seed, unit = pending.pop(fut)
+                fut.result()  # a failed unit stops the run; finished units stay cached
+                print(f"seed {seed}: {unit} done", file=sys.stderr, flush=True)
+                if unit == "v1":
+                    for u in todo[seed]:
+                        submit(seed, u)
+    return {seed: {u: json.loads(unit_file(root / f"seed{seed}", u).read_text())
+                   for u in wanted} for seed in sc.seeds}
+
+
+class _Inline:
+    """The executor interface, run in this process (quick runs and one worker)."""
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+def one_seed(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    joint_run = raw[JOINT]
+    order = [*ROWS, *(u for u in raw if "(K=" in u)]
+    return {name: {"metrics": metrics(raw[name], joint_run), "matrix": raw[name]["matrix"],
+                   **({"ewc_lambda": raw[name]["ewc_lambda"]} if "ewc_lambda" in raw[name]
+                      else {})}
             for name in order}
 
 
@@ -235,58 +392,117 @@ def table(agg: dict[str, dict[str, Any]], names: list[str]) -> str:
     pts = {"average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
            "worst_drop", "macro_f1", "f1_spread"}
     head = ["row", "final avg acc", "avg incremental acc", "forgetting", "BWT", "worst drop",
-            "macro-F1", "per-class F1 spread", "trainable share", "compute vs row 7",
-            "wall time vs row 7"]
+            "macro-F1", "per-class F1 spread", "trainable share", "compute vs row 8",
+            "wall time vs row 8"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for name in names:
         cells = []
         for m in METRICS:
             mean, std = agg[name]["mean"][m], agg[name]["std"][m]
-            scale = 100 if m in pts else 1
-            fmt = ".1f" if m in pts else (".2%" if m == "trainable_share" else ".2f")
             if m == "trainable_share":
-                cells.append(f"{mean:{fmt}}")
+                cells.append(f"{mean:.2%}")
+            elif m in pts:
+                cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
             else:
-                cells.append(f"{mean * scale:{fmt}} ± {std * scale:{fmt}}")
+                cells.append(f"{mean:.2f} ± {std:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def goals(agg: dict[str, dict[str, Any]]) -> list[str]:
-    six, seven = agg["6 LoRA + herding + balancing (default)"]["mean"], \
-        agg["7 full retraining (joint)"]["mean"]
-    checks = [("worst drop at any step <= 3 points", six["worst_drop"] <= 0.03,
-               f"{100 * six['worst_drop']:.1f}"),
-              ("forgetting <= 1 point", six["forgetting"] <= 0.01, f"{100 * six['forgetting']:.1f}"),
-              ("final average >= row 7 - 0.5 points",
-               six["average_accuracy"] >= seven["average_accuracy"] - 0.005,
-               f"{100 * six['average_accuracy']:.1f} vs {100 * seven['average_accuracy']:.1f}"),
-              ("compute <= 25 % of row 7", six["compute_vs_joint"] <= 0.25,
-               f"{100 * six['compute_vs_joint']:.0f} %")]
-    return [f"- {'met' if ok else 'MISSED'}: {what} (row 6: {value})" for what, ok, value in checks]
+def goals(agg: dict[str, dict[str, Any]], shots: list[int]) -> list[tuple[str, bool, str]]:
+    """The issue's goals for row 7, each with the measured value."""
+    d, j, h = (agg[n]["mean"] for n in (DEFAULT, JOINT, HERDING))
+    checks = [("worst drop of any old domain at any step <= 2 points", d["worst_drop"] <= 0.02,
+               f"{100 * d['worst_drop']:.1f}"),
+              ("forgetting <= 1 point", d["forgetting"] <= 0.01, f"{100 * d['forgetting']:.1f}"),
+              ("final average >= row 8 - 0.5 points",
+               d["average_accuracy"] >= j["average_accuracy"] - 0.005,
+               f"{100 * d['average_accuracy']:.1f} vs {100 * j['average_accuracy']:.1f}"),
+              ("compute <= 25 % of row 8 (full new-domain data)", d["compute_vs_joint"] <= 0.25,
+               f"{100 * d['compute_vs_joint']:.0f} %"),
+              ("per-class F1 spread below row 6's", d["f1_spread"] < h["f1_spread"],
+               f"{100 * d['f1_spread']:.1f} vs {100 * h['f1_spread']:.1f}")]
+    k32 = f"{DEFAULT} (K=32)"
+    if 32 in shots:
+        c = agg[k32]["mean"]["compute_vs_joint"]
+        checks.insert(4, ("compute <= 10 % of row 8 at K = 32", c <= 0.10, f"{100 * c:.0f} %"))
+    return checks
 
 
-def markdown(agg: dict[str, dict[str, Any]], sc: Scale, seconds: float) -> str:
-    main_rows = list(ROWS)
-    few = [n for n in agg if "(K=" in n]
-    return "\n".join([
+def claims(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, Any]]]
+           ) -> list[tuple[str, str, str]]:
+    """The seed article's claims next to this stream's numbers (relative forgetting: the
+    forgetting as a share of the accuracy the domain had when learnt)."""
+    def relative(name: str) -> float:
+        shares = []
+        for seed in per_seed:
+            m = seed[name]["matrix"]
+            for j in range(len(m) - 1):
+                best = max(m[i][j] for i in range(j, len(m) - 1))
+                shares.append((best - m[-1][j]) / best)
+        return statistics.fmean(shares)
+
+    out = [(f"forgetting, {label}", seed_says,
+            f"{100 * agg[row]['mean']['forgetting']:.1f} points ({100 * relative(row):.1f} % "
+            f"of the accuracy learnt)")
+           for label, seed_says, row in (("fine-tuning", "70 %", FULL_FT), ("EWC", "15 %", EWC),
+                                         ("herding replay", "9 %", HERDING),
+                                         ("hybrid (herding + balancing)", "under 3 %", DEFAULT))]
+    out.append(("trainable share (LoRA)", "0.35 %",
+                f"{agg[DEFAULT]['mean']['trainable_share']:.2%}"))
+    out.append(("compute vs full retraining", "5 %",
+                f"{100 * agg[DEFAULT]['mean']['compute_vs_joint']:.0f} % (full new-domain data)"
+                + (f", {100 * agg[DEFAULT + ' (K=32)']['mean']['compute_vs_joint']:.0f} % at "
+                   f"K = 32" if DEFAULT + " (K=32)" in agg else "")))
+    return out
+
+
+def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, Any]]],
+             sc: Scale, seconds: float, v1_f1: list[float], lambdas: list[float]) -> str:
+    few = sorted((n for n in agg if "(K=" in n),
+                 key=lambda n: (n.split(" (K=")[0], int(n.split("(K=")[1].rstrip(")"))))
+    t, a = train_settings(sc, 0), adapt_settings(sc, 0)
+    v1_data = (f"all of {sc.stream[0]}'s train split" if not sc.v1_train
+               else f"{sc.v1_train} sentences")
+    lines = [
+        f"Source model (v1, nyt): test macro-F1 {100 * statistics.fmean(v1_f1):.1f} "
+        f"(seeds: {', '.join(f'{100 * f:.1f}' for f in v1_f1)}).", "",
         f"Stream {' -> '.join(sc.stream)}; mean ± std over seeds {sc.seeds}; accuracies and F1 "
-        f"in points; {sc.per_domain} training sentences per domain, {sc.epochs} epochs, batch "
-        f"{sc.batch_size}, lr {sc.lr} (full FT {sc.full_lr}), LoRA r={sc.lora_r}, replay budget "
-        f"{sc.memory} in total, val and test capped at {sc.max_eval} per domain; "
-        f"{seconds / 60:.0f} min on {sc.threads} torch thread(s). Compute = training examples "
-        f"processed over the stream relative to row 7.", "",
-        table(agg, main_rows), "", f"Few-shot (K labelled examples per class of each new domain, "
-        f"{sc.few_shot_epochs} epochs):", "", table(agg, few), "", "Goals for row 6:",
-        *goals(agg), ""])
+        f"in points on test splits of up to {sc.max_eval} sentences per domain. v1: `trainer "
+        f"train` defaults on {v1_data}; "
+        f"each new domain: {sc.per_domain} training sentences, `trainer adapt` defaults "
+        f"(LoRA r={a.lora_r} on the attention projections, lr {a.lr}, batch {a.batch_size}, "
+        f">= {a.epochs} passes and >= {a.min_steps} steps, early stopping on validation "
+        f"macro-F1, replay budget {t.memory} in total), training in {sc.precision} autocast, "
+        f"scoring in fp32. Row 2 uses lr {sc.full_lr}; row 4's lambda per seed: "
+        f"{', '.join(f'{lam:g}' for lam in lambdas)} (grid {', '.join(f'{x:g}' for x in sc.ewc_lambdas)}, "
+        f"best mean validation accuracy after the first step). Compute = training examples "
+        f"processed over the stream (EWC's Fisher passes included) relative to row 8. "
+        f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
+        table(agg, list(ROWS)), "",
+        "Few-shot (K labelled examples per class of each new domain; validation falls back to "
+        "the step's training set):", "", table(agg, few), "", "Goals for row 7:",
+        *[f"- {'met' if ok else 'MISSED'}: {what} (row 7: {value})"
+          for what, ok, value in goals(agg, sc.shots)], "",
+        "Seed claims vs measured:", "", "| claim | seed article | this stream |", "|---|---|---|",
+        *[f"| {what} | {seed_says} | {ours} |" for what, seed_says, ours in claims(agg, per_seed)],
+        ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random BERT, tiny data (smoke test)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="tables from the seeds already finished; compute nothing")
+    p.add_argument("--only", type=lambda s: s.split(","), default=[],
+                   help="compute (and cache) just these units, e.g. 1,7,7K32; prints their final "
+                        "average accuracy and writes no tables")
     for f in dataclasses.fields(Scale):
         kind = type(getattr(FULL, f.name))
+        if f.name == "recipe":
+            continue
         if kind is list:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.split(","))
         else:
@@ -294,44 +510,52 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     sc = dataclasses.replace(base, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Scale)
-                                      if getattr(args, f.name) is not None})
+                                      if f.name != "recipe" and getattr(args, f.name) is not None})
     sc.seeds, sc.shots = [int(x) for x in sc.seeds], [int(x) for x in sc.shots]
+    sc.ewc_lambdas = [float(x) for x in sc.ewc_lambdas]
     torch.set_num_threads(sc.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # Finished seeds survive a killed run and can be run in parallel (`--seeds 1`, `--seeds 2`),
-    # then gathered by a run over all seeds; keyed by every setting but the seed list (gitignored).
-    scale = {k: v for k, v in dataclasses.asdict(sc).items() if k != "seeds"}
-    key = hashlib.sha256(json.dumps(scale, sort_keys=True).encode()).hexdigest()
-    done = out / "tmp" / f"continual-{key[:12]}"
-    per_seed, seconds = [], 0.0
     with tempfile.TemporaryDirectory(prefix="continual-") as tmp:  # never inside the repo
         if args.quick and not sc.base_model:
             sc.base_model = str(tiny_base(Path(tmp) / "tiny-bert"))
-        for seed in sc.seeds:
-            saved = done / f"seed{seed}.json"
-            if not args.quick and saved.is_file():
-                result = json.loads(saved.read_text())
-                print(f"seed {seed}: reusing {saved}", file=sys.stderr)
-            else:
-                started = time.time()
-                (Path(tmp) / str(seed)).mkdir()
-                result = {"runs": one_seed(sc, seed, Path(tmp) / str(seed)),
-                          "seconds": time.time() - started}
-                if not args.quick:
-                    atomic_write_json(saved, result)
-                print(f"seed {seed} done in {result['seconds'] / 60:.1f} min", file=sys.stderr)
-            per_seed.append(result["runs"])
-            seconds += result["seconds"]
+        # Units are keyed by every setting but the seed list and worker count (gitignored).
+        scale = {k: v for k, v in dataclasses.asdict(sc).items()
+                 if k not in ("seeds", "workers", "base_model" if args.quick else "")}
+        key = hashlib.sha256(json.dumps(scale, sort_keys=True).encode()).hexdigest()[:12]
+        root = Path(tmp) / "units" if args.quick else out / "tmp" / f"continual-{key}"
+        if args.report_only:
+            sc.seeds = [s for s in sc.seeds
+                        if all(unit_file(root / f"seed{s}", u).is_file() for u in units(sc.shots))]
+            if not sc.seeds:
+                print(f"no finished seed under {root}", file=sys.stderr)
+                return 1
+        started = time.time()
+        wanted = [u for u in units(sc.shots) if not args.only or unit_key(u) in args.only]
+        raw = run_seeds(sc, root, wanted)
+        v1_f1 = [json.loads((root / f"seed{s}" / "v1-herding" / "report.json").read_text())
+                 ["metrics"]["test"]["macro_f1"] for s in sc.seeds]
+    if args.only:
+        for s in sc.seeds:
+            print(f"seed {s}: v1 test macro-F1 {100 * v1_f1[sc.seeds.index(s)]:.1f}; " + "; ".join(
+                f"{u}: final avg acc {100 * summary(filled(r['matrix']))['average_accuracy']:.1f}"
+                for u, r in raw[s].items()))
+        return 0
+    per_seed = [one_seed(raw[s]) for s in sc.seeds]
+    lambdas = [raw[s][EWC]["ewc_lambda"] for s in sc.seeds]
+    seconds = sum(r["unit_seconds"] for s in sc.seeds for r in raw[s].values()) + sum(
+        raw[s][SOURCE]["wall"] for s in sc.seeds)  # source only's wall is v1's training
     agg = aggregate(per_seed)
     stem = "continual-quick" if args.quick else "continual"
-    meta = {**dataclasses.asdict(sc), "quick": args.quick, "seconds": round(seconds),
+    meta = {**dataclasses.asdict(sc), "quick": args.quick, "run_seconds": round(time.time() - started),
             "torch": torch.__version__, "machine": platform.machine(),
-            "defaults_row_6": dataclasses.asdict(adapt_settings(sc, sc.seeds[0]))}
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"settings": meta, "aggregate": agg, "per_seed": per_seed}, indent=2) + "\n")
-    md = markdown(agg, sc, seconds)
-    (out / f"{stem}.md").write_text(md)
+            "v1_test_macro_f1": v1_f1, "ewc_lambda": lambdas,
+            "defaults_row_7": dataclasses.asdict(adapt_settings(sc, sc.seeds[0]))}
+    # Row order matters to readers, so no sorted keys; each report file is replaced atomically.
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(
+        {"settings": meta, "aggregate": agg, "per_seed": per_seed}, indent=2) + "\n").encode())
+    md = markdown(agg, per_seed, sc, seconds, v1_f1, lambdas)
+    atomic_write_bytes(out / f"{stem}.md", md.encode())
     matrices_png(out / f"{stem}.png", {n: a["mean_matrix"] for n, a in agg.items()
                                         if "(K=" not in n}, sc.stream)
     print(md)

@@ -42,6 +42,7 @@ from trainer.features import (
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, merge, parameter_counts
+from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
@@ -84,6 +85,8 @@ class AdaptSettings:
     weak_margin: float = setting(_TRAIN.weak_margin, "validation macro-F1 must beat always "
                                  "answering the majority class by this much, or the run is weak")
     max_length: int = setting(_TRAIN.max_length, "tokens kept per text")
+    precision: str = setting(_TRAIN.precision, "fp32 | bf16: bf16 autocasts training's forward "
+                                               "passes; the saved model stays fp32")
     max_train: int = setting(0, "cap on the new domain's training examples (0 = all); quick runs")
     max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
                                "every later step so the matrix compares like with like")
@@ -129,6 +132,9 @@ class AdaptSettings:
             problems.append(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
+                            f"got {self.precision!r}")
         check(problems, "adapt settings")
 
 
@@ -193,15 +199,18 @@ def epoch_order(train: Sequence[Example], n_replay: int,
 
 
 def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
-               labels: Sequence[str], s: AdaptSettings, n_replay: int = 0
+               labels: Sequence[str], s: AdaptSettings, n_replay: int = 0,
+               regulariser: Callable[[Any], Callable[[], torch.Tensor]] | None = None
                ) -> tuple[Any, FitResult, dict[str, Any], list[float] | None]:
     """LoRA (or full) fine-tuning with the balancing options, then merge.
 
-    Class weights count the whole training set of the step, never a batch.
+    Class weights count the whole training set of the step, never a batch. `regulariser(model)`
+    (the model being trained) returns a penalty added to every step's loss.
     """
     seed_everything(s.seed)
     if not s.full_finetune:
         model = apply_lora(model, s.lora_r, s.lora_alpha, s.lora_dropout, s.target_modules)
+    penalty = regulariser(model) if regulariser else None
     counts = parameter_counts(model)
     index = {label: i for i, label in enumerate(labels)}
     weights = (effective_number_weights(class_counts([index[ex.label] for ex in train],
@@ -220,7 +229,7 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
     result = fit(model, tokenizer, train, val, labels, epochs=epochs, batch_size=s.batch_size,
                  lr=s.lr, max_length=s.max_length, seed=s.seed, class_weights=class_weights,
                  sampler=epoch_order(train, n_replay, s), warmup=s.lr_warmup,
-                 patience=s.patience)
+                 patience=s.patience, precision=s.precision, penalty=penalty)
     merged = model if s.full_finetune else merge(model)
     return merged, result, counts, None if weights is None else weights.tolist()
 

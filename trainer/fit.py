@@ -13,6 +13,7 @@ from tqdm import tqdm
 from trainer import distributed
 from trainer.data import Example
 from trainer.evaluate import evaluate
+from trainer.precision import autocast
 
 
 @dataclass
@@ -66,7 +67,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         labels: Sequence[str], *, epochs: int, batch_size: int, lr: float, max_length: int,
         seed: int, class_weights: Callable[[int], torch.Tensor | None] | None = None,
         sampler: Callable[[torch.Generator], Sequence[int]] | None = None,
-        warmup: float = 0.0, patience: int = 0, progress: bool = True) -> FitResult:
+        warmup: float = 0.0, patience: int = 0, progress: bool = True,
+        precision: str = "fp32", penalty: Callable[[], torch.Tensor] | None = None) -> FitResult:
     """Train the trainable parameters; restore the epoch with the best validation macro-F1.
 
     `class_weights(epoch)` gives the loss weights for that epoch (None: plain cross-entropy),
@@ -74,7 +76,9 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     epoch's example order (default: a seeded shuffle). The learning rate rises linearly over
     the first `warmup` share of the steps (a fresh head at a LoRA learning rate otherwise
     jumps to the majority class), then decays linearly to 0. `patience` > 0 stops after that
-    many epochs without a better validation macro-F1.
+    many epochs without a better validation macro-F1. `precision` "bf16" autocasts the forward
+    passes (training and validation); `penalty()` is added to each step's loss (a regulariser
+    such as EWC's).
     """
     index = {label: i for i, label in enumerate(labels)}
     rank, size = distributed.world()
@@ -103,8 +107,12 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             rows = mine or idx[:1]  # an empty slice still runs the step DDP waits for
             batch = tokenizer([train[i].text for i in rows], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)
-            loss = shard_loss(forward(**batch).logits, targets[rows], targets[idx], weights,
-                              size, empty=not mine)
+            with autocast(precision):
+                logits = forward(**batch).logits
+            loss = shard_loss(logits.float(), targets[rows], targets[idx], weights, size,
+                              empty=not mine)
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -113,7 +121,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             total += batch_loss * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.3f}")
-        val_scores = evaluate(model, tokenizer, val or train, labels, max_length)
+        with autocast(precision):
+            val_scores = evaluate(model, tokenizer, val or train, labels, max_length)
         history.append({"epoch": epoch, "train_loss": round(total / max(1, len(train)), 4),
                         "val_accuracy": val_scores["accuracy"],
                         "val_macro_f1": val_scores["macro_f1"]})

@@ -24,6 +24,7 @@ from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
+from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
@@ -53,6 +54,9 @@ class TrainSettings:
                                   "counted over the whole training split")
     beta: float = setting(0.999, "effective-number beta in [0, 1); 0 = unweighted")
     max_length: int = setting(128, "tokens kept per text")
+    precision: str = setting("fp32", "fp32 | bf16: bf16 autocasts training's forward passes "
+                                     "(about 2x faster on a CPU with AVX-512 BF16); the saved "
+                                     "model stays fp32")
     max_train: int = setting(0, "cap on training examples (0 = all); for quick runs")
     max_eval: int = setting(0, "cap on val and test examples per domain (0 = all); quick runs")
     val_fraction: float = setting(0.15, "share of --data held out for validation (per label), "
@@ -109,6 +113,9 @@ class TrainSettings:
         if self.selection not in STRATEGIES:
             problems.append(f"selection must be one of {', '.join(STRATEGIES)}, "
                             f"got {self.selection!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
+                            f"got {self.precision!r}")
         check(problems, "train settings")
 
     def base_model_dir(self) -> Path:
@@ -188,7 +195,8 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
     result = fit(model, tokenizer, train, val, labels, epochs=epochs,
                  batch_size=settings.batch_size, lr=settings.lr, max_length=settings.max_length,
                  seed=settings.seed, class_weights=(lambda _: weights) if weights is not None
-                 else None, warmup=settings.lr_warmup, patience=settings.patience)
+                 else None, warmup=settings.lr_warmup, patience=settings.patience,
+                 precision=settings.precision)
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     merged = merge(model)

@@ -21,21 +21,37 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     run("continual.py", tmp_path)
     result = json.loads((tmp_path / "continual-quick.json").read_text())
     rows = list(result["aggregate"])
-    assert [r[0] for r in rows[:7]] == list("1234567")
-    assert {r for r in rows[7:]} == {"3 seq. LoRA, no replay (K=5)",
-                                     "6 LoRA + herding + balancing (default) (K=5)"}
+    assert [r[0] for r in rows[:8]] == list("12345678")
+    assert set(rows[8:]) == {"3 seq. LoRA, no replay (K=5)",
+                             "7 LoRA + herding + balancing (default) (K=5)"}
     assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 3
     for name, agg in result["aggregate"].items():
         matrix = agg["mean_matrix"]
         assert len(matrix) == 4 and all(len(row) == 4 for row in matrix), name
         assert all(0 <= v <= 1 for row in matrix for v in row if v is not None)
         assert set(agg["std"]) == set(agg["mean"])
-    assert result["aggregate"]["7 full retraining (joint)"]["mean"]["compute_vs_joint"] == 1.0
-    assert result["aggregate"]["2 seq. full FT, no replay"]["mean"]["trainable_share"] == 1.0
+    mean = {name: agg["mean"] for name, agg in result["aggregate"].items()}
+    assert mean["8 full retraining (joint)"]["compute_vs_joint"] == 1.0
+    assert mean["2 seq. full FT, no replay"]["trainable_share"] == 1.0
+    # EWC's Fisher passes are counted as compute: more than row 3's, which it otherwise equals.
+    assert mean["4 EWC (LoRA)"]["compute_vs_joint"] > mean["3 seq. LoRA, no replay"]["compute_vs_joint"]
+    assert all(lam in (1e2, 1e4) for lam in result["settings"]["ewc_lambda"])
     md = (tmp_path / "continual-quick.md").read_text()
-    assert md.count("\n| ") == (1 + 7) + (1 + 2) and "Goals for row 6" in md
+    # main table 1 + 8 rows, few-shot 1 + 2, seed claims 1 + 6
+    assert md.count("\n| ") == (1 + 8) + (1 + 2) + (1 + 6), md
+    assert "Goals for row 7" in md and md.startswith("Source model (v1, nyt): test macro-F1")
     assert (tmp_path / "continual-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("continual-") and p.is_dir()]
+
+
+def test_continual_only_computes_the_units_named(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
+                           "--out", str(tmp_path), "--seeds", "0", "--only", "1,3K5"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 source only: final avg acc" in proc.stdout
+    assert "3 seq. LoRA, no replay (K=5): final avg acc" in proc.stdout
+    assert "7 LoRA" not in proc.stdout and not list(tmp_path.iterdir())
 
 
 def test_herding_quick_asserts_identical_picks(tmp_path):
