@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer.artifacts import atomic_write_json  # noqa: E402
+from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.data import DOMAINS, Example, load_source  # noqa: E402
 from trainer.evaluate import scores  # noqa: E402
 from trainer.train import TrainSettings  # noqa: E402
@@ -177,7 +177,7 @@ def main() -> None:
     text = (f"`trainer train` with default flags through the JSONL path: {met}/{len(results)} "
             f"cells meet the goal (test macro-F1 >= majority-class + {GOAL_GAIN}, no class F1 0)."
             "\n\n" + table(results) + "\n")
-    (out / f"{name}.md").write_text(text)
+    atomic_write_text(out / f"{name}.md", text)
     print(text)
 
 

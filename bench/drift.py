@@ -30,6 +30,7 @@ from handlers.drift import DriftSettings, drift_test  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
 from handlers.stats import merge_windows  # noqa: E402
 from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
+from trainer.artifacts import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.client import TorchServeClient  # noqa: E402
 from trainer.data import DOMAINS, load_source  # noqa: E402
 from trainer.reference import embed  # noqa: E402
@@ -228,7 +229,7 @@ def timeline(det: Detectors, sizes: dict[str, int], rng: random.Random) -> dict:
 def write(result: dict, out: Path, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = "drift-quick" if quick else "drift"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / f"{stem}.json", result, sort_keys=False)
     names = [n for n in ("product", "product_bonferroni", "product_alpha05", "pca_only",
                          "raw_bonferroni") if n in result]
     keys = list(result["product"])
@@ -241,7 +242,7 @@ def write(result: dict, out: Path, quick: bool) -> None:
               f"{lat['stats_on_p50_ms']} ms, without {lat['drift_off_p50_ms']} ms "
               f"(overhead {100 * lat['overhead_p50']:+.1f} %); p95 {lat['stats_on_p95_ms']} vs "
               f"{lat['drift_off_p95_ms']} ms."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -263,7 +264,7 @@ def write(result: dict, out: Path, quick: bool) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
-    fig.savefig(out / f"{stem}.png", dpi=120)
+    atomic_savefig(fig, out / f"{stem}.png", dpi=120)
 
 
 def _fmt(v) -> str:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from trainer.artifacts import atomic_write_json  # noqa: E402
 from trainer.client import ClientError, TorchServeClient  # noqa: E402
 from trainer.data import DOMAINS, load_vader  # noqa: E402
 from trainer.server import TorchServe  # noqa: E402
@@ -372,7 +373,7 @@ def main() -> None:
         "python": platform.python_version(),
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result, sort_keys=False)
     print(json.dumps({k: result[k] for k in ("n", "good", "bad", "failure_count", "passed",
                                              "workers_unchanged", "duration_s")}))
     sys.exit(0 if result["passed"] else 1)

@@ -10,7 +10,6 @@ of the same length range. Well under 6 minutes on one H100; prints a short table
 """
 
 import argparse
-import json
 import platform
 import random
 import re
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.models import random_lora  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
+from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.herding import herding_order  # noqa: E402
 from trainer.lora import load_classifier, merge  # noqa: E402
 
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = round(time.time() - started, 1)
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"gpu-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"gpu-{slug}.md").write_text(table(result))
+    atomic_write_json(args.out / f"gpu-{slug}.json", result, sort_keys=False)
+    atomic_write_text(args.out / f"gpu-{slug}.md", table(result))
     print(table(result))
     bad = [d for d, r in result["runtime"].items()
            if r["rel_error"] > (1e-4 if d == "float32" else HALF_TOLERANCE)]

@@ -11,7 +11,6 @@ Only ratios measured in one run are meaningful: the machines are shared and nois
 """
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.herding import herding_order, rank_all_order  # noqa: E402
 
 
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "herding-quick" if args.quick else "herding"
     meta = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "dtype": "float64"}
-    (out / f"{stem}.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(rows, args.threads))
+    atomic_write_json(out / f"{stem}.json", {"settings": meta, "rows": rows}, sort_keys=False)
+    atomic_write_text(out / f"{stem}.md", markdown(rows, args.threads))
     print(markdown(rows, args.threads))
     return 0
 

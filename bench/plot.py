@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainer.artifacts import atomic_savefig  # noqa: E402
+
 
 def matrices_png(path: Path, matrices: Mapping[str, Sequence[Sequence[float | None]]],
                  domains: Sequence[str]) -> None:
@@ -32,5 +34,5 @@ def matrices_png(path: Path, matrices: Mapping[str, Sequence[Sequence[float | No
                       fontsize=7)
     fig.suptitle("Test accuracy (%) on each domain after each step, mean over seeds", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

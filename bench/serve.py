@@ -47,7 +47,12 @@ from handlers.features import REFERENCE_FILE  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
 from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
-from trainer.artifacts import atomic_dir, atomic_write_json  # noqa: E402
+from trainer.artifacts import (  # noqa: E402
+    atomic_dir,
+    atomic_savefig,
+    atomic_write_json,
+    atomic_write_text,
+)
 from trainer.client import TorchServeClient  # noqa: E402
 from trainer.data import LABELS, load_source  # noqa: E402
 from trainer.lora import default_base_model, load_classifier, merge  # noqa: E402
@@ -294,7 +299,7 @@ def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
     right.set_yscale("log")
     left.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -337,7 +342,7 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
     result = {"meta": meta, "rows": rows, "ratios": ratios(rows)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{stem}.json", result)
-    (out / f"{stem}.md").write_text(markdown(result))
+    atomic_write_text(out / f"{stem}.md", markdown(result))
     png(out / f"{stem}.png", rows)
     print(markdown(result))
     return result
@@ -379,7 +384,7 @@ def run_sweep(sc: Scale, base_dir: Path, work: Path, out: Path) -> list[dict[str
     head = list(table[0])
     md = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     md += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in table]
-    (out / "serve-sweep.md").write_text("\n".join(md) + "\n")
+    atomic_write_text(out / "serve-sweep.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return table
 

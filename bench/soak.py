@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
+from trainer.artifacts import atomic_savefig, atomic_write_json  # noqa: E402
 from trainer.client import TorchServeClient  # noqa: E402
 from trainer.server import TorchServe  # noqa: E402
 
@@ -170,7 +171,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     mem.set_xlabel("time (s)")
     mem.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -204,7 +205,7 @@ def main() -> None:
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
                    "python": platform.python_version()})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out / "soak.json", result, sort_keys=False)
     plot(result, args.out / "soak.png")
     print(json.dumps({k: result[k] for k in ("requests", "errors", "p99_ms", "rss_growth_mb",
                                              "workers_unchanged")}))

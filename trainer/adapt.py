@@ -27,7 +27,7 @@ from trainer.balance import (
     effective_number_weights,
     make_balanced_sampler,
 )
-from trainer.config import check, setting
+from trainer.config import SettingsError, check, setting
 from trainer.data import DataError, Example, load_source
 from trainer.evaluate import evaluate, evaluate_domains
 from trainer.evaluate_cli import cap, source_record, test_splits
@@ -244,7 +244,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
     started = time.time()
     source_run, out = Path(source_run), Path(out)
     if out.resolve() == source_run.resolve():
-        raise ValueError(f"--out {out} must differ from --from: vN is kept for rollback")
+        raise SettingsError(f"--out {out} must differ from --from: vN is kept for rollback")
     model, tokenizer, labels, prev = load_run(source_run)  # verifies the manifest first
     if "domain_sources" not in prev or "accuracy_matrix" not in prev:
         raise DataError(f"{source_run}: report has no domain_sources/accuracy_matrix; "

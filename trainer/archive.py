@@ -17,7 +17,7 @@ import handlers
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.runtime import DTYPES
 from trainer import config
-from trainer.config import check, setting
+from trainer.config import SettingsError, check, setting
 from trainer.quality import refuse_weak
 from trainer.rundir import REPORT_FILE, read_report
 
@@ -99,9 +99,9 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
                   settings: ArchiveSettings, reuse: bool = False, allow_weak: bool = False) -> Path:
     """Stage run files + the handlers package, archive them beside the store, rename in."""
     if not NAME_RE.match(name):
-        raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
+        raise SettingsError(f"model name {name!r} must match {NAME_RE.pattern}")
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(version)):
-        raise ValueError(f"version {version!r} must be dotted digits, e.g. 1 or 2.1")
+        raise SettingsError(f"version {version!r} must be dotted digits, e.g. 1 or 2.1")
     run_dir, model_store = Path(run_dir), Path(model_store)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--run {run_dir}: no such run directory")

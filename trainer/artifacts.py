@@ -1,6 +1,7 @@
 """Atomic writes: an artifact appears whole under its final name, or not at all."""
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -35,8 +36,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    """`sort_keys=False` keeps the caller's order (tables whose rows are read in order)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    """A matplotlib figure rendered in memory, then written like every other report file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @contextlib.contextmanager

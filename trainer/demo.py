@@ -1,7 +1,6 @@
 """`trainer demo`: train on nyt, archive, serve through the real TorchServe, score every domain."""
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 
 from trainer import config
 from trainer.archive import ArchiveSettings, build_archive
+from trainer.artifacts import atomic_write_json
 from trainer.client import TorchServeClient
 from trainer.config import setting
 from trainer.data import DOMAINS, Example, load_source
@@ -130,7 +130,7 @@ def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings)
                "domains": results, "wall_time_s": round(time.time() - started, 1)}
     print_table(results, demo.source)
     out = Path(demo.runs) / demo.name / "demo.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out, summary, sort_keys=False)
     return summary
 
 

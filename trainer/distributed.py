@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.config import SettingsError
+
 
 def init_from_env() -> bool:
     """Join the process group a launcher described in the environment (WORLD_SIZE > 1)."""
@@ -91,9 +93,9 @@ def run_on_ray(args: argparse.Namespace) -> tuple[Any, int]:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError as e:
-        raise ValueError("--engine ray needs Ray Train: pip install 'driftserve[ray]'") from e
+        raise SettingsError("--engine ray needs Ray Train: pip install 'driftserve[ray]'") from e
     if args.num_workers < 1:
-        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+        raise SettingsError(f"--num-workers must be >= 1, got {args.num_workers}")
     shipped = absolute_paths(args)
 
     def worker(config: dict[str, Any]) -> None:

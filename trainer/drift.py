@@ -9,6 +9,8 @@ from handlers.drift import DriftSettings, drift_test
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.stats import merge_windows
 from trainer.client import TorchServeClient
+from trainer.config import SettingsError
+from trainer.data import DataError
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -19,7 +21,7 @@ def from_server(client: TorchServeClient, model: str, version: str | None) -> di
     meta = described[0].get("customizedMetadata") or {}
     stats = meta.get("stats") if isinstance(meta, dict) else None
     if not stats:
-        raise ValueError(f"model {model!r} reports no traffic statistics (monitor off, or an "
+        raise DataError(f"model {model!r} reports no traffic statistics (monitor off, or an "
                          "archive without drift_reference.json)")
     return {**stats["drift"], "model": model, "version": meta.get("version"),
             "workers": stats["workers"], "requests_seen": stats["requests_seen"]}
@@ -33,7 +35,7 @@ def from_stats_dir(stats_dir: Path, reference_path: Path, settings: DriftSetting
     reference = Reference.load(reference_path)
     merged = merge_windows(stats_dir, capacity)
     if merged["workers"] and merged["names"] != reference.names:
-        raise ValueError(f"{stats_dir}: window features {merged['names']} do not match the "
+        raise DataError(f"{stats_dir}: window features {merged['names']} do not match the "
                          f"reference's {reference.names}")
     window = {"classes": merged["classes"],
               "features": {n: merged["features"][:, i] for i, n in enumerate(merged["names"])}}
@@ -77,7 +79,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if args.stats_dir:
         if not args.reference:
-            raise ValueError("--stats-dir needs --reference (a run dir or drift_reference.json)")
+            raise SettingsError("--stats-dir needs --reference (a run dir or drift_reference.json)")
         settings = DriftSettings(args.alpha, args.min_effect, args.min_window,
                                  args.correction).validate()
         result = from_stats_dir(Path(args.stats_dir), Path(args.reference), settings,
@@ -86,6 +88,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         client = TorchServeClient(args.management_url, args.management_url, Path(args.key_file))
         result = from_server(client, args.model, args.version)
     else:
-        raise ValueError("give --model (ask TorchServe) or --stats-dir with --reference")
+        raise SettingsError("give --model (ask TorchServe) or --stats-dir with --reference")
     print(summary_line(result), file=sys.stderr)
     return result, EXIT_DRIFT if result["is_drift"] else EXIT_NO_DRIFT

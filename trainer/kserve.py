@@ -18,6 +18,7 @@ from trainer import config
 from trainer.archive import mar_path
 from trainer.artifacts import atomic_dir
 from trainer.config import check, setting
+from trainer.data import DataError
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}
@@ -54,7 +55,7 @@ def archive_config(mar: Path) -> dict:
         with zipfile.ZipFile(mar) as z:
             return yaml.safe_load(z.read("model-config.yaml")) or {}
     except (zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{mar}: not an archive built by `trainer archive` ({e})") from e
+        raise DataError(f"{mar}: not an archive built by `trainer archive` ({e})") from e
 
 
 def properties(name: str, version: str, mar: str, cfg: dict, s: KServeSettings) -> str:

@@ -2,7 +2,6 @@
 monitor fires, adapt with a small labelled budget of that domain, archive, roll out; repeat."""
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 from trainer import config
 from trainer.adapt import AdaptSettings, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
+from trainer.artifacts import atomic_savefig, atomic_write_json, atomic_write_text
 from trainer.client import TorchServeClient
 from trainer.config import check, setting
 from trainer.data import load_source
@@ -134,9 +134,9 @@ def step_table(summary: dict[str, Any]) -> str:
 
 def write_report(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "loop.json", summary, sort_keys=False)
     table = step_table(summary)
-    (out / "loop.md").write_text(table + "\n")
+    atomic_write_text(out / "loop.md", table + "\n")
     print("\n" + table, file=sys.stderr)
     try:
         import matplotlib
@@ -157,7 +157,7 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "loop.png", dpi=120)
+    atomic_savefig(fig, out / "loop.png", dpi=120)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

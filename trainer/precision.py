@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from trainer.config import SettingsError
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -17,4 +19,4 @@ def autocast(precision: str) -> AbstractContextManager:
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -5,7 +5,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.data import Example
+from trainer.data import DataError, Example
 from trainer.evaluate import scores
 
 EXIT_WEAK = 3  # the run dir is written, but marked weak; archive/rollout refuse it
@@ -58,5 +58,5 @@ def refuse_weak(report: dict[str, Any], where: str, allow_weak: bool) -> None:
     """archive and rollout: a weak run is an error unless the user says --allow-weak."""
     quality = report.get("quality") or {}
     if quality.get("weak") and not allow_weak:
-        raise ValueError(f"{where} is marked weak ({'; '.join(quality['reasons'])}); "
+        raise DataError(f"{where} is marked weak ({'; '.join(quality['reasons'])}); "
                          "retrain it, or pass --allow-weak to use it anyway")

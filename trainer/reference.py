@@ -10,6 +10,7 @@ import torch
 from handlers.features import Projection, Reference, feature_matrix, feature_names
 from handlers.novelty import DEFAULT_DOMAIN
 from handlers.runtime import ModelRuntime, RuntimeSettings
+from trainer.data import DataError
 
 
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
@@ -27,7 +28,7 @@ def build_reference(model: Any, tokenizer: Any, texts: Sequence[str], components
     """`domains[i]` names the served domain of `texts[i]` (None: one domain); the projection is
     fitted on all texts pooled, and each domain is later a reference of its own."""
     if len(texts) < max(2, components):
-        raise ValueError(f"drift reference needs at least {max(2, components)} held-out texts, "
+        raise DataError(f"drift reference needs at least {max(2, components)} held-out texts, "
                          f"got {len(texts)}")
     names, index = domain_index(texts, domains)
     probs, pooled, tokens = embed(model, tokenizer, texts, max_length)
@@ -44,10 +45,10 @@ def domain_index(texts: Sequence[str], domains: Sequence[str] | None
     if domains is None:
         return [DEFAULT_DOMAIN], np.zeros(len(texts), np.int16)
     if len(domains) != len(texts):
-        raise ValueError(f"drift reference: {len(domains)} domain names for {len(texts)} texts")
+        raise DataError(f"drift reference: {len(domains)} domain names for {len(texts)} texts")
     names = list(dict.fromkeys(domains))
     small = {d: n for d in names if (n := list(domains).count(d)) < 2}
     if small:
-        raise ValueError(f"drift reference: each domain needs >= 2 held-out texts, got {small}")
+        raise DataError(f"drift reference: each domain needs >= 2 held-out texts, got {small}")
     lookup = {d: i for i, d in enumerate(names)}
     return names, np.asarray([lookup[d] for d in domains], np.int16)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.features import Reference
+from trainer.data import DataError
 from trainer.reference import build_reference
 
 REFERENCE_TEXTS_FILE = "reference_texts.json"
@@ -25,7 +26,7 @@ def read_reference_texts(run_dir: Path) -> dict[str, list[str]]:
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict) or not all(
             isinstance(v, list) and all(isinstance(t, str) for t in v) for v in raw.values()):
-        raise ValueError(f"{path}: expected {{domain: [text, ...]}}")
+        raise DataError(f"{path}: expected {{domain: [text, ...]}}")
     return raw
 
 

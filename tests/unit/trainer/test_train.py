@@ -102,6 +102,26 @@ def test_cli_bad_row_exits_nonzero_with_file_and_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bug_inside_a_verb_keeps_its_traceback(monkeypatch, tmp_path, capsys):
+    """A user's mistake is one line and exit 2; an unexpected ValueError is a bug, not bad input."""
+    import trainer.__main__ as cli
+    import trainer.train as train_module
+
+    def bug(*_args, **_kwargs):
+        raise ValueError("shape mismatch deep inside")
+
+    monkeypatch.setattr(train_module, "run_train", bug)
+    with pytest.raises(ValueError, match="shape mismatch deep inside"):
+        cli.main(["train", "--data", "nyt", "--out", str(tmp_path / "out")])
+
+    def user_mistake(*_args, **_kwargs):
+        raise SettingsError("--out must differ")
+
+    monkeypatch.setattr(train_module, "run_train", user_mistake)
+    assert cli.main(["train", "--data", "nyt", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: --out must differ")
+
+
 @pytest.mark.parametrize("verb", ["train", "adapt", "evaluate", "archive", "drift", "rollout",
                                   "rollback", "demo", "loop"])
 def test_every_verb_has_help(verb):
