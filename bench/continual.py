@@ -59,6 +59,11 @@ CHAINS = {FULL_FT: {"selection": "none", "balance": False, "full_finetune": True
           HERDING: {"selection": "herding", "balance": False},
           DEFAULT: {}}
 ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT)
+# Row 7's knobs, one at a time around the shipped defaults, chosen on validation splits only.
+SWEEP = {"defaults": {}, "memory 1000": {"memory": 1000}, "lora_r 16": {"lora_r": 16,
+                                                                        "lora_alpha": 32},
+         "replay_ratio 0.3": {"replay_ratio": 0.3}, "reherd": {"reherd": True},
+         "epochs 4": {"epochs": 4}, "min_steps 50": {"min_steps": 50}}
 FEW_SHOT_ROWS = (SEQ_LORA, DEFAULT)
 METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
            "worst_drop", "macro_f1", "f1_spread", "trainable_share", "compute_vs_joint",
@@ -106,21 +111,44 @@ def adapt_settings(sc: Scale, seed: int, shots: int = 0, **row: Any) -> AdaptSet
                             "reference_per_domain": sc.reference_per_domain, **row})
 
 
-def chain(v1: Path, sc: Scale, s: AdaptSettings, work: Path) -> dict[str, Any]:
-    """Run `adapt` over the rest of the stream; the last report holds the whole matrix."""
+def chain(v1: Path, sc: Scale, s: AdaptSettings, work: Path, validate: bool = False
+          ) -> dict[str, Any]:
+    """Run `adapt` over the rest of the stream; the last report holds the whole matrix.
+    `validate` also scores every seen domain's validation split after each step (the sweep
+    chooses on those, never on the test splits)."""
     prev, v1_report = v1, json.loads((v1 / "report.json").read_text())
-    wall = v1_report["wall_time_s"]
+    wall, val_matrix = v1_report["wall_time_s"], []
+    if validate:
+        val_matrix.append(val_row(v1, sc, s.seed))
     for i, domain in enumerate(sc.stream[1:], start=2):
         out = work / f"v{i}"
         report = run_adapt(s, prev, domain, out)
         wall += report["wall_time_s"]
+        if validate:
+            val_matrix.append(val_row(out, sc, s.seed))
         if prev != v1:
             shutil.rmtree(prev)
         prev = out
     shutil.rmtree(prev)
     return {"matrix": report["accuracy_matrix"], "pooled": report["metrics"]["test"],
             "share": report["parameters"]["share"],
-            "examples": report["examples_processed_total"], "wall": wall}
+            "examples": report["examples_processed_total"], "wall": wall,
+            **({"val_matrix": val_matrix} if validate else {})}
+
+
+def val_row(run: Path, sc: Scale, seed: int) -> list[float | None]:
+    """Validation accuracy of `run` on every domain it has seen (None for the rest)."""
+    model, tokenizer, labels, report = load_run(run)
+    seen = report["domains_seen"] if "domains_seen" in report else [sc.stream[0]]
+    row: list[float | None] = []
+    for d in sc.stream:
+        if d in seen:
+            val = cap(load_source(d, seed)[d].val, sc.max_eval)
+            row.append(evaluate(model, tokenizer, val, labels,
+                                report["settings"]["max_length"])["accuracy"])
+        else:
+            row.append(None)
+    return row
 
 
 def tests_for(sc: Scale, seed: int, v1_report: dict, labels: list[str]) -> dict[str, list]:
@@ -234,12 +262,16 @@ def filled(matrix: list[list[float | None]]) -> list[list[float]]:
     return [[0.0 if v is None else v for v in row] for row in matrix]  # j > i: unused
 
 
-def metrics(run: dict[str, Any], joint_run: dict[str, Any]) -> dict[str, float]:
+def metrics(run: dict[str, Any], joint_run: dict[str, Any], v1: dict[str, Any]
+            ) -> dict[str, float]:
+    """Compute and wall time count the adaptation steps only: every row starts from the same
+    v1 (row 1 is v1 itself, so its cost is 0)."""
     f1 = run["pooled"]["per_class_f1"].values()
     return {**summary(filled(run["matrix"])), "macro_f1": run["pooled"]["macro_f1"],
             "f1_spread": max(f1) - min(f1), "trainable_share": run["share"],
-            "compute_vs_joint": run["examples"] / joint_run["examples"],
-            "wall_vs_joint": run["wall"] / joint_run["wall"]}
+            "compute_vs_joint": (run["examples"] - v1["examples"])
+            / (joint_run["examples"] - v1["examples"]),
+            "wall_vs_joint": (run["wall"] - v1["wall"]) / (joint_run["wall"] - v1["wall"])}
 
 
 def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
@@ -288,6 +320,9 @@ def run_unit(sc: Scale, seed: int, unit: str, seed_dir: Path) -> str:
             result = joint(v1["herding"], sc, seed)
         elif unit == EWC:
             result = ewc_chain(v1["herding"], sc, seed)
+        elif unit.startswith("sweep "):
+            s = adapt_settings(sc, seed, **SWEEP[unit.removeprefix("sweep ")])
+            result = chain(v1["herding"], sc, s, work, validate=True)
         else:
             row, _, k = unit.partition(" (K=")
             row_settings = CHAINS[row]
@@ -367,7 +402,8 @@ class _Inline:
 def one_seed(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     joint_run = raw[JOINT]
     order = [*ROWS, *(u for u in raw if "(K=" in u)]
-    return {name: {"metrics": metrics(raw[name], joint_run), "matrix": raw[name]["matrix"],
+    return {name: {"metrics": metrics(raw[name], joint_run, raw[SOURCE]),
+                   "matrix": raw[name]["matrix"],
                    **({"ewc_lambda": raw[name]["ewc_lambda"]} if "ewc_lambda" in raw[name]
                       else {})}
             for name in order}
@@ -477,7 +513,8 @@ def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, 
         f"scoring in fp32. Row 2 uses lr {sc.full_lr}; row 4's lambda per seed: "
         f"{', '.join(f'{lam:g}' for lam in lambdas)} (grid {', '.join(f'{x:g}' for x in sc.ewc_lambdas)}, "
         f"best mean validation accuracy after the first step). Compute = training examples "
-        f"processed over the stream (EWC's Fisher passes included) relative to row 8. "
+        f"processed by the adaptation steps (EWC's Fisher passes included; v1, shared by every "
+        f"row, left out) relative to row 8's retraining steps. "
         f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
         table(agg, list(ROWS)), "",
         "Few-shot (K labelled examples per class of each new domain; validation falls back to "
@@ -490,12 +527,52 @@ def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, 
     return "\n".join(lines)
 
 
+def sweep(sc: Scale, root: Path, stem: Path) -> int:
+    """Row 7 with one knob changed at a time; every number here is a validation accuracy."""
+    raw = run_seeds(sc, root, [f"sweep {name}" for name in SWEEP])
+    rows = []
+    for name in SWEEP:
+        per_seed = []
+        for seed in sc.seeds:
+            run = raw[seed][f"sweep {name}"]
+            v1 = json.loads((root / f"seed{seed}" / "v1-herding" / "report.json").read_text())
+            joint = unit_file(root / f"seed{seed}", JOINT)
+            base = (json.loads(joint.read_text())["examples"] if joint.is_file() else None)
+            m = summary(filled(run["val_matrix"]))
+            per_seed.append({**m, "compute_vs_joint": None if base is None else
+                             (run["examples"] - v1["examples_processed"])
+                             / (base - v1["examples_processed"])})
+        rows.append({"config": name, "settings": SWEEP[name], "per_seed": per_seed,
+                     **{k: statistics.fmean(p[k] for p in per_seed)
+                        for k in ("average_accuracy", "forgetting", "worst_drop")},
+                     "compute_vs_joint": None if None in [p["compute_vs_joint"] for p in per_seed]
+                     else statistics.fmean(p["compute_vs_joint"] for p in per_seed)})
+    best = max(rows, key=lambda r: r["average_accuracy"])
+    lines = [f"Row 7's knobs one at a time around the shipped defaults, seeds {sc.seeds}; "
+             f"validation accuracy in points (the test splits are not looked at). Chosen: "
+             f"**{best['config']}** (best final validation average).", "",
+             "| config | final val avg | val forgetting | val worst drop | compute vs row 8 |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        c = "—" if r["compute_vs_joint"] is None else f"{100 * r['compute_vs_joint']:.0f} %"
+        lines.append(f"| {r['config']} | {100 * r['average_accuracy']:.1f} | "
+                     f"{100 * r['forgetting']:.1f} | {100 * r['worst_drop']:.1f} | {c} |")
+    atomic_write_json(stem.with_suffix(".json"), {"rows": rows, "best": best["config"]},
+                      sort_keys=False)
+    atomic_write_bytes(stem.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random BERT, tiny data (smoke test)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     p.add_argument("--report-only", action="store_true",
                    help="tables from the seeds already finished; compute nothing")
+    p.add_argument("--sweep", action="store_true",
+                   help="row 7's knobs one at a time (SWEEP), scored on validation splits; "
+                        "writes continual-sweep.{json,md}")
     p.add_argument("--only", type=lambda s: s.split(","), default=[],
                    help="compute (and cache) just these units, e.g. 1,7,7K32; prints their final "
                         "average accuracy and writes no tables")
@@ -531,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no finished seed under {root}", file=sys.stderr)
                 return 1
         started = time.time()
+        if args.sweep:
+            return sweep(sc, root, out / ("continual-sweep-quick" if args.quick
+                                          else "continual-sweep"))
         wanted = [u for u in units(sc.shots) if not args.only or unit_key(u) in args.only]
         raw = run_seeds(sc, root, wanted)
         v1_f1 = [json.loads((root / f"seed{s}" / "v1-herding" / "report.json").read_text())

@@ -29,8 +29,10 @@ class LoopSettings:
     warmup: int = setting(100, "requests of the served version's own domain before each switch")
     check_every: int = setting(25, "requests between drift checks")
     max_traffic: int = setting(400, "requests replayed per domain before giving up on an alarm")
-    holdout: int = setting(150, "labelled test sentences per domain in the rollout gate")
-    adapt_max_eval: int = setting(400, "test sentences per domain scored by adapt (0 = all)")
+    holdout: int = setting(1000, "labelled test sentences per domain in the rollout gate (the "
+                                 "test split caps it)")
+    adapt_max_eval: int = setting(0, "test sentences per domain scored by adapt and available "
+                                     "to the gate (0 = all)")
     report_dir: str = setting("runs/loop", "where the step table goes (JSON, Markdown, PNG)")
     full: bool = setting(False, "full scale: whole splits for shots, holdouts and evaluation")
 
@@ -104,7 +106,7 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                                         archive, allow_weak=demo.allow_weak)
                 result = rollout(client, new_mar, name, gate, demo.allow_weak)
                 step.update({"to_version": version + 1, "promoted": result["promoted"],
-                             "rules": result["rules"],
+                             "outcome": result["outcome"], "rules": result["rules"],
                              "before": {d: r["accuracy"] for d, r in result["old"].items()},
                              "after": {d: r["accuracy"] for d, r in result["new"].items()}})
                 if result["promoted"]:
@@ -124,8 +126,8 @@ def step_table(summary: dict[str, Any]) -> str:
     for i, s in enumerate(summary["steps"], start=1):
         acc = ", ".join(f"{d} {s['before'][d]:.3f}→{s['after'][d]:.3f}"
                         for d in s.get("after", {}))
-        gate = ("promoted v" if s.get("promoted") else "rejected v") + str(s["to_version"]) \
-            if "to_version" in s else "no adapt"
+        gate = (f"{s.get('outcome', 'promoted' if s.get('promoted') else 'rejected')} "
+                f"v{s['to_version']}" if "to_version" in s else "no adapt")
         rows.append(f"| {i} | {s['domain']} | {'yes' if s['false_alarm_before_switch'] else 'no'} "
                     f"| {s['drift_after_requests'] or 'none'} | {gate} | {acc or '—'} | "
                     f"{s['seconds']} |")

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -24,9 +25,11 @@ from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
 from trainer.evaluate_cli import test_splits
+from trainer.gate import FAIL, INCONCLUSIVE, PASS, better, needed, not_worse, paired, verdict
 from trainer.quality import refuse_weak
+from trainer.serving_record import read_record, restore, write_record
 
-EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 MAR_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_-]*)\.v(?P<version>[0-9]+(\.[0-9]+)*)\.mar$")
 
 
@@ -36,11 +39,17 @@ class RolloutError(ValueError):
 
 @dataclass
 class GateSettings:
-    max_old_drop: float = setting(0.02, "largest accuracy drop allowed on any old domain")
-    min_new_gain: float = setting(0.0, "new domain accuracy must beat the default's by more")
+    max_old_drop: float = setting(0.02, "accuracy the new version may lose on any old domain")
+    min_new_gain: float = setting(0.0, "the new version must beat the default on the new domain "
+                                       "by more than this")
+    confidence: float = setting(0.95, "one-sided confidence each accuracy rule is decided at "
+                                      "(paired interval over the same holdout sentences)")
     max_error_rate: float = setting(0.0, "share of holdout requests allowed to fail")
-    max_p95_ms: float = setting(1000.0, "p95 latency limit of the new version (ms)")
-    holdout: int = setting(200, "labelled test sentences per domain sent to each version")
+    p95_ratio: float = setting(1.5, "the new version's p95 latency may be this many times the "
+                                    "default's, measured in the same gate ...")
+    p95_slack_ms: float = setting(20.0, "... plus this many milliseconds")
+    holdout: int = setting(1000, "labelled test sentences per domain sent to each version (the "
+                                 "test split caps it); a 2-point margin needs about 1,000")
     concurrency: int = setting(4, "client threads for the holdout requests")
     keep: int = setting(3, "versions kept registered for rollback (default included)")
     workers: int = setting(1, "workers started for the new version")
@@ -54,8 +63,11 @@ class GateSettings:
         for name in ("holdout", "concurrency", "keep", "workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_p95_ms <= 0:
-            problems.append(f"max_p95_ms must be > 0, got {self.max_p95_ms}")
+        if self.p95_ratio < 1 or self.p95_slack_ms < 0:
+            problems.append(f"p95_ratio must be >= 1 and p95_slack_ms >= 0, got "
+                            f"{self.p95_ratio} and {self.p95_slack_ms}")
+        if not 0.5 < self.confidence < 1:
+            problems.append(f"confidence must be in (0.5, 1), got {self.confidence}")
         check(problems, "gate settings")
 
 
@@ -77,11 +89,11 @@ def read_archive(mar: Path) -> dict[str, Any]:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
         raise RolloutError(f"{mar}: not a usable model archive ({e})") from e
     version = str(manifest["model"]["modelVersion"])
-    if version != match["version"]:
-        raise RolloutError(f"{mar.name}: file name says v{match['version']} but the archive "
-                           f"is version {version}")
-    return {"name": match["name"], "version": version, "report": report,
-            "config": model_config}
+    name = str(manifest["model"].get("modelName", match["name"]))
+    if version != match["version"] or name != match["name"]:
+        raise RolloutError(f"{mar.name}: file name says {match['name']} v{match['version']} but "
+                           f"the archive is {name} v{version}")
+    return {"name": name, "version": version, "report": report, "config": model_config}
 
 
 @contextmanager
@@ -140,9 +152,13 @@ def holdouts(report: dict[str, Any], size: int) -> dict[str, list[Example]]:
     return out
 
 
-def score(client: TorchServeClient, model: str, version: str, examples: list[Example],
-          concurrency: int) -> dict[str, Any]:
-    def one(ex: Example) -> tuple[bool | None, float]:
+def score_pair(client: TorchServeClient, model: str, versions_: tuple[str, str],
+               examples: list[Example], concurrency: int) -> tuple[dict, dict]:
+    """Every holdout sentence through both versions' URLs, interleaved in one pool so both see
+    the same load (their latencies are compared). `correct` keeps the answers in order (a failed
+    request counts as wrong) so the two versions pair up sentence by sentence."""
+    def one(job: tuple[str, Example]) -> tuple[bool | None, float]:
+        version, ex = job
         start = time.perf_counter()
         try:
             label = client.predict(model, ex.text, version=version, evaluation=True)["label"]
@@ -151,36 +167,53 @@ def score(client: TorchServeClient, model: str, version: str, examples: list[Exa
             ok = None
         return ok, 1000 * (time.perf_counter() - start)
 
+    jobs = [(v, ex) for ex in examples for v in versions_]
     with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(one, examples))
-    errors = sum(ok is None for ok, _ in answers)
+        answers = list(pool.map(one, jobs))
+    return _scores(answers[0::2]), _scores(answers[1::2])
+
+
+def _scores(answers: list[tuple[bool | None, float]]) -> dict[str, Any]:
+    correct = [bool(ok) for ok, _ in answers]
     latencies = sorted(ms for _, ms in answers)
-    return {"n": len(examples), "accuracy": round(sum(bool(ok) for ok, _ in answers) /
-                                                  max(1, len(examples)), 4),
-            "errors": errors, "p50_ms": round(statistics.median(latencies), 2),
+    return {"n": len(answers), "accuracy": round(sum(correct) / max(1, len(answers)), 4),
+            "correct": correct, "errors": sum(ok is None for ok, _ in answers),
+            "p50_ms": round(statistics.median(latencies), 2),
             "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
 
 
 def gate(old: dict[str, dict], new: dict[str, dict], new_domain: str,
-         g: GateSettings) -> tuple[bool, list[str]]:
-    """Every rule with its verdict, so a rejected rollout says exactly why."""
-    rules = []
+         g: GateSettings) -> tuple[str, list[str]]:
+    """PASS, FAIL or INCONCLUSIVE, and every rule with its own outcome and numbers."""
+    rules: list[tuple[str, str]] = []
+    pct = f"{100 * g.confidence:g} %"
     for domain in new:
+        p = paired(old[domain]["correct"], new[domain]["correct"], g.confidence)
         if domain == new_domain:
-            ok = new[domain]["accuracy"] > old[domain]["accuracy"] + g.min_new_gain
-            rules.append((ok, f"{domain} (new): {new[domain]['accuracy']:.3f} > "
-                              f"{old[domain]['accuracy']:.3f} + {g.min_new_gain}"))
+            outcome, bound = better(p, g.min_new_gain), g.min_new_gain
+            what = f"{domain} (new): gain > {100 * bound:+.1f} points"
         else:
-            ok = new[domain]["accuracy"] >= old[domain]["accuracy"] - g.max_old_drop
-            rules.append((ok, f"{domain} (old): {new[domain]['accuracy']:.3f} >= "
-                              f"{old[domain]['accuracy']:.3f} - {g.max_old_drop}"))
+            outcome, bound = not_worse(p, g.max_old_drop), -g.max_old_drop
+            what = f"{domain} (old): change >= {100 * bound:+.1f} points"
+        text = (f"{what}; measured {100 * p.diff:+.1f} ({100 * p.old:.1f} -> {100 * p.new:.1f}) "
+                f"on {p.n} paired sentences, {pct} bounds [{100 * p.low:+.1f}, "
+                f"{100 * p.high:+.1f}]")
+        if outcome == INCONCLUSIVE:
+            n = needed(p, bound, g.confidence)
+            text += ("; no holdout size settles it (the difference sits on the bound)" if n is None
+                     else f"; about {n} labelled sentences would settle it (--holdout {n})")
+        rules.append((outcome, text))
     total = sum(r["n"] for r in new.values())
     error_rate = sum(r["errors"] for r in new.values()) / max(1, total)
-    rules.append((error_rate <= g.max_error_rate,
+    rules.append((PASS if error_rate <= g.max_error_rate else FAIL,
                   f"error rate {error_rate:.4f} <= {g.max_error_rate}"))
-    p95 = max(r["p95_ms"] for r in new.values())
-    rules.append((p95 <= g.max_p95_ms, f"p95 {p95:.1f} ms <= {g.max_p95_ms} ms"))
-    return all(ok for ok, _ in rules), [("PASS " if ok else "FAIL ") + text for ok, text in rules]
+    p95_old = max(r["p95_ms"] for r in old.values())
+    p95_new = max(r["p95_ms"] for r in new.values())
+    limit = g.p95_ratio * p95_old + g.p95_slack_ms
+    rules.append((PASS if p95_new <= limit else FAIL,
+                  f"p95 {p95_new:.1f} ms <= {g.p95_ratio} x default's {p95_old:.1f} ms + "
+                  f"{g.p95_slack_ms} ms"))
+    return verdict([o for o, _ in rules]), [f"{o} {text}" for o, text in rules]
 
 
 def prune(client: TorchServeClient, model: str, keep: int) -> list[str]:
@@ -196,53 +229,111 @@ def prune(client: TorchServeClient, model: str, keep: int) -> list[str]:
     return removed
 
 
+# Kill tests: DRIFTSERVE_ROLLOUT_KILL=after:STEP makes the rollout SIGKILL itself right after that
+# step's action, before its state file records it, so the rerun must redo it without harm.
+KILL_ENV = "DRIFTSERVE_ROLLOUT_KILL"
+WARM_REQUESTS = 20
+STEPS = ("register", "warm", "gate", "set-default", "prune", "unregister")
+
+
+def _after(step: str) -> None:
+    if os.environ.get(KILL_ENV) == f"after:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             allow_weak: bool = False) -> dict[str, Any]:
+    """register -> warm -> gate -> set-default -> prune (or -> unregister). The state file names
+    the next step (and, after the gate, its decision) before it runs, and every step is safe to
+    repeat, so a rerun after a kill at any point finishes the same rollout."""
     info = read_archive(mar)
+    if info["name"] != model:
+        raise RolloutError(f"{mar.name} is an archive of model {info['name']!r}, not of --model "
+                           f"{model!r}")
     refuse_weak(info["report"], mar.name, allow_weak)
-    model_store = mar.parent
-    with rollout_lock(model_store, model) as state_file:
+    version = info["version"]
+    with rollout_lock(mar.parent, model) as state_file:
         registered, default = versions(client, model)  # also proves the server and key work
-        version = info["version"]
-        interrupted = _read_state(state_file)
-        resuming = interrupted.get("version") == version and version in registered
-        if version in registered and not resuming:
-            raise RolloutError(f"{model} v{version} is already registered "
-                               f"(versions: {', '.join(registered)}; default v{default})")
-        if default is None:
-            raise RolloutError(f"{model} is not registered; register a first version with "
-                               "the management API (see README) before rolling out")
+        state = _read_state(state_file)
+        resumed = state.get("version") == version and state.get("step") in STEPS
+        if not resumed:
+            if version in registered:
+                raise RolloutError(f"{model} v{version} is already registered "
+                                   f"(versions: {', '.join(registered)}; default v{default})")
+            if default is None:
+                raise RolloutError(f"{model} is not registered; register a first version with "
+                                   "the management API (see README) before rolling out")
+            state = {"version": version, "previous_default": default, "step": "register"}
+        state.setdefault("previous_default", default)  # a state file from before this format
+
+        def advance(step: str, **extra: Any) -> None:
+            state.update(step=step, **extra)
+            _write_state(state_file, state)
+
+        advance(state["step"])  # recorded before the step runs
+
         held = holdouts(info["report"], g.holdout)
-        _write_state(state_file, {"version": version, "step": "register"})
-        if not resuming:
-            print(f"registering {mar.name} as {model} v{version}", file=sys.stderr)
-            client.register(mar.name, model, workers=g.workers)
-        for ex in next(iter(held.values()))[:5]:  # warm the new workers
-            client.predict(model, ex.text, version=version, evaluation=True)
-        _write_state(state_file, {"version": version, "step": "gate"})
-        old = {d: score(client, model, default, ex, g.concurrency) for d, ex in held.items()}
-        new = {d: score(client, model, version, ex, g.concurrency) for d, ex in held.items()}
-        new_domain = list(held)[-1]
-        passed, rules = gate(old, new, new_domain, g)
-        if passed:
+        if state["step"] == "register":
+            if version not in versions(client, model)[0]:
+                print(f"registering {mar.name} as {model} v{version}", file=sys.stderr)
+                client.register(mar.name, model, workers=g.workers)
+            _after("register")
+            advance("warm")
+        if state["step"] == "warm":  # a fresh worker's first requests are slow
+            for ex in next(iter(held.values()))[:WARM_REQUESTS]:
+                client.predict(model, ex.text, version=version, evaluation=True)
+            _after("warm")
+            advance("gate")
+        if state["step"] == "gate":
+            pairs = {d: score_pair(client, model, (state["previous_default"], version), ex,
+                                   g.concurrency) for d, ex in held.items()}
+            old, new = ({d: p[k] for d, p in pairs.items()} for k in (0, 1))
+            outcome, rules = gate(old, new, list(held)[-1], g)
+            _after("gate")
+            advance("set-default" if outcome == PASS else "unregister", outcome=outcome,
+                    rules=rules, old=_summary(old), new=_summary(new))
+        removed: list[str] = []
+        if state["step"] == "set-default":
             client.set_default(model, version)
+            _after("set-default")
+            advance("prune")
+        if state["step"] == "prune":
             removed = prune(client, model, g.keep)
-        else:
-            client.unregister(model, version)
+            write_record(mar.parent, model, *versions(client, model))
+            _after("prune")
+        if state["step"] == "unregister":
+            if version in versions(client, model)[0]:
+                client.unregister(model, version)
+            write_record(mar.parent, model, *versions(client, model))
             removed = [version]
+            _after("unregister")
         state_file.unlink(missing_ok=True)
-    table = "\n".join(f"{d:<8} default v{default} {old[d]['accuracy']:.3f}   "
-                      f"new v{version} {new[d]['accuracy']:.3f}" for d in held)
-    print(f"{table}\n" + "\n".join(rules) + "\n" +
-          (f"promoted v{version} to default" if passed else
-           f"rejected v{version}; v{default} stays default"), file=sys.stderr)
-    return {"model": model, "version": version, "previous_default": default,
-            "promoted": passed, "default": version if passed else default, "rules": rules,
-            "old": old, "new": new, "new_domain": new_domain, "unregistered": removed,
-            "gate": asdict(g), "resumed": resuming}
+    outcome, before = state["outcome"], state["previous_default"]
+    promoted = outcome == PASS
+    table = "\n".join(f"{d:<8} default v{before} {state['old'][d]['accuracy']:.3f}   "
+                      f"new v{version} {state['new'][d]['accuracy']:.3f}" for d in state["new"])
+    ending = {PASS: f"promoted v{version} to default",
+              FAIL: f"rejected v{version}; v{before} stays default",
+              INCONCLUSIVE: f"inconclusive: the holdout cannot decide; v{before} stays default "
+                            f"and v{version} is unregistered"}[outcome]
+    print(f"{table}\n" + "\n".join(state["rules"]) + "\n" + ending, file=sys.stderr)
+    return {"model": model, "version": version, "previous_default": before,
+            "promoted": promoted, "outcome": OUTCOMES[outcome],
+            "default": version if promoted else before, "rules": state["rules"],
+            "old": state["old"], "new": state["new"], "new_domain": list(held)[-1],
+            "unregistered": removed, "gate": asdict(g), "resumed": resumed}
 
 
-def rollback(client: TorchServeClient, model: str, to: str | None) -> dict[str, Any]:
+OUTCOMES = {PASS: "promoted", FAIL: "rejected", INCONCLUSIVE: "inconclusive"}
+
+
+def _summary(scores: dict[str, dict]) -> dict[str, dict]:
+    """Scores without the per-sentence answers (the state file and result stay small)."""
+    return {d: {k: v for k, v in r.items() if k != "correct"} for d, r in scores.items()}
+
+
+def rollback(client: TorchServeClient, model: str, to: str | None,
+             model_store: Path | None = None) -> dict[str, Any]:
     registered, default = versions(client, model)
     if default is None:
         raise RolloutError(f"{model} is not registered")
@@ -252,6 +343,8 @@ def rollback(client: TorchServeClient, model: str, to: str | None) -> dict[str, 
         raise RolloutError(f"no version to roll back to (registered: {', '.join(registered)}; "
                            f"default v{default})")
     client.set_default(model, target)
+    if model_store is not None:
+        write_record(model_store, model, registered, target)
     print(f"{model}: default v{default} -> v{target}", file=sys.stderr)
     return {"model": model, "previous_default": default, "default": target}
 
@@ -269,6 +362,11 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _run_restore(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    record = read_record(Path(args.model_store), args.model)  # checked before any server call
+    return restore(_client(args), record, args.workers), 0
+
+
 def _client(args: argparse.Namespace) -> TorchServeClient:
     return TorchServeClient(args.inference_url, args.management_url, Path(args.key_file))
 
@@ -283,7 +381,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("rollout", help="register, gate on holdouts, switch the default; "
-                                         "exit 0 promoted, 1 rejected, 2 error")
+                                         "exit 0 promoted, 1 rejected, 2 error, 3 inconclusive")
     _server_args(p)
     p.add_argument("--mar", required=True, help="NAME.vN.mar in the model store")
     p.add_argument("--model-store", default="model_store", help="default: model_store")
@@ -296,11 +394,22 @@ def register(verbs: argparse._SubParsersAction) -> None:
         mar = Path(args.model_store) / Path(args.mar).name
         result = rollout(_client(args), mar, args.model, config.from_args(GateSettings, args),
                          args.allow_weak)
-        return result, EXIT_PROMOTED if result["promoted"] else EXIT_REJECTED
+        return result, {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED,
+                        "inconclusive": EXIT_INCONCLUSIVE}[result["outcome"]]
 
     p.set_defaults(func=run)
 
     r = verbs.add_parser("rollback", help="make the previous registered version the default")
     _server_args(r)
     r.add_argument("--to", help="version to make default (default: the one before it)")
-    r.set_defaults(func=lambda args: (rollback(_client(args), args.model, args.to), 0))
+    r.add_argument("--model-store", default="model_store",
+                   help="where the serving record is kept (default: model_store)")
+    r.set_defaults(func=lambda args: (rollback(_client(args), args.model, args.to,
+                                               Path(args.model_store)), 0))
+
+    s = verbs.add_parser("restore", help="after a TorchServe restart: register the versions "
+                                         "the last rollout or rollback left and set its default")
+    _server_args(s)
+    s.add_argument("--model-store", default="model_store", help="(default: model_store)")
+    s.add_argument("--workers", type=int, default=1, help="workers per restored version")
+    s.set_defaults(func=_run_restore)

@@ -31,7 +31,7 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
         assert all(0 <= v <= 1 for row in matrix for v in row if v is not None)
         assert set(agg["std"]) == set(agg["mean"])
     mean = {name: agg["mean"] for name, agg in result["aggregate"].items()}
-    assert mean["8 full retraining (joint)"]["compute_vs_joint"] == 1.0
+    assert mean["1 source only"]["compute_vs_joint"] == 0.0  # v1, shared by every row, left out
     assert mean["2 seq. full FT, no replay"]["trainable_share"] == 1.0
     # EWC's Fisher passes are counted as compute: more than row 3's, which it otherwise equals.
     assert mean["4 EWC (LoRA)"]["compute_vs_joint"] > mean["3 seq. LoRA, no replay"]["compute_vs_joint"]
@@ -42,6 +42,19 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     assert "Goals for row 7" in md and md.startswith("Source model (v1, nyt): test macro-F1")
     assert (tmp_path / "continual-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("continual-") and p.is_dir()]
+
+
+def test_continual_sweep_scores_each_knob_on_validation(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
+                           "--out", str(tmp_path), "--seeds", "0", "--sweep"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "continual-sweep-quick.json").read_text())
+    configs = [r["config"] for r in result["rows"]]
+    assert configs[0] == "defaults" and len(configs) == len(set(configs)) >= 5
+    assert result["best"] in configs
+    assert all(0 < r["average_accuracy"] <= 1 for r in result["rows"])
+    assert "validation accuracy" in (tmp_path / "continual-sweep-quick.md").read_text()
 
 
 def test_continual_only_computes_the_units_named(tmp_path):
@@ -101,3 +114,17 @@ def test_defaults_quick_runs_the_cli_per_cell_and_tables_it(tmp_path):
     assert [len(c["labels"]) for c in cells] == [3, 2]  # labels from the data: no ghost class
     assert all(c["exit_code"] == 3 and c["weak"] and not c["meets_goal"] for c in cells)
     assert result["met"] == 0 and (tmp_path / "defaults-quick.md").read_text().count("\n| ") == 3
+
+
+def test_gate_quick_resamples_every_candidate(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gate.py"), "--quick",
+                           "--trials", "50", "--sizes", "20,40", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gate-quick.json").read_text())
+    assert [s["candidate"].split(" ")[0] for s in result["steps"]] == ["v2", "v3", "v4"]
+    for step in result["steps"]:
+        assert [r["holdout"] for r in step["rows"]] == [20, 40]
+        for r in step["rows"]:
+            assert sum(r["counts"]["paired"].values()) == sum(r["counts"]["point"].values()) == 50
+    assert (tmp_path / "gate-quick.md").read_text().count("\n| v") == 6

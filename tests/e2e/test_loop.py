@@ -31,6 +31,12 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     assert step["to_version"] == 2 and isinstance(step["promoted"], bool)
     assert set(step["after"]) == {"nyt", "tweets"} and step["rules"]
     assert summary["final_version"] == (2 if step["promoted"] else 1)
+    # the gate's own rules decide: promoted exactly when every rule passed
+    assert step["promoted"] == all(r.startswith("PASS ") for r in step["rules"]), step["rules"]
+    assert step["outcome"] == ("promoted" if step["promoted"] else
+                               "inconclusive" if any(r.startswith("INCONCLUSIVE ") for r in
+                                                     step["rules"]) and not any(
+                                   r.startswith("FAIL ") for r in step["rules"]) else "rejected")
     assert (store / "sentiment.v2.mar").is_file() and (runs / "sentiment" / "v2").is_dir()
     assert json.loads((reports / "loop.json").read_text())["steps"][0]["domain"] == "tweets"
     assert (reports / "loop.md").read_text().startswith("| step |")

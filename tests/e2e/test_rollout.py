@@ -21,7 +21,11 @@ from trainer.rundir import load_run, save_run
 
 pytestmark = pytest.mark.e2e
 MODEL = "rollme"
-FAST = dict(holdout=60, concurrency=4, max_p95_ms=5000.0)
+# A loaded 2-core machine: latency is not what these tests check.
+FAST = dict(holdout=60, concurrency=4, p95_ratio=10.0)
+CLI_FAST = ["--holdout", "60", "--p95-ratio", "10"]
+SAME_WEIGHTS = [*CLI_FAST, "--min-new-gain", "-0.01"]  # v1's weights again: no gain to show
+KILL_VERSIONS = {"register": "10", "warm": "11", "gate": "12", "set-default": "13", "prune": "14"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,8 @@ def archives(minilm_run, model_store, tmp_path_factory):
     report = {**report, "quality": {"weak": True, "reasons": ["always answers 'positive'"]}}
     worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
     build_archive(worse, MODEL, "3", model_store, ArchiveSettings(), allow_weak=True)
+    for version in KILL_VERSIONS.values():  # v1's weights again: each passes the gate
+        build_archive(minilm_run, MODEL, version, model_store, ArchiveSettings(), allow_weak=True)
     return model_store
 
 
@@ -81,14 +87,14 @@ class Load:
             t.join()
 
 
-def cli(server, *args, store=None, allow_weak=True):
+def cli(server, *args, store=None, allow_weak=True, model=MODEL, env=None):
     """A trainer verb against `server`; rollouts pass --allow-weak (the e2e model is weak)."""
     weak = ["--allow-weak"] if allow_weak and args[0] == "rollout" else []
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *args, *weak, "--model", MODEL,
+        [sys.executable, "-m", "trainer", *args, *weak, "--model", model,
          "--inference-url", server.inference_url, "--management-url", server.management_url,
          "--key-file", str(server.key_file), *(["--model-store", str(store)] if store else [])],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, archives):
@@ -112,12 +118,12 @@ def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, arc
 
 
 def test_worse_archive_is_rejected_and_removed(server, rollme, archives):
-    proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60",
-               "--max-p95-ms", "5000", store=archives)
+    proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives)
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
     assert not result["promoted"] and result["default"] == "2"
-    assert any(r.startswith("FAIL nyt") for r in result["rules"])
+    assert any(r.startswith("FAIL nyt (new)") for r in result["rules"]), result["rules"]
+    assert result["outcome"] == "rejected"
     assert versions(rollme, MODEL) == (["1", "2"], "2")
     assert "rejected v3" in proc.stderr
 
@@ -137,8 +143,10 @@ def test_second_rollout_is_refused_while_one_runs(server, rollme, archives):
     assert versions(rollme, MODEL) == (["1", "2"], "2")
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "registered", "wrong_key", "down"])
-def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tmp_path, case):
+@pytest.mark.parametrize("case", ["missing", "corrupt", "registered", "wrong_key", "down",
+                                  "other_model", "renamed"])
+def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tmp_path, case,
+                                                    minilm_run):
     mar, extra = f"{MODEL}.v3.mar", []
     if case == "missing":
         mar, words = f"{MODEL}.v9.mar", "no such archive"
@@ -147,6 +155,14 @@ def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tm
         (archives / mar).write_bytes(os.urandom(2048))
     elif case == "registered":
         mar, words = f"{MODEL}.v1.mar", "already registered"
+    elif case == "renamed":  # another model's archive under this model's file name
+        mar, words = f"{MODEL}.v7.mar", "file name says rollme v7 but the archive is other v7"
+        build_archive(minilm_run, "other", "7", tmp_path, ArchiveSettings(),
+                      allow_weak=True)
+        (tmp_path / "other.v7.mar").rename(archives / mar)
+    model = "other" if case == "other_model" else MODEL
+    if case == "other_model":
+        words = f"{MODEL}.v3.mar is an archive of model 'rollme', not of --model 'other'"
     env_server = server
     if case == "wrong_key":
         bad = tmp_path / "key_file.json"
@@ -162,16 +178,16 @@ def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tm
                                     "key_file": server.key_file})()
         words = "not reachable"
     before = versions(rollme, MODEL)
-    proc = cli(env_server, "rollout", "--mar", mar, *extra, store=archives)
+    proc = cli(env_server, "rollout", "--mar", mar, *extra, store=archives, model=model)
     (archives / f"{MODEL}.v8.mar").unlink(missing_ok=True)
+    (archives / f"{MODEL}.v7.mar").unlink(missing_ok=True)
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr
     assert versions(rollme, MODEL) == before
 
 
 def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, rollme, archives):
-    args = ["rollout", "--mar", f"{MODEL}.v3.mar", "--holdout", "60", "--max-p95-ms", "5000",
-            "--allow-weak"]
+    args = ["rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, "--allow-weak"]
     full = [sys.executable, "-m", "trainer", *args, "--model", MODEL,
             "--inference-url", server.inference_url, "--management-url", server.management_url,
             "--key-file", str(server.key_file), "--model-store", str(archives)]
@@ -193,3 +209,37 @@ def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, roll
         if mar.name.startswith(MODEL):
             zipfile.ZipFile(mar).testzip()
 
+
+
+@pytest.mark.parametrize("step", list(KILL_VERSIONS))
+def test_rollout_killed_after_each_step_finishes_on_rerun(server, rollme, archives, step):
+    """SIGKILL right after a step's action, before the state file records it (the hardest
+    point: the server changed, the record did not); the rerun finishes the same rollout."""
+    version = KILL_VERSIONS[step]
+    mar = f"{MODEL}.v{version}.mar"
+    before = versions(rollme, MODEL)[1]
+    killed = cli(server, "rollout", "--mar", mar, *SAME_WEIGHTS, store=archives,
+                 env={"DRIFTSERVE_ROLLOUT_KILL": f"after:{step}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (archives / f".{MODEL}.rollout.state").exists()
+    # Whatever the kill left, the model answers: the old default until set-default ran.
+    expected = version if step in ("set-default", "prune") else before
+    assert rollme.predict(MODEL, "still up")["version"] == expected
+    again = cli(server, "rollout", "--mar", mar, *SAME_WEIGHTS, store=archives)
+    assert again.returncode == 0, again.stderr[-2000:]
+    result = json.loads(again.stdout)
+    assert result["resumed"] and result["outcome"] == "promoted" and result["default"] == version
+    registered, default = versions(rollme, MODEL)
+    assert default == version and len(registered) <= 3  # pruned to --keep
+    assert not (archives / f".{MODEL}.rollout.state").exists()
+
+
+def test_rollout_killed_while_rejecting_finishes_the_rejection(server, rollme, archives):
+    before = versions(rollme, MODEL)
+    killed = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives,
+                 env={"DRIFTSERVE_ROLLOUT_KILL": "after:unregister"})
+    assert killed.returncode == -signal.SIGKILL
+    assert "3" not in versions(rollme, MODEL)[0]  # the action ran, the record did not
+    again = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives)
+    assert again.returncode == 1, again.stderr[-2000:]
+    assert json.loads(again.stdout)["resumed"] and versions(rollme, MODEL) == before

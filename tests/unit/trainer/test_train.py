@@ -123,7 +123,7 @@ def test_a_bug_inside_a_verb_keeps_its_traceback(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("verb", ["train", "adapt", "evaluate", "archive", "drift", "rollout",
-                                  "rollback", "demo", "loop"])
+                                  "rollback", "restore", "demo", "loop", "kserve-export"])
 def test_every_verb_has_help(verb):
     proc = subprocess.run([sys.executable, "-m", "trainer", verb, "--help"],
                           capture_output=True, text=True)
