@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gpu clean
+.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gate bench-gpu clean
 
 setup: $(STAMP) java
 
@@ -41,6 +41,10 @@ bench-drift: setup
 
 bench-continual: setup
 	$(BIN)/python bench/continual.py
+
+# The rollout gate on resampled holdouts of the demo's candidates (bench/results/gate.*).
+bench-gate: setup
+	$(BIN)/python bench/gate.py
 
 bench-gpu:
 	bench/gpu.sh
