@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/continual.py              # MiniLM at the issue's scale, 2 workers
     .venv/bin/python bench/continual.py --quick      # tiny random BERT, tiny data (smoke test)
+    .venv/bin/python bench/continual.py --sweep --seeds 0   # row 7's knobs, on validation
 
 Rows (same base model, data, settings and replay budget; only the recipe differs):
   1 source only (v1, never adapted)   2 sequential full fine-tuning   3 sequential LoRA
