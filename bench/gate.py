@@ -27,7 +27,7 @@ from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.evaluate import predict_ids  # noqa: E402
 from trainer.evaluate_cli import test_splits  # noqa: E402
-from trainer.gate import FAIL, INCONCLUSIVE, PASS, better, not_worse, paired, verdict  # noqa: E402
+from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, verdict  # noqa: E402
 from trainer.rollout import GateSettings  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
@@ -44,12 +44,9 @@ def correct_answers(run: Path, tests: dict[str, list]) -> dict[str, list[bool]]:
 
 
 def paired_gate(old: dict, new: dict, new_domain: str, g: GateSettings) -> str:
-    outcomes = []
-    for d in new:
-        p = paired(old[d], new[d], g.confidence)
-        outcomes.append(better(p, g.min_new_gain) if d == new_domain
-                        else not_worse(p, g.max_old_drop))
-    return verdict(outcomes)
+    """The shipped gate's accuracy rules (`trainer.gate`), without latency and errors."""
+    rules = accuracy_rules(old, new, new_domain, g.confidence, g.max_old_drop, g.min_new_gain)
+    return verdict([outcome for outcome, _, _ in rules.values()])
 
 
 def point_gate(old: dict, new: dict, new_domain: str, g: GateSettings) -> str:

@@ -25,7 +25,7 @@ from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
 from trainer.evaluate_cli import test_splits
-from trainer.gate import FAIL, INCONCLUSIVE, PASS, better, needed, not_worse, paired, verdict
+from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, needed, verdict
 from trainer.quality import refuse_weak
 from trainer.serving_record import read_record, restore, write_record
 
@@ -187,14 +187,12 @@ def gate(old: dict[str, dict], new: dict[str, dict], new_domain: str,
     """PASS, FAIL or INCONCLUSIVE, and every rule with its own outcome and numbers."""
     rules: list[tuple[str, str]] = []
     pct = f"{100 * g.confidence:g} %"
-    for domain in new:
-        p = paired(old[domain]["correct"], new[domain]["correct"], g.confidence)
-        if domain == new_domain:
-            outcome, bound = better(p, g.min_new_gain), g.min_new_gain
-            what = f"{domain} (new): gain > {100 * bound:+.1f} points"
-        else:
-            outcome, bound = not_worse(p, g.max_old_drop), -g.max_old_drop
-            what = f"{domain} (old): change >= {100 * bound:+.1f} points"
+    decided = accuracy_rules({d: r["correct"] for d, r in old.items()},
+                             {d: r["correct"] for d, r in new.items()}, new_domain,
+                             g.confidence, g.max_old_drop, g.min_new_gain)
+    for domain, (outcome, p, bound) in decided.items():
+        what = (f"{domain} (new): gain > {100 * bound:+.1f} points" if domain == new_domain
+                else f"{domain} (old): change >= {100 * bound:+.1f} points")
         text = (f"{what}; measured {100 * p.diff:+.1f} ({100 * p.old:.1f} -> {100 * p.new:.1f}) "
                 f"on {p.n} paired sentences, {pct} bounds [{100 * p.low:+.1f}, "
                 f"{100 * p.high:+.1f}]")
