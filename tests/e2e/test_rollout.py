@@ -108,10 +108,12 @@ def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, arc
     assert rollme.predict(MODEL, "hello")["version"] == "2"
 
     with Load(server) as load:
-        proc = cli(server, "rollback")
+        proc = cli(server, "rollback", store=archives)
         time.sleep(0.5)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["default"] == "1"
+    # the serving record follows the rollback (what `trainer restore` would put back)
+    assert json.loads((archives / f".{MODEL}.serving.json").read_text())["default"] == "1"
     assert load.failed == [] and load.ok > 5
     assert versions(rollme, MODEL) == (["1", "2"], "1")
     rollme.set_default(MODEL, "2")
