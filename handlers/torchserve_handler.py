@@ -7,6 +7,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers import runtime as rt
+from handlers import signing
 from handlers.errors import HandlerError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class SentimentHandler:
 
     def initialize(self, context: Any) -> None:
         props = context.system_properties
+        trusted = signing.trusted_keys_from_env()  # DRIFTSERVE_TRUSTED_KEYS on the server
+        if trusted is not None:  # before any file of the archive is parsed
+            document = signing.verify_model_dir(props["model_dir"], trusted)
+            log.info("archive signature verified (key %s)", document["key_id"])
         yaml_config = context.model_yaml_config or {}
         settings = rt.RuntimeSettings.from_dict(yaml_config.get("handler"))
         model = (context.manifest or {}).get("model", {})

@@ -19,8 +19,9 @@ from trainer.rollout import RolloutError  # noqa: E402
 
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
-VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.archive",
-         "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop", "trainer.kserve"]
+VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.keys",
+         "trainer.archive", "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop",
+         "trainer.kserve"]
 # A user's mistake (bad data, settings, archive, server answer): one line, exit 2. Anything else
 # is a bug and keeps its traceback.
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,

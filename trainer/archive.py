@@ -1,6 +1,7 @@
 """`trainer archive`: run dir -> model_store/NAME.vN.mar through torch-model-archiver, atomically."""
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import yaml
 import handlers
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.runtime import DTYPES
+from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer import config
 from trainer.config import SettingsError, check, setting
 from trainer.quality import refuse_weak
@@ -84,20 +86,25 @@ def mar_path(model_store: Path, name: str, version: str) -> Path:
     return Path(model_store) / f"{name}.v{version}.mar"
 
 
-def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings) -> bool:
-    """The archive holds exactly this run dir's manifest and these settings."""
+def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings,
+                   signer: str | None = None) -> bool:
+    """The archive holds exactly this run dir's manifest and these settings, and is signed by
+    `signer` (a key id; None: unsigned)."""
     try:
         with zipfile.ZipFile(mar) as z:
             same_run = z.read(MANIFEST_NAME) == (Path(run_dir) / MANIFEST_NAME).read_bytes()
             same_cfg = yaml.safe_load(z.read("model-config.yaml")) == settings.model_config()
-        return same_run and same_cfg
-    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError):
+            same_signer = _signer(z) == signer
+        return same_run and same_cfg and same_signer
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, ValueError, AttributeError):
         return False
 
 
 def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
-                  settings: ArchiveSettings, reuse: bool = False, allow_weak: bool = False) -> Path:
-    """Stage run files + the handlers package, archive them beside the store, rename in."""
+                  settings: ArchiveSettings, reuse: bool = False, allow_weak: bool = False,
+                  sign_key: Path | None = None) -> Path:
+    """Stage run files + the handlers package, archive them beside the store, sign the whole
+    archive when given a key, rename in."""
     if not NAME_RE.match(name):
         raise SettingsError(f"model name {name!r} must match {NAME_RE.pattern}")
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(version)):
@@ -105,11 +112,13 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
     run_dir, model_store = Path(run_dir), Path(model_store)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--run {run_dir}: no such run directory")
+    private_key = load_private_key(sign_key) if sign_key else None  # a bad key fails first
     verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
     if (run_dir / REPORT_FILE).is_file():  # a bare PEFT adapter dir has no report
         refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
     out = mar_path(model_store, name, version)
-    if reuse and mar_is_current(out, run_dir, settings):
+    signer = key_id(private_key.public_key()) if private_key else None
+    if reuse and mar_is_current(out, run_dir, settings, signer):
         print(f"{out}: up to date; reusing it", file=sys.stderr)
         return out
     model_store.mkdir(parents=True, exist_ok=True)
@@ -138,10 +147,24 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
             raise RuntimeError(f"torch-model-archiver failed ({proc.returncode}): "
                                f"{proc.stderr.strip() or proc.stdout.strip()}")
         built = export / f"{name}.mar"
+        if private_key is not None:
+            sign_mar(built, private_key)
         with open(built, "rb") as f:
             os.fsync(f.fileno())
         os.replace(built, out)
     return out
+
+
+def _signer(z: zipfile.ZipFile) -> str | None:
+    """The key id an archive says it is signed by (verify_mar checks that claim)."""
+    if SIGNATURE_NAME not in z.namelist():
+        return None
+    return json.loads(z.read(SIGNATURE_NAME)).get("key_id")
+
+
+def signed_by(mar: Path) -> str | None:
+    with zipfile.ZipFile(mar) as z:
+        return _signer(z)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -153,12 +176,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--reuse", action="store_true", help="keep an identical existing .mar")
     p.add_argument("--allow-weak", action="store_true",
                    help="archive a run marked weak (no better than the majority class)")
+    p.add_argument("--sign-key", type=Path,
+                   help="Ed25519 private key from `trainer keygen`: sign every file of the "
+                        "archive (servers with trusted keys refuse unsigned archives)")
     config.add_arguments(p, ArchiveSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = build_archive(Path(args.run), args.name, args.version, Path(args.model_store),
                             config.from_args(ArchiveSettings, args), reuse=args.reuse,
-                            allow_weak=args.allow_weak)
-        return {"mar": str(mar), "bytes": mar.stat().st_size}, 0
+                            allow_weak=args.allow_weak, sign_key=args.sign_key)
+        return {"mar": str(mar), "bytes": mar.stat().st_size,
+                "signed_by": signed_by(mar)}, 0
 
     p.set_defaults(func=run)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
 from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
@@ -240,7 +241,7 @@ def _after(step: str) -> None:
 
 
 def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
-            allow_weak: bool = False) -> dict[str, Any]:
+            allow_weak: bool = False, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
     """register -> warm -> gate -> set-default -> prune (or -> unregister). The state file names
     the next step (and, after the gate, its decision) before it runs, and every step is safe to
     repeat, so a rerun after a kill at any point finishes the same rollout."""
@@ -249,6 +250,7 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
         raise RolloutError(f"{mar.name} is an archive of model {info['name']!r}, not of --model "
                            f"{model!r}")
     refuse_weak(info["report"], mar.name, allow_weak)
+    signer = verify_mar(mar, trusted)["key_id"] if trusted else None
     version = info["version"]
     with rollout_lock(mar.parent, model) as state_file:
         registered, default = versions(client, model)  # also proves the server and key work
@@ -319,7 +321,8 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             "promoted": promoted, "outcome": OUTCOMES[outcome],
             "default": version if promoted else before, "rules": state["rules"],
             "old": state["old"], "new": state["new"], "new_domain": list(held)[-1],
-            "unregistered": removed, "gate": asdict(g), "resumed": resumed}
+            "unregistered": removed, "gate": asdict(g), "resumed": resumed,
+            "signed_by": signer}
 
 
 OUTCOMES = {PASS: "promoted", FAIL: "rejected", INCONCLUSIVE: "inconclusive"}
@@ -362,7 +365,21 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 
 def _run_restore(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     record = read_record(Path(args.model_store), args.model)  # checked before any server call
+    trusted = _trusted(args)
+    for name in record["versions"].values() if trusted else ():
+        verify_mar(Path(args.model_store) / name, trusted)
     return restore(_client(args), record, args.workers), 0
+
+
+def _trusted(args: argparse.Namespace) -> dict[str, Any] | None:
+    return load_trusted_keys(args.trusted_keys) if args.trusted_keys else None
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trusted-keys", default=os.environ.get(TRUST_ENV, ""),
+                   help="public keys (.pub files or directories, comma-separated) whose "
+                        "signature an archive must carry; verified before the server is "
+                        f"touched (default: ${TRUST_ENV}; empty: not checked)")
 
 
 def _client(args: argparse.Namespace) -> TorchServeClient:
@@ -386,12 +403,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-weak", action="store_true",
                    help="roll out an archive whose run was marked weak (no better than the "
                         "majority class)")
+    _trust_arg(p)
     config.add_arguments(p, GateSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = Path(args.model_store) / Path(args.mar).name
         result = rollout(_client(args), mar, args.model, config.from_args(GateSettings, args),
-                         args.allow_weak)
+                         args.allow_weak, _trusted(args))
         return result, {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED,
                         "inconclusive": EXIT_INCONCLUSIVE}[result["outcome"]]
 
@@ -410,4 +428,5 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _server_args(s)
     s.add_argument("--model-store", default="model_store", help="(default: model_store)")
     s.add_argument("--workers", type=int, default=1, help="workers per restored version")
+    _trust_arg(s)
     s.set_defaults(func=_run_restore)
