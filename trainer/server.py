@@ -41,7 +41,8 @@ class TorchServe:
     """
 
     def __init__(self, workdir: Path, model_store: Path, config: Path,
-                 ports: str | None = None, overrides: dict[str, str] | None = None) -> None:
+                 ports: str | None = None, overrides: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.props = read_properties(config)
@@ -57,6 +58,7 @@ class TorchServe:
             for key in ("grpc_inference_port", "grpc_management_port"):
                 self.props[key] = str(free_port())
         self.props.update(overrides or {})
+        self.env = dict(env or {})  # added to this process's environment (workers inherit it)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "torchserve.log"
 
@@ -98,7 +100,7 @@ class TorchServe:
         self.key_file.unlink(missing_ok=True)
         env = {**os.environ, "TMPDIR": str(tmpdir), "LOG_LOCATION": str(self.workdir / "logs"),
                "METRICS_LOCATION": str(self.workdir / "logs"), "HF_HUB_OFFLINE": "1",
-               "TS_DISABLE_SYSTEM_METRICS": "true"}
+               "TS_DISABLE_SYSTEM_METRICS": "true", **self.env}
         bindir = Path(sys.executable).parent
         env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
         exe = shutil.which("torchserve", path=env["PATH"]) or "torchserve"

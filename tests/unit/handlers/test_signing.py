@@ -197,3 +197,22 @@ def test_a_bad_sign_key_fails_before_anything_is_written(tiny_run, keys, tmp_pat
                      "--allow-weak", "--sign-key", str(key)])
         assert code == 2 and message in capsys.readouterr().err
         assert not store.exists()
+
+
+def test_rollout_verifies_before_it_touches_the_server(tiny_run, signed_mar, keys, tmp_path,
+                                                       capsys):
+    """Port 9 (discard) has no TorchServe: an error naming the archive's signature, not the
+    connection, shows the check ran first. The trusted signed archive gets as far as the server."""
+    store = tmp_path / "store"
+    build_archive(tiny_run, "m", "2", store, ArchiveSettings(), allow_weak=True)
+    shutil.copy(signed_mar, store / "signed.v1.mar")
+    (tmp_path / "k").write_text(json.dumps({k: {"key": "x"} for k in
+                                            ("management", "inference", "API")}))
+    common = ["--model-store", str(store), "--allow-weak", "--key-file", str(tmp_path / "k"),
+              "--management-url", "http://127.0.0.1:9", "--inference-url", "http://127.0.0.1:9",
+              "--trusted-keys", keys["release"]["public_key"]]
+    assert main(["rollout", "--model", "m", "--mar", "m.v2.mar", *common]) == 2
+    assert "unsigned archive" in capsys.readouterr().err
+    assert main(["rollout", "--model", "signed", "--mar", "signed.v1.mar", *common]) == 2
+    err = capsys.readouterr().err
+    assert "signature" not in err and "127.0.0.1:9" in err
