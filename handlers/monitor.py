@@ -1,6 +1,7 @@
 """Traffic monitor: features into this worker's window, persisted and drift-tested in the
 background, merged across all workers of the model version for describe and `trainer drift`."""
 
+import atexit
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ import numpy as np
 
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference, feature_matrix
-from handlers.stats import SUFFIX, FeatureWindow, merge_windows, summarize
+from handlers.stats import SUFFIX, FeatureWindow, current_server, merge_windows, summarize
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class TrafficMonitor:
         self._thread = threading.Thread(target=self._loop, args=(persist_every_s,), daemon=True,
                                         name="traffic-monitor")
         self._thread.start()
+        atexit.register(self.remove)  # a clean exit leaves no window behind
 
     def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray) -> None:
         rows = feature_matrix(pooled, probs, tokens, self.reference.projection)
@@ -57,7 +59,7 @@ class TrafficMonitor:
         snapshot.save(self.path, {"capacity": self.capacity})
 
     def merged(self) -> dict[str, Any]:
-        return merge_windows(self.directory, self.capacity)
+        return merge_windows(self.directory, self.capacity, current_server())
 
     def check(self) -> dict[str, Any]:
         merged = self.merged()
@@ -80,6 +82,13 @@ class TrafficMonitor:
 
     def close(self) -> None:
         self._stop.set()
+
+    def remove(self) -> None:
+        """Stop persisting and delete this worker's window."""
+        self.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)  # a save in flight would bring the file back
+        self.path.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
         """Statistics over the recent window of ALL workers of this model version."""

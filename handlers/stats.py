@@ -1,4 +1,10 @@
-"""Per-worker bounded feature windows, persisted atomically so readers can merge all workers."""
+"""Per-worker bounded feature windows, persisted atomically so readers can merge all workers.
+
+Lifecycle: each window names its worker and its server run (pid + the process's start time, so a
+reused pid never passes for the one it replaced). A merge takes only live workers of the reader's
+own server run: TorchServe restarts a crashed worker under a new pid and keeps its temp dir
+across runs, so a dead worker's window, or one from an earlier run, is deleted, never merged.
+"""
 
 import io
 import json
@@ -46,8 +52,10 @@ class FeatureWindow:
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         """Write beside, fsync, rename: a worker killed mid-write leaves the old file intact."""
         buf = io.BytesIO()
+        owner = {"worker": process_identity(os.getpid()),
+                 "server": process_identity(os.getppid())}
         np.savez(buf, **self.arrays(), meta=np.asarray(json.dumps(
-            {**meta, "names": self.names, "seen": self.seen, "pid": os.getpid()})))
+            {**owner, **meta, "names": self.names, "seen": self.seen, "pid": os.getpid()})))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -75,9 +83,58 @@ def read_window(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def merge_windows(directory: Path, capacity: int) -> dict[str, Any]:
-    """All workers' windows of one model version, newest `capacity` requests overall."""
-    parts = [w for p in sorted(Path(directory).glob(f"*{SUFFIX}")) if (w := read_window(p))]
+def process_identity(pid: int) -> str:
+    """"pid:start-time" from /proc (Linux); the bare pid where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid}:{stat[stat.rindex(')') + 2:].split()[19]}"  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return str(pid)
+
+
+def is_alive(identity: Any) -> bool:
+    pid = str(identity).split(":")[0]
+    if not pid.isdigit():
+        return False
+    if ":" in str(identity):
+        return process_identity(int(pid)) == identity
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def current_server() -> str:
+    """The server run this worker belongs to: its parent, TorchServe's frontend."""
+    return process_identity(os.getppid())
+
+
+def live_windows(directory: Path, server: str | None = None) -> list[dict[str, Any]]:
+    """Windows of live workers (of `server`'s run, when given); stale files are deleted."""
+    parts = []
+    for path in sorted(Path(directory).glob(f"*{SUFFIX}")):
+        window = read_window(path)
+        if window is None:
+            continue
+        meta = window["meta"]
+        if server is not None and meta.get("server") != server:
+            if not is_alive(meta.get("server")):  # an earlier server run's leftover
+                path.unlink(missing_ok=True)
+            continue  # another live server sharing the directory: not ours, not ours to delete
+        if not is_alive(meta.get("worker")):
+            log.info("expiring the window of dead worker %s", meta.get("worker"))
+            path.unlink(missing_ok=True)
+            continue
+        parts.append(window)
+    return parts
+
+
+def merge_windows(directory: Path, capacity: int, server: str | None = None) -> dict[str, Any]:
+    """The live workers' windows of one model version, newest `capacity` requests overall."""
+    parts = live_windows(directory, server)
     names = parts[0]["meta"]["names"] if parts else []
     parts = [w for w in parts if w["meta"]["names"] == names]
     if not parts:

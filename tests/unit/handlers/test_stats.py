@@ -1,10 +1,23 @@
-"""Worker windows: bounded, atomically persisted, merged across workers, corrupt files skipped."""
+"""Worker windows: bounded, atomically persisted, merged across live workers of one server run,
+corrupt files skipped, dead workers' and earlier runs' windows deleted."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 
-from handlers.stats import SUFFIX, FeatureWindow, merge_windows, read_window, summarize
+from handlers.stats import (
+    SUFFIX,
+    FeatureWindow,
+    current_server,
+    is_alive,
+    merge_windows,
+    process_identity,
+    read_window,
+    summarize,
+)
 
 NAMES = ["x", "y"]
 
@@ -56,3 +69,53 @@ def test_summary_has_moments_and_quantiles():
     s = summarize(NAMES, np.asarray([[0, 1], [2, 1], [4, 1]], np.float32))
     assert s["x"]["n"] == 3 and s["x"]["mean"] == 2 and s["x"]["q50"] == 2
     assert s["y"]["variance"] == 0
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_dead_workers_window_expires_and_is_deleted(tmp_path):
+    me = process_identity(os.getpid())
+    assert is_alive(me) and ":" in me  # Linux: pid plus start time
+    live, dead, reused = (tmp_path / f"{n}{SUFFIX}" for n in ("live", "dead", "reused"))
+    window_with([[1, 1]] * 3).save(live, {})
+    window_with([[2, 2]] * 4).save(dead, {"worker": process_identity(_dead_pid())})
+    # Our own pid with another start time: a reused pid is not the worker that wrote this.
+    window_with([[3, 3]] * 5).save(reused, {"worker": f"{os.getpid()}:1"})
+    merged = merge_windows(tmp_path, capacity=100)
+    assert merged["workers"] == 1 and merged["seen"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def test_only_the_readers_server_run_is_merged(tmp_path):
+    server = current_server()
+    ours, earlier, neighbour = (tmp_path / f"{n}{SUFFIX}" for n in ("ours", "earlier", "nb"))
+    window_with([[1, 1]] * 3).save(ours, {})
+    window_with([[2, 2]] * 4).save(earlier, {"server": process_identity(_dead_pid())})
+    # A live server sharing the directory (here: this test process): skipped, left alone.
+    window_with([[3, 3]] * 5).save(neighbour, {"server": process_identity(os.getpid())})
+    merged = merge_windows(tmp_path, capacity=100, server=server)
+    assert merged["workers"] == 1 and merged["seen"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours.name, neighbour.name])
+
+
+CLEAN_EXIT = """
+import sys
+from handlers.runtime import ModelRuntime, RuntimeSettings
+rt = ModelRuntime.load(sys.argv[1], settings=RuntimeSettings(stats_dir=sys.argv[2]),
+                       name="m", version="1", worker_id="w")
+rt.predict(["a fine day"])
+rt.monitor.persist()
+print(sorted(p.name for p in rt.monitor.directory.iterdir()))
+"""
+
+
+def test_a_worker_removes_its_window_on_a_clean_exit(tiny_run, tmp_path):
+    out = subprocess.run([sys.executable, "-c", CLEAN_EXIT, str(tiny_run), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"w{SUFFIX}" in out.stdout  # it was there while the worker ran
+    assert list((tmp_path / "m" / "v1").glob(f"*{SUFFIX}")) == []
