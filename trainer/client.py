@@ -94,6 +94,11 @@ class TorchServeClient:
         path = f"/models/{name}" + (f"/{version}" if version else "")
         return self._call("management", "DELETE", path)
 
+    def scale(self, name: str, workers: int) -> Any:
+        """Exactly `workers` workers, waiting until TorchServe has started or stopped them."""
+        params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+        return self._call("management", "PUT", f"/models/{name}", params=params, timeout=600)
+
     def set_default(self, name: str, version: str) -> Any:
         return self._call("management", "PUT", f"/models/{name}/{version}/set-default")
 

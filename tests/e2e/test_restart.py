@@ -1,5 +1,6 @@
 """The default survives a TorchServe restart: rollout records what it serves in the model store,
-and `trainer restore` puts it back on the restarted server (real TorchServe, twice)."""
+and `trainer restore` puts it back on the restarted server (real TorchServe, twice). The
+statistics of the restarted server count only its own run's traffic."""
 
 import json
 import subprocess
@@ -33,6 +34,9 @@ def test_default_survives_a_restart_through_trainer_restore(minilm_run, tmp_path
                          GateSettings(holdout=30, p95_ratio=10.0, min_new_gain=-0.01),
                          allow_weak=True)
         assert result["promoted"], result["rules"]
+        for i in range(7):  # monitored traffic of this run, whose windows outlive the server
+            client.predict("keep", f"Sentence number {i} of the first run.")
+        assert _stats(client, "keep")["requests_seen"] == 7
     record = json.loads((store / ".keep.serving.json").read_text())
     assert record["default"] == "2" and set(record["versions"]) == {"1", "2"}
 
@@ -48,6 +52,13 @@ def test_default_survives_a_restart_through_trainer_restore(minilm_run, tmp_path
         assert json.loads(proc.stdout)["default"] == "2"
         assert versions(client, "keep") == (["1", "2"], "2")
         assert client.predict("keep", "The markets were calm today.")["version"] == "2"
+        # The first run's window is still in the shared stats dir; it must not be merged.
+        assert _stats(client, "keep")["requests_seen"] == 1
+        assert _stats(client, "keep")["workers"] == 1
+
+
+def _stats(client: TorchServeClient, model: str) -> dict:
+    return client.describe(model, customized=True)[0]["customizedMetadata"]["stats"]
 
 
 def test_restore_without_a_record_says_what_is_missing(tmp_path):
