@@ -64,7 +64,10 @@ ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT)
 SWEEP = {"defaults": {}, "memory 1000": {"memory": 1000}, "lora_r 16": {"lora_r": 16,
                                                                         "lora_alpha": 32},
          "replay_ratio 0.3": {"replay_ratio": 0.3}, "reherd": {"reherd": True},
-         "epochs 4": {"epochs": 4}, "min_steps 50": {"min_steps": 50}}
+         "epochs 4": {"epochs": 4}, "min_steps 50": {"min_steps": 50},
+         # The few-shot regime `make demo` uses, for the defaults and the replay budget the
+         # full-data rows favour: a budget that wins there must not lose here.
+         "defaults K=32": {"shots": 32}, "memory 1000 K=32": {"memory": 1000, "shots": 32}}
 FEW_SHOT_ROWS = (SEQ_LORA, DEFAULT)
 METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
            "worst_drop", "macro_f1", "f1_spread", "trainable_share", "compute_vs_joint",
@@ -548,10 +551,15 @@ def sweep(sc: Scale, root: Path, stem: Path) -> int:
                         for k in ("average_accuracy", "forgetting", "worst_drop")},
                      "compute_vs_joint": None if None in [p["compute_vs_joint"] for p in per_seed]
                      else statistics.fmean(p["compute_vs_joint"] for p in per_seed)})
-    best = max(rows, key=lambda r: r["average_accuracy"])
+    full = [r for r in rows if not r["config"].endswith("K=32")]
+    best = max(full, key=lambda r: r["average_accuracy"])
+    few = {r["config"]: r["average_accuracy"] for r in rows if r["config"].endswith("K=32")}
+    if f"{best['config']} K=32" in few and few[f"{best['config']} K=32"] < few["defaults K=32"]:
+        best = full[0]  # it loses in the few-shot regime: keep the defaults
     lines = [f"Row 7's knobs one at a time around the shipped defaults, seeds {sc.seeds}; "
              f"validation accuracy in points (the test splits are not looked at). Chosen: "
-             f"**{best['config']}** (best final validation average).", "",
+             f"**{best['config']}** (best final validation average with all new-domain data, "
+             f"and no worse than the defaults at K = 32 where that was run).", "",
              "| config | final val avg | val forgetting | val worst drop | compute vs row 8 |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:

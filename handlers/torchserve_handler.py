@@ -8,10 +8,13 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers import runtime as rt
 from handlers import signing
-from handlers.errors import HandlerError
+from handlers.errors import BadRequest, HandlerError
 
 log = logging.getLogger(__name__)
 EVALUATION_HEADER = "x-driftserve-evaluation"  # "true": answer, but keep out of drift statistics
+FORM_BODY = ("form-encoded body (curl -d sends application/x-www-form-urlencoded, which "
+             "TorchServe splits into fields); send -H 'Content-Type: text/plain' "
+             "--data-binary 'TEXT', or -H 'Content-Type: application/json' with {\"text\": ...}")
 
 
 def _is_evaluation(context: Any, idx: int) -> bool:
@@ -34,9 +37,14 @@ def _body_and_type(row: Any, context: Any, idx: int, per_request: bool
                    ) -> tuple[Any, str | None]:
     """TorchServe puts a raw POST body under "body" (or "data"), its content type per parameter.
     Behind a KServe envelope a row is one instance instead: {"text": ...}, a string, or a v2
-    input whose "data" is the text."""
-    if not isinstance(row, dict) or "text" in row:
+    input whose "data" is the text. A form-encoded body arrives as its fields instead: named by
+    the text itself (`-d 'TEXT'`) or holding bytes (`-d text=...`, `-F`)."""
+    if not isinstance(row, dict):
         return row, None
+    if "text" in row and not isinstance(row["text"], (bytes, bytearray)):
+        return row, None
+    if per_request and row and not {"body", "data"} & row.keys():
+        raise BadRequest(FORM_BODY, status=415)
     name = "data" if "data" in row else "body"
     header = context.get_request_header(idx, name) if per_request else None
     content_type = header.get("content-type") if isinstance(header, dict) else header
@@ -80,8 +88,8 @@ class SentimentHandler:
         good: list[int] = []
         texts: list[str] = []
         for idx, row in enumerate(data):
-            body, content_type = _body_and_type(row, context, idx, per_request)
             try:
+                body, content_type = _body_and_type(row, context, idx, per_request)
                 texts.append(rt.decode_request(body, content_type, self.runtime.settings.max_chars))
                 good.append(idx)
             except HandlerError as e:

@@ -16,16 +16,17 @@ from trainer.config import SettingsError  # noqa: E402
 from trainer.data import DataError  # noqa: E402
 from trainer.herding import ReplayBufferError  # noqa: E402
 from trainer.rollout import RolloutError  # noqa: E402
+from trainer.serve import ServeError  # noqa: E402
 
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
 VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.keys",
          "trainer.archive", "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop",
-         "trainer.kserve"]
+         "trainer.kserve", "trainer.serve"]
 # A user's mistake (bad data, settings, archive, server answer): one line, exit 2. Anything else
 # is a bug and keeps its traceback.
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,
-                   RolloutError, ReplayBufferError)
+                   RolloutError, ReplayBufferError, ServeError)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 import handlers
+from handlers.errors import ConfigError
 from handlers.manifest import MANIFEST_NAME, verify_manifest
-from handlers.runtime import DTYPES
+from handlers.runtime import RuntimeSettings
 from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer import config
 from trainer.config import SettingsError, check, setting
@@ -24,6 +25,9 @@ from trainer.quality import refuse_weak
 from trainer.rundir import REPORT_FILE, read_report
 
 HANDLER_FILE = "torchserve_handler.py"
+_RT = RuntimeSettings()  # the handler's defaults: one source for both
+HANDLER_KEYS = ("max_chars", "max_length", "dtype", "threads", "merge", "monitor", "window",
+                "drift_alpha", "drift_min_effect", "drift_min_window", "drift_correction")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -39,31 +43,40 @@ class ArchiveSettings:
     device_type: str = setting("gpu", "gpu: use a GPU when TorchServe has one, else CPU; cpu: never")
     device_ids: str = setting("", "GPUs for this model's workers, e.g. 0,1 (empty: every GPU "
                                   "TorchServe has; workers are spread over them round-robin)")
-    max_chars: int = setting(2000, "longest accepted request text, in characters")
-    max_length: int = setting(128, "tokens kept per text")
-    dtype: str = setting("float32", "weights on GPU: float32 | float16 | bfloat16")
-    threads: int = setting(0, "torch threads per worker (0 = torch default)")
-    merge: bool = setting(True, "merge an archived PEFT adapter at load (false: serve it unmerged)")
-    monitor: bool = setting(True, "keep drift statistics of the served traffic")
-    window: int = setting(2000, "requests per worker kept for statistics")
+    max_chars: int = setting(_RT.max_chars, "longest accepted request text, in characters")
+    max_length: int = setting(_RT.max_length, "tokens kept per text")
+    dtype: str = setting(_RT.dtype, "weights on GPU: float32 | float16 | bfloat16")
+    threads: int = setting(_RT.threads, "torch threads per worker (0 = torch default)")
+    merge: bool = setting(_RT.merge, "merge an archived PEFT adapter at load (false: serve it "
+                                     "unmerged)")
+    monitor: bool = setting(_RT.monitor, "keep drift statistics of the served traffic")
+    window: int = setting(_RT.window, "requests per worker kept for statistics")
+    drift_alpha: float = setting(_RT.drift_alpha, "significance level of the drift tests, after "
+                                                  "correction")
+    drift_min_effect: float = setting(_RT.drift_min_effect, "KS distance floor for an alarm")
+    drift_min_window: int = setting(_RT.drift_min_window, "requests needed before an alarm")
+    drift_correction: str = setting(_RT.drift_correction, "bh | bonferroni")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
-                    for n in ("batch_size", "min_workers", "max_workers", "response_timeout",
-                              "max_chars", "max_length", "window") if getattr(self, n) < 1]
+                    for n in ("batch_size", "min_workers", "max_workers", "response_timeout")
+                    if getattr(self, n) < 1]
         if self.max_batch_delay < 0:
             problems.append(f"max_batch_delay must be >= 0, got {self.max_batch_delay}")
         if self.max_workers < self.min_workers:
             problems.append("max_workers must be >= min_workers")
         if self.device_type not in ("gpu", "cpu"):
             problems.append(f"device_type must be gpu or cpu, got {self.device_type!r}")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.device_ids and not all(x.strip().isdigit() for x in self.device_ids.split(",")):
             problems.append(f"device_ids must be GPU numbers such as 0,1, got {self.device_ids!r}")
-        if self.threads < 0:
-            problems.append(f"threads must be >= 0, got {self.threads}")
+        try:  # the handler section is checked by the handler's own rules
+            RuntimeSettings.from_dict(self.handler_config())
+        except ConfigError as e:
+            problems.append(e.message.removeprefix("handler settings: "))
         check(problems, "archive settings")
+
+    def handler_config(self) -> dict:
+        return {name: getattr(self, name) for name in HANDLER_KEYS}
 
     def model_config(self) -> dict:
         devices = {"deviceIds": [int(x) for x in self.device_ids.split(",")]} \
@@ -76,9 +89,7 @@ class ArchiveSettings:
             "responseTimeout": self.response_timeout,
             "deviceType": self.device_type,
             **devices,
-            "handler": {"max_chars": self.max_chars, "max_length": self.max_length,
-                        "dtype": self.dtype, "threads": self.threads, "merge": self.merge,
-                        "monitor": self.monitor, "window": self.window},
+            "handler": self.handler_config(),
         }
 
 

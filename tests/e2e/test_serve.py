@@ -20,6 +20,10 @@ BAD_REQUESTS = [  # (body, content type, status, words in the message)
     (b'["a", "list"]', "application/json", 400, "got JSON list"),
     (b'{"text": "   "}', "application/json", 400, "empty"),
     (b"x" * 501, "text/plain", 413, "501 characters; the limit is 500"),
+    # curl -d without a Content-Type: TorchServe splits the form into fields
+    (b"what a lovely day", "application/x-www-form-urlencoded", 415,
+     "send -H 'Content-Type: text/plain' --data-binary"),
+    (b"text=what+a+lovely+day", "application/x-www-form-urlencoded", 415, "form-encoded body"),
 ]
 
 

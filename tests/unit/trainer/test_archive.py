@@ -86,3 +86,23 @@ def test_device_ids_reach_model_config_and_are_checked():
     assert settings.model_config()["deviceIds"] == [0, 2]
     with pytest.raises(SettingsError, match="device_ids must be GPU numbers"):
         ArchiveSettings(device_ids="0,gpu1").validate()
+
+
+def test_drift_and_window_settings_from_the_cli_reach_the_handler(tiny_run, tmp_path, capsys):
+    from handlers.runtime import RuntimeSettings
+    from trainer.__main__ import main
+
+    store = tmp_path / "store"
+    args = ["archive", "--run", str(tiny_run), "--model-store", str(store), "--allow-weak"]
+    assert main([*args, "--window", "500", "--drift-alpha", "0.001", "--drift-min-window",
+                 "200", "--drift-correction", "bonferroni"]) == 0
+    with zipfile.ZipFile(store / "sentiment.v1.mar") as z:
+        handler = yaml.safe_load(z.read("model-config.yaml"))["handler"]
+    settings = RuntimeSettings.from_dict(handler)  # what the worker reads
+    assert (settings.window, settings.drift_alpha, settings.drift_min_window,
+            settings.drift_correction) == (500, 0.001, 200, "bonferroni")
+    capsys.readouterr()
+    assert main([*args, "--version", "2", "--drift-alpha", "1.5", "--window", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "window must be a positive integer, got 0" in err and "alpha must be in (0, 1)" in err
+    assert not (store / "sentiment.v2.mar").exists()

@@ -1,0 +1,60 @@
+"""`trainer serve start|status|stop` as a user runs it: a real TorchServe from the shipped config,
+left running between commands, answering the README's plain-text curl call, then stopped."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def trainer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_start_status_plain_text_call_and_stop(model_store, tmp_path):
+    store = tmp_path / "model_store"
+    store.mkdir()
+    shutil.copy(model_store / "sentiment.v1.mar", store)
+    config = str(ROOT / "config.properties")
+    bad = trainer("serve", "start", "--config", config, "--register", "nope.v1.mar",
+                  cwd=tmp_path)
+    assert bad.returncode == 2 and "nope.v1.mar: no such archive" in bad.stderr
+    assert not (tmp_path / ".torchserve" / "server.json").exists()
+
+    started = trainer("serve", "start", "--config", config, "--free-ports",
+                      "--register", "sentiment.v1.mar", cwd=tmp_path)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        state = json.loads(started.stdout)
+        key_file = tmp_path / ".torchserve" / "key_file.json"
+        assert Path(state["key_file"]) == key_file and str(key_file) in started.stderr
+        again = trainer("serve", "start", "--config", config, "--free-ports", cwd=tmp_path)
+        assert again.returncode == 2 and "is running" in again.stderr
+
+        status = trainer("serve", "status", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["models"] == {"sentiment": "sentiment.v1.mar"}
+
+        # The README's call: plain text, inference key from key_file.json.
+        key = json.loads(key_file.read_text())["inference"]["key"]
+        resp = requests.post(f"{state['inference_url']}/predictions/sentiment",
+                             data=b"what a lovely day",
+                             headers={"Authorization": f"Bearer {key}",
+                                      "Content-Type": "text/plain"}, timeout=60)
+        assert resp.status_code == 200 and resp.json()["label"]
+    finally:
+        stopped = trainer("serve", "stop", cwd=tmp_path)
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
+    with pytest.raises(ProcessLookupError):
+        os.killpg(state["pid"], 0)
+    gone = trainer("serve", "status", cwd=tmp_path)
+    assert gone.returncode == 1 and json.loads(gone.stdout)["running"] is False

@@ -1,0 +1,154 @@
+"""`trainer serve start|status|stop`: your own TorchServe with the shipped config, left running.
+
+`start` launches TorchServe in its own session from a working directory (default .torchserve,
+where it writes key_file.json), waits until it listens, optionally registers archives from the
+model store, and records what it started in WORKDIR/server.json; `status` and `stop` read that.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from handlers.signing import TRUST_ENV, load_trusted_keys
+from trainer.artifacts import atomic_write_json
+from trainer.client import ClientError, TorchServeClient
+from trainer.rollout import read_archive
+from trainer.server import TorchServe
+
+STATE = "server.json"
+
+
+class ServeError(RuntimeError):
+    """A server that is not there, or already there."""
+
+
+def _state(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _client(state: dict[str, Any]) -> TorchServeClient:
+    key = Path(state["key_file"])
+    return TorchServeClient(state["inference_url"], state["management_url"],
+                            key if state["token_auth"] else None)
+
+
+def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
+          register: list[str], trusted_keys: str) -> dict[str, Any]:
+    workdir = Path(workdir).resolve()
+    old = _state(workdir)
+    if old and _alive(old["pid"]):
+        raise ServeError(f"a TorchServe started from {workdir} is running (pid {old['pid']}); "
+                         "`trainer serve stop` first")
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"--config {config}: no such file")
+    if not Path(model_store).is_dir():
+        raise FileNotFoundError(f"--model-store {model_store}: no such directory")
+    archives = [read_archive(Path(model_store) / Path(m).name) for m in register]
+    if trusted_keys:
+        load_trusted_keys(trusted_keys)  # fail here, not in every worker
+    server = TorchServe(workdir, model_store, config, ports="free" if free_ports else None,
+                        env={TRUST_ENV: trusted_keys} if trusted_keys else None)
+    server.start()
+    state = {"pid": server.proc.pid, "inference_url": server.inference_url,
+             "management_url": server.management_url, "metrics_url": server.metrics_url,
+             "key_file": str(server.key_file), "token_auth": server.token_auth,
+             "log": str(server.log_path), "model_store": str(Path(model_store).resolve()),
+             "trusted_keys": trusted_keys or None, "started_at": time.time()}
+    atomic_write_json(workdir / STATE, state)
+    client = _client(state)
+    for info in archives:
+        client.register(f"{info['name']}.v{info['version']}.mar", info["name"])
+    server.proc = None  # left running on purpose: `serve stop` ends it
+    return {**state, "registered": [f"{a['name']} v{a['version']}" for a in archives]}
+
+
+def status(workdir: Path) -> tuple[dict[str, Any], int]:
+    workdir = Path(workdir).resolve()
+    state = _state(workdir)
+    if state is None:
+        return {"running": False, "workdir": str(workdir),
+                "reason": f"no {STATE}: nothing started from here by `trainer serve start`"}, 1
+    if not _alive(state["pid"]):
+        return {**state, "running": False, "reason": f"pid {state['pid']} is gone"}, 1
+    client = _client(state)
+    try:
+        health = client.ping()
+        models = {m["modelName"]: m["modelUrl"] for m in client.models()["models"]}
+    except ClientError as e:
+        return {**state, "running": False, "reason": str(e)}, 1
+    return {**state, "running": True, "health": health, "models": models}, 0
+
+
+def stop(workdir: Path, timeout: float = 30.0) -> dict[str, Any]:
+    workdir = Path(workdir).resolve()
+    state = _state(workdir)
+    if state is None:
+        raise ServeError(f"{workdir / STATE}: no server started from here")
+    pid = state["pid"]
+    stopped = _alive(pid)
+    if stopped:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    (workdir / STATE).unlink(missing_ok=True)
+    return {"stopped": stopped, "pid": pid, "workdir": str(workdir)}
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("serve", help="start, check or stop your own TorchServe")
+    actions = p.add_subparsers(dest="action", required=True)
+    for name, text in (("start", "start TorchServe in the background"),
+                       ("status", "is it up, where is its key file, what does it serve"),
+                       ("stop", "stop the TorchServe started from --workdir")):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("--workdir", type=Path, default=Path(".torchserve"),
+                       help="its working dir: key_file.json, logs, server.json "
+                            "(default: .torchserve)")
+        if name == "start":
+            a.add_argument("--model-store", type=Path, default=Path("model_store"))
+            a.add_argument("--config", type=Path, default=Path("config.properties"),
+                           help="TorchServe config (default: the shipped config.properties)")
+            a.add_argument("--free-ports", action="store_true",
+                           help="pick free loopback ports instead of the config's")
+            a.add_argument("--register", action="append", default=[], metavar="NAME.vN.mar",
+                           help="archive in the model store to register (repeatable)")
+            a.add_argument("--trusted-keys", default=os.environ.get(TRUST_ENV, ""),
+                           help="public keys whose signature archives must carry "
+                                f"(default: ${TRUST_ENV}; empty: not checked)")
+
+    def run(args: argparse.Namespace) -> tuple[dict, int]:
+        if args.action == "start":
+            out = start(args.workdir, args.model_store, args.config, args.free_ports,
+                        args.register, args.trusted_keys)
+            print(f"TorchServe is up (pid {out['pid']}) at {out['inference_url']}; "
+                  f"keys in {out['key_file']} (send the inference key as "
+                  f"'Authorization: Bearer KEY'); log: {out['log']}\n"
+                  f"stop it with: python -m trainer serve stop --workdir {args.workdir}",
+                  file=sys.stderr)
+            return out, 0
+        if args.action == "status":
+            return status(args.workdir)
+        return stop(args.workdir), 0
+
+    p.set_defaults(func=run)
