@@ -12,6 +12,7 @@ from handlers.errors import BadRequest, HandlerError
 
 log = logging.getLogger(__name__)
 EVALUATION_HEADER = "x-driftserve-evaluation"  # "true": answer, but keep out of drift statistics
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 FORM_BODY = ("form-encoded body (curl -d sends application/x-www-form-urlencoded, which "
              "TorchServe splits into fields); send -H 'Content-Type: text/plain' "
              "--data-binary 'TEXT', or -H 'Content-Type: application/json' with {\"text\": ...}")
@@ -33,18 +34,25 @@ def _is_describe(data: list[dict[str, Any]], context: Any) -> bool:
             and context.get_request_header(0, "url_path") is None)
 
 
+def _is_form(row: Any, context: Any, idx: int) -> bool:
+    """TorchServe splits a form body into fields (and drops the empty ones), so the request's
+    own Content-Type says it best; without one, fields other than body/data do."""
+    for name in ("Content-Type", "content-type"):
+        value = context.get_request_header(idx, name)
+        if isinstance(value, str):
+            return value.split(";")[0].strip().lower() in FORM_TYPES
+    return isinstance(row, dict) and bool(row) and not {"body", "data"} & row.keys()
+
+
 def _body_and_type(row: Any, context: Any, idx: int, per_request: bool
                    ) -> tuple[Any, str | None]:
     """TorchServe puts a raw POST body under "body" (or "data"), its content type per parameter.
     Behind a KServe envelope a row is one instance instead: {"text": ...}, a string, or a v2
-    input whose "data" is the text. A form-encoded body arrives as its fields instead: named by
-    the text itself (`-d 'TEXT'`) or holding bytes (`-d text=...`, `-F`)."""
-    if not isinstance(row, dict):
-        return row, None
-    if "text" in row and not isinstance(row["text"], (bytes, bytearray)):
-        return row, None
-    if per_request and row and not {"body", "data"} & row.keys():
+    input whose "data" is the text."""
+    if per_request and _is_form(row, context, idx):
         raise BadRequest(FORM_BODY, status=415)
+    if not isinstance(row, dict) or "text" in row:
+        return row, None
     name = "data" if "data" in row else "body"
     header = context.get_request_header(idx, name) if per_request else None
     content_type = header.get("content-type") if isinstance(header, dict) else header
