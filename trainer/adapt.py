@@ -60,8 +60,8 @@ _TRAIN = TrainSettings()  # LoRA and optimiser defaults are shared with `train`
 @dataclass
 class AdaptSettings:
     shots: int = setting(0, "labelled examples per class from the new domain (0 = its whole train split)")
-    memory: int = setting(_TRAIN.memory, "replay budget K: exemplars in all, split evenly over the "
-                                         "(domain, class) groups seen")
+    memory: int = setting(1000, "replay budget K: exemplars in all, split evenly over the "
+                                "(domain, class) groups seen (bench/results/continual-sweep.md)")
     selection: str = setting("herding", "exemplar selection: herding | random | reservoir | none "
                                         "(none: no replay, and the buffer is emptied)")
     reherd: bool = setting(False, "re-select old groups from their exemplars with the new model")

@@ -71,7 +71,8 @@ class TrainSettings:
     lora_dropout: float = setting(0.1, "dropout on the LoRA input")
     target_modules: list[str] = setting([], "modules that get LoRA, comma-separated (empty: the "
                                             "architecture's attention projections, PEFT's map)")
-    memory: int = setting(300, "replay budget K (exemplars in all) carried to `adapt` (0 = none)")
+    memory: int = setting(300, "source exemplars kept for replay (0 = none); `adapt --memory` "
+                               "then sets the budget over all domains")
     selection: str = setting("herding", "how exemplars are picked: herding | random | reservoir")
     drift_components: int = setting(8, "principal components of the embedding kept for drift")
     reference_per_domain: int = setting(500, "held-out texts per domain in the drift reference")
