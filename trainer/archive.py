@@ -45,7 +45,8 @@ class ArchiveSettings:
                                   "TorchServe has; workers are spread over them round-robin)")
     max_chars: int = setting(_RT.max_chars, "longest accepted request text, in characters")
     max_length: int = setting(_RT.max_length, "tokens kept per text")
-    dtype: str = setting(_RT.dtype, "weights on GPU: float32 | float16 | bfloat16")
+    dtype: str = setting(_RT.dtype, "float32 | float16 (GPU only) | bfloat16 (GPU, and bf16 "
+                                    "autocast on CPUs with native bf16)")
     threads: int = setting(_RT.threads, "torch threads per worker (0 = torch default)")
     merge: bool = setting(_RT.merge, "merge an archived PEFT adapter at load (false: serve it "
                                      "unmerged)")

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from handlers import runtime
 from handlers.errors import ConfigError, IntegrityError
 from handlers.runtime import ModelRuntime, RuntimeSettings, select_device
 
@@ -104,3 +105,20 @@ def test_adapter_archive_base_weights_are_verified(adapter_pair, tmp_path):
 def test_boolean_settings_reject_strings(key):
     with pytest.raises(ConfigError, match=f"{key} must be true or false"):
         RuntimeSettings.from_dict({key: "yes"})
+
+
+def test_bfloat16_on_cpu_autocasts_only_where_the_cpu_has_native_bf16(tiny_run, monkeypatch,
+                                                                       caplog):
+    texts = ["a fine day", "the worst service ever", "markets closed flat"]
+    f32 = ModelRuntime.load(tiny_run)
+    assert not f32.cpu_autocast and f32.describe()["compute"] is None
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    b16 = ModelRuntime.load(tiny_run, settings=RuntimeSettings(dtype="bfloat16"))
+    assert b16.cpu_autocast and b16.describe()["compute"] == "bfloat16 autocast"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else autocast is emulated
+        assert (b16.probabilities(texts) - f32.probabilities(texts)).abs().max() < 2e-2
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        plain = ModelRuntime.load(tiny_run, settings=RuntimeSettings(dtype="bfloat16"))
+    assert not plain.cpu_autocast and "no native bf16; serving in float32" in caplog.text
+    assert (plain.probabilities(texts) - f32.probabilities(texts)).abs().max() < 1e-6

@@ -1,0 +1,129 @@
+"""Serving precision on this CPU: float32 vs bf16 autocast through the handler's own runtime.
+
+    .venv/bin/python bench/precision_cpu.py [--run RUN_DIR] [--per-domain 0]
+
+For every built-in domain's whole test split: accuracy and macro-F1 of each precision, how
+often the two agree on the label, and how far bf16 moves the drift features (largest KS
+distance between the two precisions' feature columns on the same sentences: the drift
+reference was computed in float32, so this must stay far below the 0.1 alarm floor). Then
+sequences/s of the forward at batch 1 and 8 (in-process, median of 3 timed passes). Results:
+bench/results/precision-cpu.{json,md}.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import ks_2samp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from handlers.features import feature_matrix  # noqa: E402
+from handlers.runtime import ModelRuntime, RuntimeSettings, cpu_has_bf16  # noqa: E402
+from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data import DOMAINS, load_source  # noqa: E402
+from trainer.evaluate import scores  # noqa: E402
+from trainer.train import TrainSettings  # noqa: E402
+
+T = TrainSettings()  # the splits every run is scored on
+CONTINUAL_V1 = ROOT / "bench/results/tmp/continual-c8448e44237c/seed0/v1-herding"
+
+
+def run_all(rt: ModelRuntime, texts: list[str], batch: int = 32) -> dict[str, np.ndarray]:
+    probs, feats = [], []
+    for i in range(0, len(texts), batch):
+        p, pooled, tokens = rt.forward(texts[i:i + batch], pooled=True)
+        probs.append(p.numpy())
+        feats.append(feature_matrix(pooled.numpy(), p.numpy(), tokens.numpy(),
+                                    rt.monitor.reference.projection))
+    return {"probs": np.concatenate(probs), "features": np.concatenate(feats)}
+
+
+def speed(rt: ModelRuntime, texts: list[str], batch: int, n: int = 96) -> float:
+    """Sequences/s of the forward alone, median of 3 passes over the same `n` texts."""
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            rt.forward(texts[i:i + batch])
+        rates.append(n / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, help="run dir (default: the continual bench's seed-0 v1, "
+                                            "MiniLM on all of nyt's train split)")
+    p.add_argument("--per-domain", type=int, default=0, help="test sentences per domain (0: all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "precision-cpu")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if not cpu_has_bf16():
+        print("this CPU has no native bf16: nothing to compare", file=sys.stderr)
+        return 1
+    run = args.run or CONTINUAL_V1
+    runtimes = {}
+    for name, dtype in (("float32", "float32"), ("bf16 autocast", "bfloat16")):
+        runtimes[name] = ModelRuntime.load(run, settings=RuntimeSettings(dtype=dtype))
+    assert runtimes["bf16 autocast"].cpu_autocast and not runtimes["float32"].cpu_autocast
+    labels = runtimes["float32"].labels
+    index = {label: i for i, label in enumerate(labels)}
+    domains: dict[str, Any] = {}
+    for domain in DOMAINS:
+        test = load_source(domain, T.seed, T.label_threshold, tuple(labels))[domain].test
+        test = test[:args.per_domain] if args.per_domain else test
+        texts, truth = [ex.text for ex in test], [index[ex.label] for ex in test]
+        out = {name: run_all(rt, texts) for name, rt in runtimes.items()}
+        preds = {name: o["probs"].argmax(1).tolist() for name, o in out.items()}
+        f32, b16 = out["float32"]["features"], out["bf16 autocast"]["features"]
+        names = runtimes["float32"].monitor.reference.names
+        ks = {n: float(ks_2samp(f32[:, j], b16[:, j]).statistic) for j, n in enumerate(names)}
+        domains[domain] = {
+            "n": len(test),
+            **{name: {k: v for k, v in scores(truth, pr, labels).items()
+                      if k in ("accuracy", "macro_f1")} for name, pr in preds.items()},
+            "label_agreement": float(np.mean(np.equal(preds["float32"], preds["bf16 autocast"]))),
+            "max_prob_diff": float(np.abs(out["float32"]["probs"]
+                                          - out["bf16 autocast"]["probs"]).max()),
+            "max_feature_ks": max(ks.values()), "feature_ks": ks,
+        }
+        print(domain, {k: v for k, v in domains[domain].items() if k != "feature_ks"},
+              file=sys.stderr)
+    texts = [ex.text for ex in load_source("nyt", T.seed, T.label_threshold, tuple(labels))["nyt"].test][:96]
+    rates = {name: {f"batch {b}": speed(rt, texts, b) for b in (1, 8)}
+             for name, rt in runtimes.items()}
+    result = {"run": str(run), "threads": args.threads, "domains": domains, "speed": rates,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), "
+                         f"{torch.backends.cpu.get_cpu_capability()}, native bf16"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out.with_suffix(".json"), result, sort_keys=False)
+    rows = ["| domain | n | float32 acc / F1 | bf16 acc / F1 | Δ acc / F1 (points) | "
+            "same label | max KS of a drift feature |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for d, r in domains.items():
+        a, b = r["float32"], r["bf16 autocast"]
+        rows.append(f"| {d} | {r['n']} | {100 * a['accuracy']:.1f} / {100 * a['macro_f1']:.1f} "
+                    f"| {100 * b['accuracy']:.1f} / {100 * b['macro_f1']:.1f} | "
+                    f"{100 * (b['accuracy'] - a['accuracy']):+.1f} / "
+                    f"{100 * (b['macro_f1'] - a['macro_f1']):+.1f} | "
+                    f"{100 * r['label_agreement']:.1f} % | {r['max_feature_ks']:.3f} |")
+    rows += ["", "| forward (in-process, sequences/s) | batch 1 | batch 8 |", "|---|---:|---:|"]
+    rows += [f"| {name} | {r['batch 1']:.0f} | {r['batch 8']:.0f} |" for name, r in rates.items()]
+    text = (f"Serving precision on this CPU ({result['machine']}, {args.threads} threads), run "
+            f"`{run.name}`; whole test splits.\n\n" + "\n".join(rows) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
