@@ -67,6 +67,7 @@ class Reference:
     classes: np.ndarray  # (n,) predicted class index
     domains: list[str] = field(default_factory=lambda: [DEFAULT_DOMAIN])
     domain_index: np.ndarray | None = None  # (n,) row -> index into domains; None = all domain 0
+    temperature: float = 1.0  # fitted on validation at train time (handlers.calibration)
 
     def __post_init__(self) -> None:
         if self.domain_index is None:
@@ -101,6 +102,7 @@ class Reference:
             "labels": self.labels, "names": self.names, "projection": self.projection.to_json(),
             "features": np.round(self.features, 6).tolist(), "classes": self.classes.tolist(),
             "domains": self.domains, "domain_index": self.domain_index.tolist(),
+            "temperature": self.temperature,
         }).encode()
 
     @classmethod
@@ -111,4 +113,4 @@ class Reference:
         index = raw["domain_index"] if "domain_index" in raw else None
         return cls(raw["labels"], raw["names"], Projection.from_json(raw["projection"]),
                    np.asarray(raw["features"], np.float32), np.asarray(raw["classes"], np.int16),
-                   list(domains), index)
+                   list(domains), index, float(raw.get("temperature", 1.0)))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from handlers.calibration import estimated_accuracy
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference, feature_matrix
 from handlers.stats import SUFFIX, FeatureWindow, current_server, merge_windows, summarize
@@ -66,6 +67,11 @@ class TrafficMonitor:
         window = {"classes": merged["classes"],
                   "features": {n: merged["features"][:, i] for i, n in enumerate(merged["names"])}}
         result = drift_test(self.reference_input, window, self.drift)
+        probs = merged["features"][:, [merged["names"].index(f"p_{label}")
+                                       for label in self.reference.labels]] \
+            if merged["names"] else np.zeros((0, len(self.reference.labels)))
+        estimate = estimated_accuracy(probs, self.reference.temperature)
+        result["estimated_accuracy"] = None if estimate is None else round(estimate, 4)
         result["checked_at"] = time.time()
         self.last_result = result
         return result
@@ -105,6 +111,9 @@ class TrafficMonitor:
             "features": features,
             "class_distribution": class_shares(merged["classes"], labels),
             "confidence": features.get("confidence", {}),
+            # Mean calibrated confidence: accuracy without labels while calibration holds.
+            "estimated_accuracy": drift["estimated_accuracy"],
+            "temperature": self.reference.temperature,
             "reference": {
                 "size": int(len(self.reference.classes)),
                 "domains": self.reference.domain_sizes(),

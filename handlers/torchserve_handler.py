@@ -133,5 +133,7 @@ class SentimentHandler:
             self._gauges_at = result["checked_at"]
             for name, value in (("DriftKSMax", result["max_ks"]),
                                 ("DriftAlarm", int(result["is_drift"])),
-                                ("DriftWindowSize", result["window_size"])):
-                metrics.add_metric(name, value, "", None, list(dims), MetricTypes.GAUGE)
+                                ("DriftWindowSize", result["window_size"]),
+                                ("DriftEstimatedAccuracy", result.get("estimated_accuracy"))):
+                if value is not None:
+                    metrics.add_metric(name, value, "", None, list(dims), MetricTypes.GAUGE)

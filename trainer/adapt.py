@@ -44,6 +44,7 @@ from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, merge, parameter_counts
 from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
+from trainer.reference import calibrate
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
     build_reference_for,
@@ -317,10 +318,12 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
         "replay_buffer": sizes_json(next_buffer),
         "reference_sizes": {d: len(t) for d, t in held_out.items()},
+        "calibration": calibrate(merged, tokenizer, val_new, labels, s.max_length),
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
+    reference.temperature = report["calibration"]["temperature"]
     save_run(out, merged, tokenizer, labels, report,
              extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes(),
                     REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})

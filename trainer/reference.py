@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from handlers.calibration import MIN_EXAMPLES, fit_temperature
 from handlers.features import Projection, Reference, feature_matrix, feature_names
 from handlers.novelty import DEFAULT_DOMAIN
 from handlers.runtime import ModelRuntime, RuntimeSettings
-from trainer.data import DataError
+from trainer.data import DataError, Example
 
 
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
@@ -21,6 +22,16 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 12
     parts = [runtime.forward(list(texts[i:i + batch_size]), pooled=True)
              for i in range(0, len(texts), batch_size)]
     return tuple(torch.cat([p[j] for p in parts]).numpy() for j in range(3))
+
+
+def calibrate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
+              max_length: int = 128) -> dict[str, Any]:
+    """Temperature on labelled held-out examples (validation), for the served accuracy estimate."""
+    if len(examples) < MIN_EXAMPLES:
+        return fit_temperature(np.zeros((0, len(labels))), np.zeros(0, int))
+    probs = embed(model, tokenizer, [ex.text for ex in examples], max_length)[0]
+    index = {label: i for i, label in enumerate(labels)}
+    return fit_temperature(probs, np.asarray([index[ex.label] for ex in examples]))
 
 
 def build_reference(model: Any, tokenizer: Any, texts: Sequence[str], components: int = 8,

@@ -26,6 +26,7 @@ from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
 from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
+from trainer.reference import calibrate
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
     build_reference_for,
@@ -242,12 +243,14 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
         "accuracy_matrix": [list(test_acc.values())],
         "replay_buffer": sizes_json(buffer),
         "reference_sizes": {d: len(t) for d, t in held_out.items()},
+        "calibration": calibrate(merged, tokenizer, val, labels, settings.max_length),
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
     }
     reference = build_reference_for(merged, tokenizer, held_out, settings.drift_components,
                                     settings.max_length)
+    reference.temperature = report["calibration"]["temperature"]
     save_run(out, merged, tokenizer, labels, report, extra={
         REFERENCE_FILE: reference.to_bytes(), BUFFER_FILE: buffer_bytes(buffer),
         REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})

@@ -79,7 +79,7 @@ def test_prometheus_exposes_the_drift_series(server, client, two_worker_models):
     send(client, "drift_tweets", ["and another"] * 2)  # gauges go out with the next batch
     text = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
     for series in ("DriftRequests", "DriftPredictedClass", "DriftConfidence", "DriftKSMax",
-                   "DriftAlarm", "DriftWindowSize"):
+                   "DriftAlarm", "DriftWindowSize", "DriftEstimatedAccuracy"):
         assert series in text, series
     assert 'ModelName="drift_tweets"' in text and "Label=" in text
 
