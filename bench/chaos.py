@@ -18,7 +18,6 @@ import platform
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
+from bench.soak import Load  # noqa: E402
 from trainer.artifacts import atomic_write_json  # noqa: E402
-from trainer.client import ClientError, TorchServeClient  # noqa: E402
+from trainer.client import TorchServeClient  # noqa: E402
 
 MODEL = "chaos"
 WORKERS = 2
@@ -58,52 +58,16 @@ def wait_for(condition: Any, timeout: float, what: str, every: float = 0.25) -> 
     return time.monotonic() - start
 
 
-class Traffic:
-    """Client threads sending back to back; every request as (start, end, status)."""
-
-    def __init__(self, client: TorchServeClient, model: str, texts: list[str],
-                 threads: int) -> None:
-        self.client, self.model, self.texts = client, model, texts
-        self.records: list[tuple[float, float, int]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                        for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        n = i
-        while not self.stop.is_set():
-            start = time.monotonic()
-            try:
-                self.client.predict(self.model, self.texts[n % len(self.texts)])
-                status = 200
-            except ClientError as e:
-                status = e.status
-            with self.lock:
-                self.records.append((start, time.monotonic(), status))
-            n += len(self.threads)
-
-    def __enter__(self) -> "Traffic":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-
-
 def kill_once(client: TorchServeClient, texts: list[str], threads: int = 4,
               before_s: float = 3.0, after_s: float = 3.0, timeout: float = 240.0,
               model: str = MODEL) -> dict[str, Any]:
     """One SIGKILL of a READY worker under load, with what the clients and statistics saw."""
     pids = worker_pids(client, model)
     victim = pids[0]
-    with Traffic(client, model, texts, threads) as traffic:
+    with Load(client, texts, threads, model) as traffic:
         time.sleep(before_s)
         seen_before = statistics(client, model)["requests_seen"]
-        killed_at = time.monotonic()
+        killed_at = time.perf_counter()
         os.kill(victim, signal.SIGKILL)
         recovery_s = wait_for(lambda: (len(now := worker_pids(client, model)) == len(pids)
                                        and victim not in now), timeout, "a replacement worker")

@@ -39,13 +39,15 @@ MODEL = "soak"
 
 
 class Load:
-    """Client threads sending back to back; every answer recorded as (time, ms, ok)."""
+    """Client threads sending back to back; every request recorded as (start, end, status):
+    the HTTP status, -1 for a 200 without a label, 0 when the call itself failed."""
 
-    def __init__(self, client: TorchServeClient, texts: list[str], threads: int) -> None:
-        self.client = client
+    def __init__(self, client: TorchServeClient, texts: list[str], threads: int,
+                 model: str = MODEL) -> None:
+        self.client, self.model = client, model
         self.texts = itertools.cycle(texts)
         self.lock = threading.Lock()
-        self.records: list[tuple[float, float, bool]] = []
+        self.records: list[tuple[float, float, int]] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -56,15 +58,17 @@ class Load:
                 text = next(self.texts)
             start = time.perf_counter()
             try:
-                resp = self.client.request("inference", "POST", f"/predictions/{MODEL}",
+                resp = self.client.request("inference", "POST", f"/predictions/{self.model}",
                                            json={"text": text})
-                ok = resp.status_code == 200 and "label" in resp.json()
-                problem = "" if ok else f"{resp.status_code}: {resp.text[:200]}"
+                status = resp.status_code
+                if status == 200 and "label" not in resp.json():
+                    status = -1
+                problem = "" if status == 200 else f"{resp.status_code}: {resp.text[:200]}"
             except Exception as e:  # noqa: BLE001 - every failure counts, none stops the load
-                ok, problem = False, repr(e)[:200]
+                status, problem = 0, repr(e)[:200]
             done = time.perf_counter()
             with self.lock:
-                self.records.append((done, 1000 * (done - start), ok))
+                self.records.append((start, done, status))
                 if problem and len(self.errors) < 20:
                     self.errors.append(problem)
 
@@ -128,7 +132,8 @@ def soak(server: TorchServe, client: TorchServeClient, seconds: float, width: fl
         while (now := time.perf_counter()) < t0 + seconds:
             memory.append((now, rss_mb(server)))
             time.sleep(min(1.0, max(0.0, t0 + seconds - now)))
-    records = [r for r in load.records if r[0] < t0 + seconds]
+    records = [(end, 1000 * (end - start), status == 200)
+               for start, end, status in load.records if end < t0 + seconds]
     parts = slices(records, memory, t0, seconds, width)
     workers_after = sorted(server.worker_pids())
     described = client.describe(MODEL)[0]["workers"]
