@@ -113,7 +113,9 @@ def current_server() -> str:
 
 
 def live_windows(directory: Path, server: str | None = None) -> list[dict[str, Any]]:
-    """Windows of live workers (of `server`'s run, when given); stale files are deleted."""
+    """With `server` (a worker reading its own server's traffic): the windows of that run's live
+    workers; stale files are deleted. Without (an offline reader, e.g. `trainer drift
+    --stats-dir` after the server stopped): every readable window, nothing deleted."""
     parts = []
     for path in sorted(Path(directory).glob(f"*{SUFFIX}")):
         window = read_window(path)
@@ -124,7 +126,7 @@ def live_windows(directory: Path, server: str | None = None) -> list[dict[str, A
             if not is_alive(meta.get("server")):  # an earlier server run's leftover
                 path.unlink(missing_ok=True)
             continue  # another live server sharing the directory: not ours, not ours to delete
-        if not is_alive(meta.get("worker")):
+        if server is not None and not is_alive(meta.get("worker")):
             log.info("expiring the window of dead worker %s", meta.get("worker"))
             path.unlink(missing_ok=True)
             continue
@@ -133,7 +135,8 @@ def live_windows(directory: Path, server: str | None = None) -> list[dict[str, A
 
 
 def merge_windows(directory: Path, capacity: int, server: str | None = None) -> dict[str, Any]:
-    """The live workers' windows of one model version, newest `capacity` requests overall."""
+    """The windows of one model version (see live_windows), newest `capacity` requests
+    overall."""
     parts = live_windows(directory, server)
     names = parts[0]["meta"]["names"] if parts else []
     parts = [w for w in parts if w["meta"]["names"] == names]

@@ -32,8 +32,12 @@ def test_stats_dir_is_matched_to_the_served_mix(tmp_path):
     served, served_probs, served_tokens = domain_rows(rng, 0, 200)
     window.add(feature_matrix(served, served_probs, served_tokens, projection),
                served_probs.argmax(axis=1).tolist())
-    window.save(tmp_path / "stats" / f"w1{SUFFIX}", {"capacity": 1000})
+    # Written by a worker of a server that has since stopped: offline, it is still read (and
+    # kept), though a live server's monitor would expire it.
+    window.save(tmp_path / "stats" / f"w1{SUFFIX}", {"capacity": 1000, "worker": "1:0"})
     result = from_stats_dir(tmp_path / "stats", tmp_path, DriftSettings(), 1000)
+    assert result["workers"] == 1 and result["requests_seen"] == 200
+    assert (tmp_path / "stats" / f"w1{SUFFIX}").exists()
     assert result["reference_domains"] == {"nyt": 300, "movie": 300}
     assert result["served_mix"]["nyt"] > 0.95 and not result["is_drift"], result["fired"]
     assert "served mix nyt" in summary_line(result)
