@@ -26,14 +26,16 @@ def class_shares(classes: np.ndarray, labels: list[str]) -> dict[str, float]:
 
 class TrafficMonitor:
     def __init__(self, reference: Reference, directory: Path, capacity: int,
-                 persist_every_s: float, drift: DriftSettings, worker_id: str) -> None:
+                 persist_every_s: float, drift: DriftSettings, worker_id: str,
+                 capture: int = 0) -> None:
         self.reference = reference
         self.reference_input = reference.as_test_input()  # novelty calibration fitted once
         self.directory = Path(directory)
         self.path = self.directory / f"{worker_id}{SUFFIX}"
         self.capacity = capacity
         self.drift = drift
-        self.window = FeatureWindow(reference.names, capacity)
+        self.capture = capture
+        self.window = FeatureWindow(reference.names, capacity, capture)
         self.lock = threading.Lock()
         self.last_result: dict[str, Any] | None = None
         self._dirty = False
@@ -43,19 +45,16 @@ class TrafficMonitor:
         self._thread.start()
         atexit.register(self.remove)  # a clean exit leaves no window behind
 
-    def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray) -> None:
+    def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray,
+                texts: list[str] | None = None) -> None:
         rows = feature_matrix(pooled, probs, tokens, self.reference.projection)
         with self.lock:
-            self.window.add(rows, np.asarray(probs).argmax(axis=1).tolist())
+            self.window.add(rows, np.asarray(probs).argmax(axis=1).tolist(), texts)
             self._dirty = True
 
     def persist(self) -> None:
         with self.lock:
-            snapshot = FeatureWindow(self.window.names, self.capacity)
-            snapshot.rows.extend(self.window.rows)
-            snapshot.classes.extend(self.window.classes)
-            snapshot.times.extend(self.window.times)
-            snapshot.seen = self.window.seen
+            snapshot = self.window.copy()
             self._dirty = False
         snapshot.save(self.path, {"capacity": self.capacity})
 
@@ -113,6 +112,9 @@ class TrafficMonitor:
             "confidence": features.get("confidence", {}),
             # Mean calibrated confidence: accuracy without labels while calibration holds.
             "estimated_accuracy": drift["estimated_accuracy"],
+            # Where `trainer sample` reads the captured texts (on this host), and how many.
+            "stats_dir": str(self.directory),
+            "capture_per_worker": self.capture,
             "temperature": self.reference.temperature,
             "reference": {
                 "size": int(len(self.reference.classes)),

@@ -39,6 +39,7 @@ class RuntimeSettings:
     drift_min_effect: float = 0.1  # KS distance floor for a drift alarm
     drift_min_window: int = 50  # requests needed before an alarm may fire
     drift_correction: str = "bh"  # bh (Benjamini-Hochberg) | bonferroni
+    capture: int = 0  # texts of the newest requests kept per worker for labelling (0 = off)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "RuntimeSettings":
@@ -65,6 +66,9 @@ class RuntimeSettings:
                      for name in ("merge", "monitor") if not isinstance(getattr(self, name), bool)]
         if not isinstance(self.window, int) or self.window < 1:
             problems.append(f"window must be a positive integer, got {self.window!r}")
+        if not isinstance(self.capture, int) or not 0 <= self.capture <= self.window:
+            problems.append(f"capture must be an integer in [0, window={self.window}], "
+                            f"got {self.capture!r}")
         if not isinstance(self.persist_every_s, (int, float)) or self.persist_every_s <= 0:
             problems.append(f"persist_every_s must be > 0, got {self.persist_every_s!r}")
         try:
@@ -193,7 +197,8 @@ class ModelRuntime:
         directory = self.settings.stats_root() / self.name / f"v{self.version}"
         self.monitor = TrafficMonitor(reference, directory, self.settings.window,
                                       self.settings.persist_every_s,
-                                      self.settings.drift_settings(), worker_id)
+                                      self.settings.drift_settings(), worker_id,
+                                      self.settings.capture)
         return self.monitor
 
     @classmethod
@@ -257,7 +262,8 @@ class ModelRuntime:
         probs, pooled, tokens = self.forward(texts, pooled=watch)
         if watch:
             rows = [i for i, k in enumerate(keep) if k]
-            self.monitor.observe(pooled[rows].numpy(), probs[rows].numpy(), tokens[rows].numpy())
+            self.monitor.observe(pooled[rows].numpy(), probs[rows].numpy(), tokens[rows].numpy(),
+                                 [texts[i] for i in rows])
         return [self._response(row) for row in probs.tolist()]
 
     def _response(self, probs: list[float]) -> dict[str, Any]:

@@ -23,23 +23,38 @@ SUFFIX = ".window.npz"
 
 
 class FeatureWindow:
-    """The last `capacity` requests' features: memory stays flat however much traffic comes."""
+    """The last `capacity` requests' features: memory stays flat however much traffic comes.
+    With `capture` > 0 the texts of the last `capture` requests are kept too (opt-in, for
+    labelling): they belong to the window's last rows, at most capture x max_chars characters."""
 
-    def __init__(self, names: list[str], capacity: int) -> None:
+    def __init__(self, names: list[str], capacity: int, capture: int = 0) -> None:
         self.names = list(names)
         self.capacity = capacity
         self.rows: deque[np.ndarray] = deque(maxlen=capacity)
         self.classes: deque[int] = deque(maxlen=capacity)
         self.times: deque[float] = deque(maxlen=capacity)
+        self.texts: deque[str] = deque(maxlen=min(capture, capacity))
         self.seen = 0
 
-    def add(self, features: np.ndarray, classes: list[int]) -> None:
+    def add(self, features: np.ndarray, classes: list[int],
+            texts: list[str] | None = None) -> None:
         now = time.time()
         for row, cls in zip(np.asarray(features, dtype=np.float32), classes):
             self.rows.append(row)
             self.classes.append(int(cls))
             self.times.append(now)
+        if self.texts.maxlen:
+            if texts is None or len(texts) != len(classes):
+                raise ValueError("capture is on: add() needs one text per row")
+            self.texts.extend(texts)
         self.seen += len(classes)
+
+    def copy(self) -> "FeatureWindow":
+        out = FeatureWindow(self.names, self.capacity, self.texts.maxlen or 0)
+        for name in ("rows", "classes", "times", "texts"):
+            getattr(out, name).extend(getattr(self, name))
+        out.seen = self.seen
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         width = len(self.names)
@@ -47,6 +62,7 @@ class FeatureWindow:
             "features": np.stack(self.rows) if self.rows else np.zeros((0, width), np.float32),
             "classes": np.asarray(self.classes, dtype=np.int16),
             "times": np.asarray(self.times, dtype=np.float64),
+            "texts": np.asarray(list(self.texts), dtype=np.str_),  # unicode array: no pickle
         }
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
@@ -74,8 +90,10 @@ def read_window(path: Path) -> dict[str, Any] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            data = {"features": z["features"], "classes": z["classes"], "times": z["times"]}
-        if data["features"].shape != (len(data["classes"]), len(meta["names"])):
+            data = {"features": z["features"], "classes": z["classes"], "times": z["times"],
+                    "texts": z["texts"] if "texts" in z.files else np.zeros(0, np.str_)}
+        if data["features"].shape != (len(data["classes"]), len(meta["names"])) \
+                or len(data["texts"]) > len(data["classes"]):
             raise ValueError("array shapes disagree")
         return {**data, "meta": meta}
     except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal
@@ -152,6 +170,25 @@ def merge_windows(directory: Path, capacity: int, server: str | None = None) -> 
         "workers": len(parts),
         "seen": int(sum(w["meta"]["seen"] for w in parts)),
     }
+
+
+def captured(directory: Path, server: str | None = None) -> dict[str, Any]:
+    """Every window's captured texts with their rows (the last rows of each window)."""
+    texts, rows, classes, names = [], [], [], None
+    for w in live_windows(directory, server):
+        k = len(w["texts"])
+        if not k:
+            continue
+        names = names or w["meta"]["names"]
+        if w["meta"]["names"] != names:
+            continue
+        texts += [str(t) for t in w["texts"]]
+        rows.append(w["features"][-k:])
+        classes.append(w["classes"][-k:])
+    width = len(names or [])
+    return {"names": names or [], "texts": texts,
+            "features": np.concatenate(rows) if rows else np.zeros((0, width), np.float32),
+            "classes": np.concatenate(classes) if classes else np.zeros(0, np.int16)}
 
 
 def summarize(names: list[str], features: np.ndarray) -> dict[str, dict[str, float]]:

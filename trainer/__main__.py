@@ -22,7 +22,7 @@ from trainer.serve import ServeError  # noqa: E402
 # `func(args)` returns (JSON-able result, exit code).
 VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.keys",
          "trainer.archive", "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop",
-         "trainer.kserve", "trainer.serve"]
+         "trainer.kserve", "trainer.serve", "trainer.sample"]
 # A user's mistake (bad data, settings, archive, server answer): one line, exit 2. Anything else
 # is a bug and keeps its traceback.
 EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,

@@ -27,7 +27,8 @@ from trainer.rundir import REPORT_FILE, read_report
 HANDLER_FILE = "torchserve_handler.py"
 _RT = RuntimeSettings()  # the handler's defaults: one source for both
 HANDLER_KEYS = ("max_chars", "max_length", "dtype", "threads", "merge", "monitor", "window",
-                "drift_alpha", "drift_min_effect", "drift_min_window", "drift_correction")
+                "drift_alpha", "drift_min_effect", "drift_min_window", "drift_correction",
+                "capture")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -57,6 +58,9 @@ class ArchiveSettings:
     drift_min_effect: float = setting(_RT.drift_min_effect, "KS distance floor for an alarm")
     drift_min_window: int = setting(_RT.drift_min_window, "requests needed before an alarm")
     drift_correction: str = setting(_RT.drift_correction, "bh | bonferroni")
+    capture: int = setting(_RT.capture, "keep the texts of the newest N requests per worker for "
+                                        "`trainer sample` (0 = off; texts stay on the server "
+                                        "host, see README: privacy)")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
