@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from handlers.features import REFERENCE_FILE
+from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import MANIFEST_NAME, sha256_file
 from trainer import config, continual_metrics, distributed
 from trainer.balance import (
@@ -240,6 +240,17 @@ def square(matrix: list[list[float | None]]) -> bool:
         v is not None for i, row in enumerate(matrix) for v in row[: i + 1])
 
 
+def calibrate_step(model: Any, tokenizer: Any, val_new: list[Example], labels: list[str],
+                   max_length: int, source_run: Path) -> dict[str, Any]:
+    """The new domain's validation split fits the temperature; when it is too small (few-shot)
+    the previous version's temperature is kept rather than falling back to 1."""
+    fit = calibrate(model, tokenizer, val_new, labels, max_length)
+    if not fit["fitted"] and (source_run / REFERENCE_FILE).is_file():
+        fit["temperature"] = Reference.load(source_run / REFERENCE_FILE).temperature
+        fit["kept_from"] = str(source_run)
+    return fit
+
+
 def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[str, Any]:
     """Every check (manifest, labels, domains, test splits) runs before anything is written."""
     started = time.time()
@@ -318,7 +329,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
         "replay_buffer": sizes_json(next_buffer),
         "reference_sizes": {d: len(t) for d, t in held_out.items()},
-        "calibration": calibrate(merged, tokenizer, val_new, labels, s.max_length),
+        "calibration": calibrate_step(merged, tokenizer, val_new, labels, s.max_length,
+                                      source_run),
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
         "versions": {"torch": torch.__version__},
