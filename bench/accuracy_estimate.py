@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from handlers.calibration import estimated_accuracy  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
+from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
 from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
@@ -50,9 +52,22 @@ def temperature_of(run: Path) -> dict[str, Any]:
     report = json.loads((run / "report.json").read_text())
     if "calibration" in report:
         return report["calibration"]
+    if Reference.load(run / REFERENCE_FILE).temperature != 1.0:
+        return {"temperature": Reference.load(run / REFERENCE_FILE).temperature}
     model, tokenizer, labels, _ = load_run(run)
     val = load_source(report["source"], T.seed, T.label_threshold, tuple(labels))
     return calibrate(model, tokenizer, val[report["source"]].val, labels)
+
+
+def with_temperature(run: Path, out: Path) -> Path:
+    """A copy of a run made before calibration existed, with the temperature `train` would have
+    stored (so that `adapt` carries it as it would)."""
+    shutil.copytree(run, out)
+    reference = Reference.load(out / REFERENCE_FILE)
+    reference.temperature = temperature_of(run)["temperature"]
+    (out / REFERENCE_FILE).write_bytes(reference.to_bytes())
+    write_manifest(out)
+    return out
 
 
 def cells(run: Path) -> dict[str, Any]:
@@ -86,6 +101,8 @@ def main() -> int:
         if not (v1 / "report.json").is_file():
             v1 = Path(tmp) / "v1"
             run_train(TrainSettings(), "nyt", v1)
+        elif "calibration" not in json.loads((v1 / "report.json").read_text()):
+            v1 = with_temperature(v1, Path(tmp) / "v1")
         v2 = Path(tmp) / "v2"
         run_adapt(AdaptSettings(shots=32), v1, "movie", v2)
         versions = {"v1 (nyt)": cells(v1), "v2 (nyt → movie, K=32)": cells(v2)}
