@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.models import nyt_v1  # noqa: E402
 from handlers.calibration import estimated_accuracy  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
@@ -39,10 +40,9 @@ from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.data import DOMAINS, load_source  # noqa: E402
 from trainer.reference import calibrate  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
+from trainer.train import TrainSettings  # noqa: E402
 
 T = TrainSettings()
-CONTINUAL_V1 = ROOT / "bench/results/tmp/continual-c8448e44237c/seed0/v1-herding"
 GOAL = 0.05
 
 
@@ -97,11 +97,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="estimate-") as tmp:
-        v1 = args.v1 or CONTINUAL_V1
-        if not (v1 / "report.json").is_file():
-            v1 = Path(tmp) / "v1"
-            run_train(TrainSettings(), "nyt", v1)
-        elif "calibration" not in json.loads((v1 / "report.json").read_text()):
+        v1 = args.v1 or nyt_v1()
+        if "calibration" not in json.loads((v1 / "report.json").read_text()):
             v1 = with_temperature(v1, Path(tmp) / "v1")
         v2 = Path(tmp) / "v2"
         run_adapt(AdaptSettings(shots=32), v1, "movie", v2)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.models import nyt_v1  # noqa: E402
 from handlers.features import feature_matrix  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings, cpu_has_bf16  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
@@ -35,7 +36,6 @@ from trainer.evaluate import scores  # noqa: E402
 from trainer.train import TrainSettings  # noqa: E402
 
 T = TrainSettings()  # the splits every run is scored on
-CONTINUAL_V1 = ROOT / "bench/results/tmp/continual-c8448e44237c/seed0/v1-herding"
 
 
 def run_all(rt: ModelRuntime, texts: list[str], batch: int = 32) -> dict[str, np.ndarray]:
@@ -61,8 +61,7 @@ def speed(rt: ModelRuntime, texts: list[str], batch: int, n: int = 96) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, help="run dir (default: the continual bench's seed-0 v1, "
-                                            "MiniLM on all of nyt's train split)")
+    p.add_argument("--run", type=Path, help="run dir (default: bench.models.nyt_v1)")
     p.add_argument("--per-domain", type=int, default=0, help="test sentences per domain (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "precision-cpu")
@@ -71,7 +70,7 @@ def main() -> int:
     if not cpu_has_bf16():
         print("this CPU has no native bf16: nothing to compare", file=sys.stderr)
         return 1
-    run = args.run or CONTINUAL_V1
+    run = args.run or nyt_v1()
     runtimes = {}
     for name, dtype in (("float32", "float32"), ("bf16 autocast", "bfloat16")):
         runtimes[name] = ModelRuntime.load(run, settings=RuntimeSettings(dtype=dtype))

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 from handlers.errors import IntegrityError
 
@@ -10,12 +11,17 @@ MANIFEST_NAME = "manifest.sha256.json"
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(f: BinaryIO) -> str:
+    """sha256 of an open binary file (or zip entry), read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def build_manifest(directory: Path) -> dict[str, str]:

@@ -35,6 +35,7 @@ class TrafficMonitor:
         self.capacity = capacity
         self.drift = drift
         self.capture = capture
+        self.server = current_server()  # this worker's server run never changes
         self.window = FeatureWindow(reference.names, capacity, capture)
         self.lock = threading.Lock()
         self.last_result: dict[str, Any] | None = None
@@ -59,7 +60,7 @@ class TrafficMonitor:
         snapshot.save(self.path, {"capacity": self.capacity})
 
     def merged(self) -> dict[str, Any]:
-        return merge_windows(self.directory, self.capacity, current_server())
+        return merge_windows(self.directory, self.capacity, self.server)
 
     def check(self) -> dict[str, Any]:
         merged = self.merged()

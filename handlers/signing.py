@@ -18,11 +18,11 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from handlers.errors import IntegrityError
+from handlers.manifest import sha256_file, sha256_stream
 
 SIGNATURE_NAME = "driftserve.signature.json"
 TRUST_ENV = "DRIFTSERVE_TRUSTED_KEYS"  # public key files or directories of *.pub, comma-separated
@@ -30,7 +30,6 @@ FORMAT = "driftserve-signature/1"
 # Python writes bytecode caches beside the handler modules when the worker imports them; they
 # are skipped in an extracted model dir only (a .mar carrying one is refused by verify_mar).
 RUNTIME_DIRS = ("__pycache__",)
-_CHUNK = 1 << 20
 
 
 class SignatureError(IntegrityError):
@@ -45,8 +44,8 @@ def key_id(public_key: Any) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def generate_keypair() -> tuple[bytes, bytes]:
-    """(private PEM, public PEM) of a new Ed25519 key."""
+def generate_keypair() -> tuple[bytes, bytes, str]:
+    """(private PEM, public PEM, key id) of a new Ed25519 key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -55,7 +54,7 @@ def generate_keypair() -> tuple[bytes, bytes]:
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
+    return private, public, key_id(key.public_key())
 
 
 def load_private_key(path: Path) -> Any:
@@ -165,18 +164,6 @@ def compare_files(signed: dict[str, str], actual: dict[str, str], where: str) ->
                                  f"{signed[name][:12]}…; changed after signing, refusing to load")
 
 
-def _sha256(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_chunks(f: Any) -> Iterable[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk
-
-
 def mar_digests(mar: Path) -> dict[str, str]:
     """sha256 of every file entry of a .mar (zip), except the signature itself."""
     out: dict[str, str] = {}
@@ -187,7 +174,7 @@ def mar_digests(mar: Path) -> dict[str, str]:
             if info.filename in out:
                 raise SignatureError(f"{mar}: entry {info.filename} appears twice")
             with z.open(info) as f:
-                out[info.filename] = _sha256(_read_chunks(f))
+                out[info.filename] = sha256_stream(f)
     return out
 
 
@@ -199,8 +186,7 @@ def dir_digests(model_dir: Path) -> dict[str, str]:
         rel = p.relative_to(model_dir)
         if p.is_dir() or rel.as_posix() == SIGNATURE_NAME or set(rel.parts) & set(RUNTIME_DIRS):
             continue
-        with open(p, "rb") as f:
-            out[rel.as_posix()] = _sha256(_read_chunks(f))
+        out[rel.as_posix()] = sha256_file(p)
     return out
 
 

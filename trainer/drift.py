@@ -15,14 +15,21 @@ from trainer.data import DataError
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
 
-def from_server(client: TorchServeClient, model: str, version: str | None) -> dict[str, Any]:
-    """The handler merges every worker's window and runs the test on describe."""
+def served_stats(client: TorchServeClient, model: str, version: str | None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(handler metadata, statistics) from the customized describe."""
     described = client.describe(model, version, customized=True)
     meta = described[0].get("customizedMetadata") or {}
     stats = meta.get("stats") if isinstance(meta, dict) else None
     if not stats:
         raise DataError(f"model {model!r} reports no traffic statistics (monitor off, or an "
                          "archive without drift_reference.json)")
+    return meta, stats
+
+
+def from_server(client: TorchServeClient, model: str, version: str | None) -> dict[str, Any]:
+    """The handler merges every worker's window and runs the test on describe."""
+    meta, stats = served_stats(client, model, version)
     return {**stats["drift"], "model": model, "version": meta.get("version"),
             "workers": stats["workers"], "requests_seen": stats["requests_seen"]}
 

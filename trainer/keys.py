@@ -4,7 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
-from handlers.signing import TRUST_ENV, generate_keypair, key_id, load_public_key
+from handlers.signing import TRUST_ENV, generate_keypair
 from trainer.artifacts import atomic_write_bytes
 from trainer.config import SettingsError
 
@@ -17,12 +17,12 @@ def keygen(out: Path) -> dict[str, str]:
         if path.exists():
             raise SettingsError(f"{path} exists; refusing to overwrite a key (choose another "
                                 "--out or remove it)")
-    key, pub = generate_keypair()
+    key, pub, kid = generate_keypair()
     atomic_write_bytes(public, pub)
     atomic_write_bytes(private, key)  # atomic_write_bytes creates files 0600
     os.chmod(public, 0o644)
     return {"private_key": str(private), "public_key": str(public),
-            "key_id": key_id(load_public_key(public))}
+            "key_id": kid}
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

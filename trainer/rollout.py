@@ -375,11 +375,11 @@ def _trusted(args: argparse.Namespace) -> dict[str, Any] | None:
     return load_trusted_keys(args.trusted_keys) if args.trusted_keys else None
 
 
-def _trust_arg(p: argparse.ArgumentParser) -> None:
+def trust_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trusted-keys", default=os.environ.get(TRUST_ENV, ""),
                    help="public keys (.pub files or directories, comma-separated) whose "
-                        "signature an archive must carry; verified before the server is "
-                        f"touched (default: ${TRUST_ENV}; empty: not checked)")
+                        "signature an archive must carry (default: "
+                        f"${TRUST_ENV}; empty: not checked)")
 
 
 def _client(args: argparse.Namespace) -> TorchServeClient:
@@ -403,7 +403,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-weak", action="store_true",
                    help="roll out an archive whose run was marked weak (no better than the "
                         "majority class)")
-    _trust_arg(p)
+    trust_arg(p)
     config.add_arguments(p, GateSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
@@ -428,5 +428,5 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _server_args(s)
     s.add_argument("--model-store", default="model_store", help="(default: model_store)")
     s.add_argument("--workers", type=int, default=1, help="workers per restored version")
-    _trust_arg(s)
+    trust_arg(s)
     s.set_defaults(func=_run_restore)

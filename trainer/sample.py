@@ -21,20 +21,17 @@ from trainer.artifacts import atomic_write_bytes
 from trainer.client import ClientError, TorchServeClient
 from trainer.config import SettingsError
 from trainer.data import DataError
+from trainer.drift import served_stats
 from trainer.herding import herding_order
 
 
 def stats_dir_of(client: TorchServeClient, model: str, version: str | None) -> tuple[Path, list]:
     """Where the version's workers keep their windows, from its describe (same host only)."""
     try:
-        described = client.describe(model, version, customized=True)
+        meta, stats = served_stats(client, model, version)
     except ClientError as e:
         raise DataError(f"model {model!r}{f' v{version}' if version else ''} is not registered "
                         f"on {client.management_url} ({e})") from e
-    meta = described[0].get("customizedMetadata") or {}
-    stats = meta.get("stats") if isinstance(meta, dict) else None
-    if not stats:
-        raise DataError(f"model {model!r} keeps no traffic statistics (monitor off)")
     if not stats.get("capture_per_worker"):
         raise DataError(f"capture is off for {model} v{meta.get('version')}: archive it with "
                         "`trainer archive --capture N` to keep texts for labelling")

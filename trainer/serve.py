@@ -17,7 +17,7 @@ from typing import Any
 from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
 from trainer.client import ClientError, TorchServeClient
-from trainer.rollout import read_archive
+from trainer.rollout import read_archive, trust_arg
 from trainer.server import TorchServe
 
 STATE = "server.json"
@@ -133,9 +133,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                            help="pick free loopback ports instead of the config's")
             a.add_argument("--register", action="append", default=[], metavar="NAME.vN.mar",
                            help="archive in the model store to register (repeatable)")
-            a.add_argument("--trusted-keys", default=os.environ.get(TRUST_ENV, ""),
-                           help="public keys whose signature archives must carry "
-                                f"(default: ${TRUST_ENV}; empty: not checked)")
+            trust_arg(a)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         if args.action == "start":

@@ -2,6 +2,7 @@
 does) and extracted (what the handler does), with every kind of change refused by name.
 (The e2e twin on the real TorchServe is tests/e2e/test_signing.py.)"""
 
+import hashlib
 import json
 import shutil
 import stat
@@ -143,7 +144,7 @@ def test_unsigned_wrong_key_and_forged_list_are_refused(tiny_run, signed_mar, ke
     # Change a file and rewrite its hash in the signed list: the signature no longer matches.
     with zipfile.ZipFile(signed_mar) as z:
         document = json.loads(z.read(SIGNATURE_NAME))
-    document["files"]["torchserve_handler.py"] = signing._sha256([b"evil"])
+    document["files"]["torchserve_handler.py"] = hashlib.sha256(b"evil").hexdigest()
     forged = rewrite(signed_mar, tmp_path / "forged.mar",
                      {"torchserve_handler.py": b"evil",
                       SIGNATURE_NAME: json.dumps(document).encode()})
