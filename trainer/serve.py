@@ -64,6 +64,9 @@ def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
     archives = [read_archive(Path(model_store) / Path(m).name) for m in register]
     if trusted_keys:
         load_trusted_keys(trusted_keys)  # fail here, not in every worker
+        # Workers run from the server's working dir: hand them absolute paths.
+        trusted_keys = ",".join(str(Path(p.strip()).resolve())
+                                for p in trusted_keys.split(",") if p.strip())
     server = TorchServe(workdir, model_store, config, ports="free" if free_ports else None,
                         env={TRUST_ENV: trusted_keys} if trusted_keys else None)
     server.start()

@@ -1,15 +1,18 @@
 """`trainer serve start|status|stop` as a user runs it: a real TorchServe from the shipped config,
-left running between commands, answering the README's plain-text curl call, then stopped."""
+trusting the user's key, left running between commands, serving a signed archive to the
+README's plain-text curl call, then stopped."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
+
+from trainer.archive import ArchiveSettings, build_archive
+from trainer.keys import keygen
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,18 +23,21 @@ def trainer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_start_status_plain_text_call_and_stop(model_store, tmp_path):
+def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
     store = tmp_path / "model_store"
-    store.mkdir()
-    shutil.copy(model_store / "sentiment.v1.mar", store)
+    keygen(tmp_path / "keys" / "release")
+    build_archive(minilm_run, "sentiment", "1", store, ArchiveSettings(), allow_weak=True,
+                  sign_key=tmp_path / "keys" / "release.key")
     config = str(ROOT / "config.properties")
     bad = trainer("serve", "start", "--config", config, "--register", "nope.v1.mar",
                   cwd=tmp_path)
     assert bad.returncode == 2 and "nope.v1.mar: no such archive" in bad.stderr
     assert not (tmp_path / ".torchserve" / "server.json").exists()
 
+    # Key paths relative to where the user stands, not to the server's working dir.
     started = trainer("serve", "start", "--config", config, "--free-ports",
-                      "--register", "sentiment.v1.mar", cwd=tmp_path)
+                      "--trusted-keys", "keys/release.pub", "--register", "sentiment.v1.mar",
+                      cwd=tmp_path)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         state = json.loads(started.stdout)
