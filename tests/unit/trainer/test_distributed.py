@@ -45,6 +45,10 @@ def ddp_gradients(rank, size, store, out, x, y, weights):
     torch.save(grads, out / f"rank{rank}.pt")
     dist.barrier()  # neither rank tears gloo down while the other still talks to it (SIGABRT)
     dist.destroy_process_group()
+    # gloo's threads can still abort the interpreter's finalization (SIGABRT, "terminate called
+    # without an active exception": 1 run in ~10 here, a known PyTorch teardown race): the
+    # results are on disk, so leave without finalizing.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("weights", [None, torch.tensor([0.5, 1.0, 2.5])])
