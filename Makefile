@@ -36,8 +36,15 @@ bench: setup
 bench-herding: setup
 	$(BIN)/python bench/herding.py
 
-bench-drift: setup
+# Drift detectors on long streams (ERT, delays), with alibi-detect's in their own virtualenv:
+# alibi-detect 0.13 pins numpy < 2 and transformers < 5 (~35 min; bench/results/drift.*).
+bench-drift: setup .venv-alibi/.installed
 	$(BIN)/python bench/drift.py
+
+.venv-alibi/.installed:
+	test -x .venv-alibi/bin/python || $(PYTHON) -m venv .venv-alibi
+	.venv-alibi/bin/pip install -q alibi-detect==0.13.0
+	touch $@
 
 bench-continual: setup
 	$(BIN)/python bench/continual.py
@@ -53,6 +60,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup lint
+	@bash scripts/check_prometheus.sh
 	$(BIN)/python -m pytest -q
 
 clean:

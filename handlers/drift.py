@@ -1,6 +1,14 @@
-"""Drift test: two-sample KS per feature + chi-square on predicted classes (+ a novelty test when
-the reference holds several served domains, against which the others are mixture-matched),
-corrected for many tests, firing only when significant AND large AND the window is big enough."""
+"""Drift test: two-sample KS per feature + two-sample chi-square on predicted classes (+ a
+novelty test when the reference holds several served domains, against which the others are
+mixture-matched), corrected for many tests, firing only when significant AND large.
+
+The monitor checks again and again, so one test's alpha is not the false-alarm rate of a server
+left running. Each check scans windows of the newest 50, 100, 200, ... requests up to the whole
+window (a switch shows in the short ones, a small mixture only in the long ones) and fires when
+a corrected p-value falls under `threshold`: with at most one check per `check_every` requests,
+a union bound over scales and checks gives P(first alarm <= h) <= h / (2 ert), so the expected
+run length to a false alarm on in-domain traffic is at least `ert` requests (bench/drift.py
+measures it on real traffic)."""
 
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -8,21 +16,31 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import ConfigError
-from handlers.mixture import Match, expected_class_shares, mixture_match, served_domains, weighted_ks
-from handlers.novelty import uniformity_test
+from handlers.mixture import (
+    Match,
+    effective_size,
+    expected_class_shares,
+    mixture_match,
+    novelty_model,
+    served_domains,
+    weighted_ks,
+)
+from handlers.novelty import pc_names, uniformity_test
 
 
 @dataclass
 class DriftSettings:
-    alpha: float = 0.01  # family-wise significance level after correction
-    min_effect: float = 0.1  # KS distance (or total-variation distance of classes) floor
-    min_window: int = 50  # requests needed before any test may fire
+    ert: int = 10_000  # expected in-domain requests before a false alarm, at least
+    check_every: int = 25  # requests between checks; the ERT bound counts one check per this many
+    min_effect: float = 0.05  # KS distance (or total-variation distance of classes) floor
+    min_window: int = 50  # the shortest window scanned: no alarm before this many requests
     correction: str = "bh"  # bh (Benjamini-Hochberg, measured better in bench/drift.py) | bonferroni
 
     def validate(self) -> "DriftSettings":
         problems = []
-        if not 0 < self.alpha < 1:
-            problems.append(f"alpha must be in (0, 1), got {self.alpha}")
+        for name in ("ert", "check_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= self.min_effect <= 1:
             problems.append(f"min_effect must be in [0, 1], got {self.min_effect}")
         if self.min_window < 2:
@@ -32,6 +50,18 @@ class DriftSettings:
         if problems:
             raise ConfigError("drift settings: " + "; ".join(problems))
         return self
+
+    def scales(self, n: int) -> list[int]:
+        """Window lengths scanned over n requests: min_window, doubling, then all n."""
+        out, size = [], self.min_window
+        while size < n:
+            out.append(size)
+            size *= 2
+        return out + [n] if n >= self.min_window else []
+
+    def threshold(self, n: int) -> float:
+        """Corrected p-value under which one scale fires (that scale's share of the bound)."""
+        return self.check_every / (2.0 * self.ert * max(1, len(self.scales(n))))
 
 
 def corrected(p_values: list[float], method: str) -> list[float]:
@@ -72,65 +102,119 @@ def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Matc
 
 def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | None
                ) -> dict[str, Any]:
-    """Chi-square of the window's predicted classes against the (matched) reference shares."""
+    """Two-sample chi-square (homogeneity) of the window's predicted classes against the
+    (matched) reference's. The reference is a sample too: a goodness-of-fit test that takes its
+    shares as exact fires on the reference's own noise once windows are large (measured: every
+    in-domain false alarm of bench/drift.py's first run)."""
     from scipy import stats
 
     k = len(reference["labels"])
     win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)
     n = int(win_counts.sum())
     if match is None:
-        ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k) + 0.5
-        ref_shares = ref_counts / ref_counts.sum()
-    else:
+        ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k)
+        ref_size = float(ref_counts.sum())
+        ref_shares = ref_counts / ref_size
+    else:  # the mixture's shares, at the weighted reference's effective size
         ref_shares = expected_class_shares(reference["classes"], match.reference_domain,
                                            match.shares, k)
-    chi2 = stats.chisquare(win_counts, ref_shares * n)
+        ref_size = effective_size(match.weights)
+    table = np.vstack([win_counts, ref_shares * ref_size])
+    table = table[:, table.sum(axis=0) > 0]
+    chi2, p_value = (stats.chi2_contingency(table, correction=False)[:2]
+                     if table.shape[1] > 1 else (0.0, 1.0))
     tv = 0.5 * float(np.abs(win_counts / n - ref_shares).sum())
     return {"test": "chi2", "feature": "predicted_class", "statistic": tv,
-            "chi2": float(chi2.statistic), "p_value": float(chi2.pvalue)}
+            "chi2": float(chi2), "p_value": float(p_value)}
 
 
-def novelty_test(match: Match) -> dict[str, Any]:
-    d, p_value, n_eff = uniformity_test(match.novelty_p, match.calibration_n)
+def novelty_test(novelty_p: np.ndarray, calibration_n: float) -> dict[str, Any]:
+    d, p_value, n_eff = uniformity_test(novelty_p, calibration_n)
     return {"test": "novelty", "feature": "pcs", "statistic": d, "p_value": p_value,
             "effective_n": round(n_eff, 1)}
+
+
+def novelty_rows(reference: dict[str, Any], window: dict[str, Any]) -> np.ndarray | None:
+    """Each window row's largest conformal p-value over the served domains, for a reference
+    of several (None for one): one per row, so computed once for every scale."""
+    if len(served_domains(reference)) < 2 or len(window["classes"]) == 0:
+        return None
+    names = pc_names(list(reference["features"]))
+    missing = [n for n in names if n not in window["features"]]
+    if missing or not names:
+        raise ConfigError(f"the window lacks the principal components {missing or 'pc1..'} "
+                          "that a multi-domain reference needs")
+    pcs = np.column_stack([np.asarray(window["features"][n], dtype=float) for n in names])
+    return novelty_model(reference).p_values(pcs).max(axis=1)
+
+
+def newest(window: dict[str, Any], n: int) -> dict[str, Any]:
+    return {"classes": np.asarray(window["classes"])[-n:],
+            "features": {k: np.asarray(v)[-n:] for k, v in window["features"].items()}}
+
+
+def window_test(reference: dict[str, Any], window: dict[str, Any], settings: DriftSettings,
+                threshold: float, class_test: bool = True,
+                novelty_p: np.ndarray | None = None) -> dict[str, Any]:
+    """Every test on one window; a test fires when its corrected p < threshold and its distance
+    >= min_effect. One domain: exactly scipy's ks_2samp and chi2_contingency."""
+    n = len(window["classes"])
+    domains = served_domains(reference)
+    match = mixture_match(reference, window, novelty_p) if n >= 2 and len(domains) > 1 else None
+    tests = feature_tests(reference, window, match) if n >= 2 else []
+    if class_test and n >= 2:
+        tests.append(chi2_test(reference, window, match))
+    if match is not None:
+        tests.append(novelty_test(match.novelty_p, match.calibration_n))
+    for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests],
+                                            settings.correction)):
+        test["p_corrected"] = p_adj
+        test["fires"] = bool(p_adj < threshold and test["statistic"] >= settings.min_effect)
+    shares = match.shares if match is not None else np.full(len(domains), 1.0 if n else 0.0)
+    return {"n": n, "tests": tests, "mixture_matched": match is not None,
+            "served_mix": {d: round(float(s), 4) for d, s in zip(domains, shares)},
+            "p_min": min((t["p_corrected"] for t in tests), default=1.0),
+            "fired": sorted((t for t in tests if t["fires"]), key=lambda t: t["p_corrected"])}
 
 
 def drift_test(reference: dict[str, Any], window: dict[str, Any],
                settings: DriftSettings, class_test: bool = True) -> dict[str, Any]:
     """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
-    "labels": [names]}; a reference of several served domains adds "domains": [names] and
-    "domain_index": [domain per row] (and may keep a fitted "novelty": Novelty). Returns the
-    decision with every statistic behind it. `class_test=False` leaves out the chi-square test
-    (for comparing feature sets). One domain: exactly scipy's ks_2samp and chisquare."""
+    "labels": [names]}, window rows oldest first; a reference of several served domains adds
+    "domains": [names] and "domain_index": [domain per row] (and may keep a fitted "novelty").
+    Scans the newest settings.scales(n) requests; returns the decision with every statistic
+    behind it (those of the firing scale, else of the whole window). `class_test=False` leaves
+    out the chi-square test (for comparing feature sets)."""
     n = len(window["classes"])
-    domains = served_domains(reference)
-    match = mixture_match(reference, window) if n >= 2 and len(domains) > 1 else None
-    tests = feature_tests(reference, window, match) if n >= 2 else []
-    if class_test and n >= 2:
-        tests.append(chi2_test(reference, window, match))
-    if match is not None:
-        tests.append(novelty_test(match))
-    for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests],
-                                            settings.correction)):
-        test["p_corrected"] = p_adj
-        test["fires"] = bool(p_adj < settings.alpha and test["statistic"] >= settings.min_effect)
-    enough = n >= settings.min_window
-    fired = sorted((t for t in tests if t["fires"]), key=lambda t: t["p_corrected"]) \
-        if enough else []
-    shares = match.shares if match is not None else np.full(len(domains), 1.0 if n else 0.0)
+    threshold = settings.threshold(n)
+    rows = novelty_rows(reference, window)
+    scans = [window_test(reference, newest(window, k), settings, threshold, class_test,
+                         None if rows is None else rows[-k:])
+             for k in settings.scales(n)]
+    firing = [s for s in scans if s["fired"]]
+    if firing:
+        best = min(firing, key=lambda s: s["fired"][0]["p_corrected"])
+    else:  # nothing fires: report the whole window (shown, never firing, when too short)
+        best = scans[-1] if scans else window_test(reference, window, settings, 0.0,
+                                                   class_test, rows)
+    fired = best["fired"]
     return {
         "is_drift": bool(fired),
         "window_size": n,
+        "fired_window": best["n"] if fired else None,
         "reference_size": len(reference["classes"]),
-        "rule": (f"{fired[0]['test']}:{fired[0]['feature']} corrected p < {settings.alpha} "
-                 f"and distance >= {settings.min_effect} with {n} >= {settings.min_window} "
+        "rule": (f"{fired[0]['test']}:{fired[0]['feature']} corrected p < {threshold:.2g} "
+                 f"and distance >= {settings.min_effect} over the newest {best['n']} "
                  "requests") if fired else "",
         "fired": [f"{t['test']}:{t['feature']}" for t in fired],
-        "not_enough_requests": not enough,
-        "max_ks": max((t["statistic"] for t in tests if t["test"] == "ks"), default=0.0),
-        "served_mix": {d: round(float(s), 4) for d, s in zip(domains, shares)},
-        "mixture_matched": match is not None,
+        "not_enough_requests": n < settings.min_window,
+        "max_ks": max((t["statistic"] for t in best["tests"] if t["test"] == "ks"),
+                      default=0.0),
+        "served_mix": best["served_mix"],
+        "mixture_matched": best["mixture_matched"],
+        "threshold": threshold,
+        "scales": [{"requests": s["n"], "p_min": s["p_min"], "fires": bool(s["fired"])}
+                   for s in scans],
         "settings": asdict(settings),
-        "tests": tests,
+        "tests": best["tests"],
     }

@@ -49,14 +49,17 @@ def pc_matrix(data: dict[str, Any], what: str) -> np.ndarray:
     return np.column_stack([np.asarray(data["features"][n], dtype=float) for n in names])
 
 
-def mixture_match(reference: dict[str, Any], window: dict[str, Any]) -> Match:
-    """Fit the closest served mixture, weight the reference to it, score the window's novelty."""
+def mixture_match(reference: dict[str, Any], window: dict[str, Any],
+                  novelty_p: np.ndarray | None = None) -> Match:
+    """Fit the closest served mixture, weight the reference to it, score the window's novelty
+    (`novelty_p`: the rows' scores when the caller computed them already)."""
     model = novelty_model(reference)
     missing = [n for n in pc_names(list(reference["features"])) if n not in window["features"]]
     if missing:
         raise ConfigError(f"the window lacks the principal components {missing} that a "
                           "multi-domain reference needs")
-    novelty_p = model.p_values(pc_matrix(window, "window")).max(axis=1)
+    if novelty_p is None:
+        novelty_p = model.p_values(pc_matrix(window, "window")).max(axis=1)
     index = np.asarray(reference["domain_index"], dtype=int)
     shares = closest_mixture(reference, window, index, len(model.domains))
     return Match(shares, index, reference_weights(index, shares), novelty_p,

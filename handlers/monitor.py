@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from handlers.bins import BINS, bin_counts, bin_edges
 from handlers.calibration import estimated_accuracy
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference, feature_matrix
@@ -40,6 +41,9 @@ class TrafficMonitor:
         self.lock = threading.Lock()
         self.last_result: dict[str, Any] | None = None
         self._dirty = False
+        self._checked_at_seen = 0  # this worker's request count at its last scheduled check
+        self.edges = bin_edges(reference.features)  # fixed by the archive: alike on replicas
+        self.bins = np.zeros((len(reference.names), BINS), np.int64)  # since the last drain
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(persist_every_s,), daemon=True,
                                         name="traffic-monitor")
@@ -49,9 +53,17 @@ class TrafficMonitor:
     def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray,
                 texts: list[str] | None = None) -> None:
         rows = feature_matrix(pooled, probs, tokens, self.reference.projection)
+        counts = bin_counts(rows, self.edges)
         with self.lock:
             self.window.add(rows, np.asarray(probs).argmax(axis=1).tolist(), texts)
+            self.bins += counts
             self._dirty = True
+
+    def drain_bins(self) -> np.ndarray:
+        """(features, BINS) counts observed since the last drain, for the metrics exporter."""
+        with self.lock:
+            out, self.bins = self.bins, np.zeros_like(self.bins)
+        return out
 
     def persist(self) -> None:
         with self.lock:
@@ -77,12 +89,17 @@ class TrafficMonitor:
         return result
 
     def _loop(self, every: float) -> None:
+        """Persist when there is news; check at most once per `check_every` of this worker's
+        requests (the false-alarm bound counts checks, not seconds)."""
         while not self._stop.wait(every):
             if not self._dirty:
                 continue
             try:
                 self.persist()
-                self.check()
+                seen = self.window.seen
+                if seen - self._checked_at_seen >= self.drift.check_every:
+                    self._checked_at_seen = seen
+                    self.check()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down
                 log.exception("traffic monitor update failed")
 

@@ -35,9 +35,10 @@ class RuntimeSettings:
     stats_dir: str = ""  # shared by the workers; "" = $DRIFTSERVE_STATS_DIR or $TMPDIR/driftserve
     window: int = 2000  # requests kept per worker for statistics (memory stays bounded)
     persist_every_s: float = 1.0  # how often a worker writes its window for the others
-    drift_alpha: float = 0.01  # corrected significance level of the drift tests
-    drift_min_effect: float = 0.1  # KS distance floor for a drift alarm
-    drift_min_window: int = 50  # requests needed before an alarm may fire
+    drift_ert: int = 10_000  # in-domain requests expected before a false alarm, at least
+    drift_check_every: int = 25  # requests (per worker) between drift checks
+    drift_min_effect: float = 0.05  # KS distance floor for a drift alarm
+    drift_min_window: int = 50  # shortest window scanned: no alarm before this many requests
     drift_correction: str = "bh"  # bh (Benjamini-Hochberg) | bonferroni
     capture: int = 0  # texts of the newest requests kept per worker for labelling (0 = off)
 
@@ -79,8 +80,8 @@ class RuntimeSettings:
             raise ConfigError("handler settings: " + "; ".join(problems))
 
     def drift_settings(self) -> DriftSettings:
-        return DriftSettings(self.drift_alpha, self.drift_min_effect, self.drift_min_window,
-                             self.drift_correction).validate()
+        return DriftSettings(self.drift_ert, self.drift_check_every, self.drift_min_effect,
+                             self.drift_min_window, self.drift_correction).validate()
 
     def stats_root(self) -> Path:
         return Path(self.stats_dir or os.environ.get("DRIFTSERVE_STATS_DIR")

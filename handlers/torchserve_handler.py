@@ -8,6 +8,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers import runtime as rt
 from handlers import signing
+from handlers.bins import bin_label
 from handlers.errors import BadRequest, HandlerError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SentimentHandler:
         self.runtime: rt.ModelRuntime | None = None
         self.initialized = False
         self._gauges_at = 0.0
+        self._bins_declared = False
 
     def initialize(self, context: Any) -> None:
         props = context.system_properties
@@ -83,6 +85,8 @@ class SentimentHandler:
         )
         log.info("loaded %s v%s on %s", self.runtime.name, self.runtime.version,
                  self.runtime.device)
+        if getattr(context, "metrics", None) is not None:  # counters exist from zero on
+            self._emit_bins(context.metrics, self._dims())
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
@@ -118,7 +122,7 @@ class SentimentHandler:
         metrics = context.metrics
         if metrics is None or not predictions:
             return
-        dims = [Dimension("ModelName", self.runtime.name), Dimension("Level", "Model")]
+        dims = self._dims()
         metrics.add_metric("DriftRequests", len(predictions), "Count", None, list(dims))
         counts: dict[str, int] = {}
         for p in predictions:
@@ -128,6 +132,7 @@ class SentimentHandler:
         for label, n in counts.items():
             metrics.add_metric("DriftPredictedClass", n, "Count", None,
                                [*dims, Dimension("Label", label)])
+        self._emit_bins(metrics, dims)
         result = self.runtime.monitor.last_result if self.runtime.monitor else None
         if result and result["checked_at"] != self._gauges_at:
             self._gauges_at = result["checked_at"]
@@ -137,3 +142,22 @@ class SentimentHandler:
                                 ("DriftEstimatedAccuracy", result.get("estimated_accuracy"))):
                 if value is not None:
                     metrics.add_metric(name, value, "", None, list(dims), MetricTypes.GAUGE)
+
+    def _dims(self) -> list[Dimension]:
+        return [Dimension("ModelName", self.runtime.name), Dimension("Level", "Model")]
+
+    def _emit_bins(self, metrics: Any, dims: list[Dimension]) -> None:
+        """DriftFeatureBin{Feature, Bin}: requests per reference-decile bin, which Prometheus
+        sums over replicas. Every series is declared once at zero (at load), so an increase()
+        over a range counts the first requests too."""
+        monitor = self.runtime.monitor
+        if monitor is None:
+            return
+        counts = monitor.drain_bins()
+        for feature, row in zip(monitor.reference.names, counts):
+            for b, n in enumerate(row):
+                if n or not self._bins_declared:
+                    metrics.add_metric("DriftFeatureBin", int(n), "Count", None,
+                                       [*dims, Dimension("Feature", feature),
+                                        Dimension("Bin", bin_label(b))])
+        self._bins_declared = True

@@ -27,7 +27,8 @@ from trainer.rundir import REPORT_FILE, read_report
 HANDLER_FILE = "torchserve_handler.py"
 _RT = RuntimeSettings()  # the handler's defaults: one source for both
 HANDLER_KEYS = ("max_chars", "max_length", "dtype", "threads", "merge", "monitor", "window",
-                "drift_alpha", "drift_min_effect", "drift_min_window", "drift_correction",
+                "drift_ert", "drift_check_every", "drift_min_effect", "drift_min_window",
+                "drift_correction",
                 "capture")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -53,10 +54,13 @@ class ArchiveSettings:
                                      "unmerged)")
     monitor: bool = setting(_RT.monitor, "keep drift statistics of the served traffic")
     window: int = setting(_RT.window, "requests per worker kept for statistics")
-    drift_alpha: float = setting(_RT.drift_alpha, "significance level of the drift tests, after "
-                                                  "correction")
+    drift_ert: int = setting(_RT.drift_ert, "in-domain requests expected before a false drift "
+                                            "alarm, at least (sets the tests' threshold)")
+    drift_check_every: int = setting(_RT.drift_check_every, "requests per worker between drift "
+                                                            "checks")
     drift_min_effect: float = setting(_RT.drift_min_effect, "KS distance floor for an alarm")
-    drift_min_window: int = setting(_RT.drift_min_window, "requests needed before an alarm")
+    drift_min_window: int = setting(_RT.drift_min_window, "shortest window scanned: no alarm "
+                                                          "before this many requests")
     drift_correction: str = setting(_RT.drift_correction, "bh | bonferroni")
     capture: int = setting(_RT.capture, "keep the texts of the newest N requests per worker for "
                                         "`trainer sample` (0 = off; texts stay on the server "

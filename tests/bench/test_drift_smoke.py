@@ -1,5 +1,6 @@
-"""bench/drift.py --quick end to end (real TorchServe, real MiniLM): it runs and reports every
-detector and scenario. No timing or accuracy assertions: the full run's numbers go in the README."""
+"""bench/drift.py --quick end to end (real MiniLM, the handler's own feature code): every
+detector runs every scenario on the same streams, and the shipped one catches each whole-domain
+switch after a full in-domain history. The full run's numbers go in the README."""
 
 import json
 import subprocess
@@ -17,12 +18,16 @@ def test_drift_bench_quick(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "drift-quick.json").read_text())
-    for detector in ("product", "pca_only", "raw_bonferroni"):
-        row = result[detector]
-        assert 0 <= row["false_alarm_rate"] <= 1
+    s = result["settings"]
+    assert set(result["detectors"]) == {"shipped", "one_window_alpha01"}
+    for row in result["detectors"].values():
+        if row["ert_false_alarms"] == 0:  # every in-domain request was watched
+            assert row["ert_requests_observed"] == s["in_domain_streams"] * s["in_domain_length"]
         for domain in ("movie", "amazon", "tweets"):
-            assert 0 <= row[f"switch_{domain}_detected"] <= 1
-        assert {"mix_10_detected_within_500", "mix_20_detected_within_500"} <= set(row)
-    assert result["served_vs_inprocess_max_abs_diff"] < 1e-3  # served features == in-process
-    assert result["latency"]["stats_on_p50_ms"] > 0
+            assert {f"switch_{domain}_median", f"mix10_{domain}_detected"} <= set(row)
+    shipped = result["detectors"]["shipped"]
+    for domain in ("movie", "amazon", "tweets"):
+        assert shipped[f"switch_{domain}_detected"] == 1.0, shipped
+        assert shipped[f"switch_{domain}_median"] <= 100  # the issue's goal, on a tiny model
+    assert result["alibi"].startswith("not run")
     assert (tmp_path / "drift-quick.md").read_text().startswith("| metric |")

@@ -94,15 +94,17 @@ def test_drift_and_window_settings_from_the_cli_reach_the_handler(tiny_run, tmp_
 
     store = tmp_path / "store"
     args = ["archive", "--run", str(tiny_run), "--model-store", str(store), "--allow-weak"]
-    assert main([*args, "--window", "500", "--drift-alpha", "0.001", "--drift-min-window",
-                 "200", "--drift-correction", "bonferroni"]) == 0
+    assert main([*args, "--window", "500", "--drift-ert", "50000", "--drift-check-every", "10",
+                 "--drift-min-window", "200", "--drift-correction", "bonferroni"]) == 0
     with zipfile.ZipFile(store / "sentiment.v1.mar") as z:
         handler = yaml.safe_load(z.read("model-config.yaml"))["handler"]
     settings = RuntimeSettings.from_dict(handler)  # what the worker reads
-    assert (settings.window, settings.drift_alpha, settings.drift_min_window,
-            settings.drift_correction) == (500, 0.001, 200, "bonferroni")
+    assert (settings.window, settings.drift_ert, settings.drift_check_every,
+            settings.drift_min_window, settings.drift_correction) == (500, 50000, 10, 200,
+                                                                      "bonferroni")
     capsys.readouterr()
-    assert main([*args, "--version", "2", "--drift-alpha", "1.5", "--window", "0"]) == 2
+    assert main([*args, "--version", "2", "--drift-ert", "0", "--window", "0"]) == 2
     err = capsys.readouterr().err
-    assert "window must be a positive integer, got 0" in err and "alpha must be in (0, 1)" in err
+    assert "window must be a positive integer, got 0" in err
+    assert "ert must be a positive integer, got 0" in err
     assert not (store / "sentiment.v2.mar").exists()
