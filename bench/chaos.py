@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
 from bench.soak import Load  # noqa: E402
+from bench.stats_util import p50_p99_ms  # noqa: E402
 from trainer.artifacts import atomic_write_json  # noqa: E402
 from trainer.client import TorchServeClient  # noqa: E402
 
@@ -95,8 +96,7 @@ def kill_once(client: TorchServeClient, texts: list[str], threads: int = 4,
         "in_flight_at_kill": len(in_flight), "threads": threads,
         "recovery_s": round(recovery_s, 2),
         "answered_during_recovery": sum(r[2] == 200 for r in during),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1),
-        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        **p50_p99_ms(ms),
         "requests_seen_before_kill": seen_before, "requests_seen_after_recovery": seen_after,
         "statistics_workers": statistics(client, model)["workers"],
     }

@@ -43,7 +43,7 @@ from trainer.artifacts import atomic_write_bytes, atomic_write_json  # noqa: E40
 from trainer.continual_metrics import summary  # noqa: E402
 from trainer.data import load_source  # noqa: E402
 from trainer.evaluate import evaluate, evaluate_domains  # noqa: E402
-from trainer.evaluate_cli import cap, source_record, test_splits  # noqa: E402
+from trainer.lineage import cap, source_record, test_splits  # noqa: E402
 from trainer.lora import load_classifier  # noqa: E402
 from trainer.precision import autocast  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
@@ -284,9 +284,9 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
     """v1 with a randomly selected buffer: `train` is seeded, so retraining would only
     reproduce the same weights; re-select the buffer and re-save instead."""
     from handlers.features import REFERENCE_FILE
-    from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
     from trainer.herding import ReplayBuffer
     from trainer.reference_texts import REFERENCE_TEXTS_FILE
+    from trainer.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
     from trainer.rundir import save_run
 
     model, tokenizer, labels, report = load_run(v1)

@@ -35,10 +35,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from handlers.drift import DriftSettings, drift_test, window_test  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference, feature_matrix  # noqa: E402
 from handlers.runtime import RuntimeSettings  # noqa: E402
+from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.client import TorchServeClient  # noqa: E402
 from trainer.data import DOMAINS, SPLIT, load_source  # noqa: E402
 from trainer.reference import embed  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
+from trainer.server import TorchServe  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
 SETTINGS = DriftSettings()
@@ -142,6 +145,31 @@ def first_alarm(detect: Callable[[Stream, int], bool], s: Stream) -> dict:
     return {"history_alarm": None, "alarm": None}
 
 
+def monitor_latency(run_dir: Path, workdir: Path, texts: list[str]) -> dict[str, float]:
+    """The shipped archive against a twin with statistics off, requests interleaved, through
+    TorchServe at concurrency 1: what the features, the window and the checks cost a request."""
+    store = workdir / "store"
+    build_archive(run_dir, "stats_on", "1", store, ArchiveSettings(), allow_weak=True)
+    build_archive(run_dir, "stats_off", "1", store, ArchiveSettings(monitor=False),
+                  allow_weak=True)
+    with TorchServe(workdir / "ts", store, ROOT / "config.properties", ports="free",
+                    env={"DRIFTSERVE_STATS_DIR": str(workdir / "stats")}) as server:
+        client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
+        for name in ("stats_on", "stats_off"):
+            client.register(f"{name}.v1.mar", name)
+        timings: dict[str, list[float]] = {"stats_on": [], "stats_off": []}
+        for i, text in enumerate(texts):
+            for model in (("stats_on", "stats_off") if i % 2 else ("stats_off", "stats_on")):
+                start = time.perf_counter()
+                client.predict(model, text)
+                timings[model].append(1000 * (time.perf_counter() - start))
+    out = {f"{m}_{q}_ms": round(float(np.percentile(v, p)), 3)
+           for m, v in timings.items() for q, p in (("p50", 50), ("p95", 95))}
+    out["overhead_p50"] = round(out["stats_on_p50_ms"] / out["stats_off_p50_ms"] - 1, 4)
+    out["requests_per_model"] = len(texts)
+    return out
+
+
 def run_alibi(reference: Reference, streams: list[Stream], workdir: Path, quick: bool
               ) -> dict | str:
     if quick:
@@ -223,14 +251,25 @@ def run(args: argparse.Namespace) -> dict:
                                  "reference_size": len(reference.classes),
                                  "pool_sizes": {d: len(p[1]) for d, p in pools.items()},
                                  "train": {k: v for k, v in settings.__dict__.items()}},
-                    "detectors": {}, "seconds": {}}
+                    "detectors": {}, "seconds": {}, "checks": {}}
     for name, detect in det.all().items():
-        started = time.time()
-        outcomes = [first_alarm(detect, s) for s in streams]
+        started, calls = time.time(), [0]
+
+        def counted(s: Stream, t: int, detect=detect, calls=calls) -> bool:
+            calls[0] += 1
+            return detect(s, t)
+
+        outcomes = [first_alarm(counted, s) for s in streams]
+        result["checks"][name] = calls[0]
         result["detectors"][name] = summarize(outcomes, scenarios)
         result["seconds"][name] = round(time.time() - started, 1)
         print(name, json.dumps(result["detectors"][name]), file=sys.stderr)
+    result["check_ms"] = {name: round(1000 * result["seconds"][name] / checks, 2)
+                          for name, checks in result.pop("checks").items()}
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
+        if not quick:
+            texts = [e.text for e in load_source(SOURCE, settings.seed)[SOURCE].test][:600]
+            result["latency"] = monitor_latency(run_dir, Path(tmp) / "latency", texts)
         alibi = run_alibi(reference, streams, Path(tmp), quick)
     if isinstance(alibi, str):
         result["alibi"] = alibi
@@ -268,7 +307,14 @@ def write(result: dict, out: Path, quick: bool) -> None:
               f"{s['in_domain_streams']} in-domain streams of {s['in_domain_length']} requests; "
               f"{s['trials']} trials per shift, each after {s['history']} in-domain requests; "
               f"checks every {SETTINGS.check_every} requests on the newest {s['window']}.",
-              f"alibi-detect: {result['alibi'] if isinstance(result['alibi'], str) else 'run'}."]
+              f"alibi-detect: {result['alibi'] if isinstance(result['alibi'], str) else 'run'}.",
+              f"Milliseconds per check: {result['check_ms']}."]
+    if "latency" in result:
+        lat = result["latency"]
+        lines.append(f"Through TorchServe, concurrency 1, {lat['requests_per_model']} requests "
+                     f"each, interleaved: p50 {lat['stats_on_p50_ms']} ms with statistics, "
+                     f"{lat['stats_off_p50_ms']} ms without ({100 * lat['overhead_p50']:+.1f} %); "
+                     f"p95 {lat['stats_on_p95_ms']} vs {lat['stats_off_p95_ms']} ms.")
     atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
 
 

@@ -26,8 +26,8 @@ from bench.models import tiny_base  # noqa: E402
 from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.evaluate import predict_ids  # noqa: E402
-from trainer.evaluate_cli import test_splits  # noqa: E402
 from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, verdict  # noqa: E402
+from trainer.lineage import test_splits  # noqa: E402
 from trainer.rollout import GateSettings  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
+from bench.stats_util import NO_LATENCIES, p50_p99_ms  # noqa: E402
 from trainer.artifacts import atomic_savefig, atomic_write_json  # noqa: E402
 from trainer.client import TorchServeClient  # noqa: E402
 from trainer.server import TorchServe  # noqa: E402
@@ -115,8 +116,7 @@ def slices(records: list[tuple[float, float, bool]], memory: list[tuple[float, d
         out.append({
             "start_s": round(lo - t0, 1), "end_s": round(hi - t0, 1), "requests": len(ms),
             "errors": errors, "requests_per_s": round(len(ms) / (hi - lo), 2),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+            **(p50_p99_ms(ms) if len(ms) else NO_LATENCIES),
             "max_ms": round(float(ms.max()), 1) if len(ms) else None,
             "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         })
@@ -144,8 +144,7 @@ def soak(server: TorchServe, client: TorchServeClient, seconds: float, width: fl
         "requests": len(records), "errors": sum(not ok for *_, ok in records),
         "error_samples": load.errors,
         "requests_per_s": round(len(records) / seconds, 2),
-        "p50_ms": round(float(np.percentile(all_ms, 50)), 1) if len(all_ms) else None,
-        "p99_ms": round(float(np.percentile(all_ms, 99)), 1) if len(all_ms) else None,
+        **(p50_p99_ms(all_ms) if len(all_ms) else NO_LATENCIES),
         "rss_growth_mb": {k: round(last[k] - first[k], 1) for k in last if k in first},
         "rss_growth_note": "last slice minus the second one (the first holds the warm-up)",
         "workers_before": workers_before, "workers_after": workers_after,

@@ -10,13 +10,14 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from handlers.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 SUFFIX = ".window.npz"
@@ -72,17 +73,7 @@ class FeatureWindow:
                  "server": process_identity(os.getppid())}
         np.savez(buf, **self.arrays(), meta=np.asarray(json.dumps(
             {**owner, **meta, "names": self.names, "seen": self.seen, "pid": os.getpid()})))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, buf.getvalue(), sync_dir=False)
 
 
 def read_window(path: Path) -> dict[str, Any] | None:

@@ -30,17 +30,9 @@ from trainer.balance import (
 from trainer.config import SettingsError, check, setting
 from trainer.data import DataError, Example, load_source
 from trainer.evaluate import evaluate, evaluate_domains
-from trainer.evaluate_cli import cap, source_record, test_splits
-from trainer.features import (
-    BUFFER_FILE,
-    buffer_bytes,
-    by_group,
-    grow_buffer,
-    read_buffer,
-    sizes_json,
-)
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
+from trainer.lineage import cap, source_record, test_splits
 from trainer.lora import apply_lora, merge, parameter_counts
 from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
@@ -50,6 +42,14 @@ from trainer.reference_texts import (
     build_reference_for,
     read_reference_texts,
     reference_texts_bytes,
+)
+from trainer.replay_buffer import (
+    BUFFER_FILE,
+    buffer_bytes,
+    by_group,
+    grow_buffer,
+    read_buffer,
+    sizes_json,
 )
 from trainer.rundir import load_run, save_run
 from trainer.train import TrainSettings, reference_texts

@@ -1,4 +1,7 @@
-"""Atomic writes: an artifact appears whole under its final name, or not at all."""
+"""Atomic writes: an artifact appears whole under its final name, or not at all.
+
+Every file writer here builds on handlers.atomic.atomic_write_bytes (re-exported).
+"""
 
 import contextlib
 import io
@@ -10,30 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+from handlers.atomic import atomic_write_bytes, fsync_dir
 
 
 def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
@@ -73,7 +53,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -2,7 +2,6 @@
 
 import argparse
 import random
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from trainer.client import TorchServeClient
 from trainer.config import setting
 from trainer.data import DOMAINS, Example, load_source
 from trainer.evaluate import scores
+from trainer.latency import median_p95_ms
 from trainer.server import TorchServe
 from trainer.train import TrainSettings, run_train
 
@@ -49,11 +49,6 @@ def send_all(client: TorchServeClient, model: str, examples: list[Example],
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, examples))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def domain_table(results: dict[str, dict[str, Any]]) -> str:
@@ -97,8 +92,7 @@ def score_domain(client: TorchServeClient, model: str, test: list[Example], labe
     latencies = [ms for _, ms in answers]
     return {"requests": len(test), "errors": len(test) - len(ok), "accuracy": s["accuracy"],
             "macro_f1": s["macro_f1"], "per_class_f1": s["per_class_f1"],
-            "p50_ms": round(statistics.median(latencies), 2),
-            "p95_ms": round(percentile(latencies, 0.95), 2)}
+            **median_p95_ms(latencies)}
 
 
 def print_table(results: dict[str, dict[str, Any]], source: str) -> None:

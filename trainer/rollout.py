@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import sys
 import time
 import zipfile
@@ -25,8 +24,9 @@ from trainer import config
 from trainer.client import ClientError, TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
-from trainer.evaluate_cli import test_splits
 from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, needed, verdict
+from trainer.latency import median_p95_ms
+from trainer.lineage import test_splits
 from trainer.quality import refuse_weak
 from trainer.serving_record import read_record, restore, write_record
 
@@ -176,11 +176,9 @@ def score_pair(client: TorchServeClient, model: str, versions_: tuple[str, str],
 
 def _scores(answers: list[tuple[bool | None, float]]) -> dict[str, Any]:
     correct = [bool(ok) for ok, _ in answers]
-    latencies = sorted(ms for _, ms in answers)
     return {"n": len(answers), "accuracy": round(sum(correct) / max(1, len(answers)), 4),
             "correct": correct, "errors": sum(ok is None for ok, _ in answers),
-            "p50_ms": round(statistics.median(latencies), 2),
-            "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
+            **median_p95_ms(ms for _, ms in answers)}
 
 
 def gate(old: dict[str, dict], new: dict[str, dict], new_domain: str,

@@ -19,10 +19,9 @@ from trainer.balance import class_counts, effective_number_weights
 from trainer.config import check, setting
 from trainer.data import Splits, fingerprint
 from trainer.evaluate import evaluate
-from trainer.evaluate_cli import cap, source_record
-from trainer.features import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
+from trainer.lineage import cap, source_record
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
 from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
@@ -32,6 +31,7 @@ from trainer.reference_texts import (
     build_reference_for,
     reference_texts_bytes,
 )
+from trainer.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.rundir import REPORT_FILE, save_run
 from trainer.splits import load_training_data, say
 

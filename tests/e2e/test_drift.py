@@ -32,6 +32,16 @@ def send(client, model, texts):
         return list(pool.map(lambda t: client.predict(model, t)["label"], texts))
 
 
+def until(get, ok, timeout: float = 60.0):
+    """Poll instead of sleeping: the workers persist and check in their own time."""
+    deadline = time.time() + timeout
+    while True:
+        value = get()
+        if ok(value) or time.time() > deadline:
+            return value
+        time.sleep(0.5)
+
+
 def drift_cli(server, model):
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", "drift", "--model", model,
@@ -46,9 +56,8 @@ def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, cl
     tweets = [e.text for e in load_source("tweets", seed=0)["tweets"].test[:160]]
     send(client, "drift_nyt", nyt)
     send(client, "drift_tweets", tweets)
-    time.sleep(2.5)  # each worker persists its window every second
-
-    described = client.describe("drift_nyt", customized=True)[0]
+    described = until(lambda: client.describe("drift_nyt", customized=True)[0],
+                      lambda d: d["customizedMetadata"]["stats"]["window_size"] == 160)
     pids = {w["pid"] for w in described["workers"]}
     stats = described["customizedMetadata"]["stats"]
     assert len(pids) == 2 and stats["workers"] == 2
@@ -74,12 +83,13 @@ def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, cl
 
 
 def test_prometheus_exposes_the_drift_series(server, client, two_worker_models):
-    send(client, "drift_tweets", ["one more tweet!!"] * 4)
-    time.sleep(1.5)
-    send(client, "drift_tweets", ["and another"] * 2)  # gauges go out with the next batch
-    text = requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+    def scrape():  # gauges go out with the batch after a check: send until they are there
+        send(client, "drift_tweets", ["one more tweet!!"] * 4)
+        return requests.get(f"{server.metrics_url}/metrics", timeout=30).text
+
+    text = until(scrape, lambda t: "DriftEstimatedAccuracy" in t and "DriftFeatureBin" in t)
     for series in ("DriftRequests", "DriftPredictedClass", "DriftConfidence", "DriftKSMax",
-                   "DriftAlarm", "DriftWindowSize", "DriftEstimatedAccuracy"):
+                   "DriftAlarm", "DriftWindowSize", "DriftEstimatedAccuracy", "DriftFeatureBin"):
         assert series in text, series
     assert 'ModelName="drift_tweets"' in text and "Label=" in text
 

@@ -21,9 +21,9 @@ from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
 from trainer.config import SettingsError
 from trainer.data import DataError, Example
-from trainer.features import BUFFER_FILE, embeddings, read_buffer
 from trainer.herding import herding_order
 from trainer.reference_texts import read_reference_texts
+from trainer.replay_buffer import BUFFER_FILE, embeddings, read_buffer
 from trainer.rundir import load_run
 
 LABELS = ["negative", "neutral", "positive"]

@@ -22,8 +22,8 @@ import pytest
 
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.stats import read_window
-from trainer.features import BUFFER_FILE, read_buffer
 from trainer.quality import EXIT_WEAK
+from trainer.replay_buffer import BUFFER_FILE, read_buffer
 from trainer.rundir import REPORT_FILE
 
 ROOT = Path(__file__).resolve().parents[3]

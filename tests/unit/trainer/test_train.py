@@ -54,10 +54,10 @@ def test_run_dir_has_everything_and_verifies(tiny_run, tiny_settings):
     assert 0 < report["parameters"]["share"] < 0.5
     assert report["labels"] == LABELS and report["best_epoch"] == 1
     for split in ("train", "val", "test"):
-        assert 0 <= report["metrics"][split]["accuracy"] <= 1
-        assert set(report["metrics"][split]["per_class_f1"]) == set(LABELS)
+        m = report["metrics"][split]
+        assert round(m["accuracy"] * m["n"]) / m["n"] == pytest.approx(m["accuracy"], abs=1e-4)
+        assert set(m["per_class_f1"]) == set(LABELS)  # (a share of n rows, to 4 decimals)
     assert report["metrics"]["train"]["n"] == tiny_settings.max_train
-    assert report["wall_time_s"] > 0
 
 
 def test_reuse_skips_only_when_inputs_match(tiny_run, tiny_settings, tmp_path):

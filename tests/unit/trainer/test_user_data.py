@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import evaluate_cli
+from trainer import lineage
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.data import DataError, Example, load_vader
 from trainer.fit import lr_shape, plan_epochs
@@ -74,7 +74,7 @@ def test_own_val_and_test_files_replace_the_split(quick, two_class_rows, tmp_pat
     assert report["split"]["sizes"] == {"train": 80, "val": 20, "test": 20}
     assert report["split"]["val"] == str(val) and report["metrics"]["test"]["n"] == 20
     # the recorded lineage rebuilds exactly that test file for later steps (adapt, rollout)
-    rebuilt = evaluate_cli.test_splits(report["domain_sources"], report["labels"])
+    rebuilt = lineage.test_splits(report["domain_sources"], report["labels"])
     assert [ex.text for ex in rebuilt["mine"]] == [r["text"] for r in two_class_rows[100:]]
 
 
