@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from handlers.drift import DriftSettings, corrected
+from handlers.drift import DriftSettings, corrected, homogeneity
 
 BINS = 10
 
@@ -27,20 +27,6 @@ def bin_counts(rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def bin_label(index: int) -> str:
     return f"{index:02d}"
-
-
-def homogeneity(window: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
-    """(total-variation distance, chi-square, p) of a two-sample chi-square on counts."""
-    from scipy import stats
-
-    window, reference = np.asarray(window, float), np.asarray(reference, float)
-    table = np.vstack([window, reference])
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2 or window.sum() <= 0:
-        return 0.0, 0.0, 1.0
-    chi2, p_value = stats.chi2_contingency(table, correction=False)[:2]
-    tv = 0.5 * float(np.abs(window / window.sum() - reference / reference.sum()).sum())
-    return tv, float(chi2), float(p_value)
 
 
 def binned_test(names: list[str], reference_bins: np.ndarray, window_bins: np.ndarray,

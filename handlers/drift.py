@@ -106,11 +106,8 @@ def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | 
     (matched) reference's. The reference is a sample too: a goodness-of-fit test that takes its
     shares as exact fires on the reference's own noise once windows are large (measured: every
     in-domain false alarm of bench/drift.py's first run)."""
-    from scipy import stats
-
     k = len(reference["labels"])
     win_counts = np.bincount(np.asarray(window["classes"], dtype=int), minlength=k)
-    n = int(win_counts.sum())
     if match is None:
         ref_counts = np.bincount(np.asarray(reference["classes"], dtype=int), minlength=k)
         ref_size = float(ref_counts.sum())
@@ -119,13 +116,23 @@ def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | 
         ref_shares = expected_class_shares(reference["classes"], match.reference_domain,
                                            match.shares, k)
         ref_size = effective_size(match.weights)
-    table = np.vstack([win_counts, ref_shares * ref_size])
+    tv, chi2, p_value = homogeneity(win_counts, ref_shares * ref_size)
+    return {"test": "chi2", "feature": "predicted_class", "statistic": tv, "chi2": chi2,
+            "p_value": p_value}
+
+
+def homogeneity(window: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """(total-variation distance, chi-square, p) of a two-sample chi-square on counts."""
+    from scipy import stats
+
+    window, reference = np.asarray(window, float), np.asarray(reference, float)
+    table = np.vstack([window, reference])
     table = table[:, table.sum(axis=0) > 0]
-    chi2, p_value = (stats.chi2_contingency(table, correction=False)[:2]
-                     if table.shape[1] > 1 else (0.0, 1.0))
-    tv = 0.5 * float(np.abs(win_counts / n - ref_shares).sum())
-    return {"test": "chi2", "feature": "predicted_class", "statistic": tv,
-            "chi2": float(chi2), "p_value": float(p_value)}
+    if table.shape[1] < 2 or window.sum() <= 0 or reference.sum() <= 0:
+        return 0.0, 0.0, 1.0
+    chi2, p_value = stats.chi2_contingency(table, correction=False)[:2]
+    tv = 0.5 * float(np.abs(window / window.sum() - reference / reference.sum()).sum())
+    return tv, float(chi2), float(p_value)
 
 
 def novelty_test(novelty_p: np.ndarray, calibration_n: float) -> dict[str, Any]:
