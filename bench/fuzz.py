@@ -32,8 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from trainer.artifacts import atomic_write_json  # noqa: E402
-from trainer.client import ClientError, TorchServeClient  # noqa: E402
+from trainer.client import TorchServeClient  # noqa: E402
 from trainer.data import DOMAINS, load_vader  # noqa: E402
+from trainer.errors import ClientError  # noqa: E402
 from trainer.server import TorchServe  # noqa: E402
 
 MAX_CHARS = 500  # the handler limit of the archives fuzzed here (tests/e2e/conftest.py too)

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from handlers.errors import IntegrityError
+from handlers.errors import SignatureError
 from handlers.manifest import sha256_file, sha256_stream
 
 SIGNATURE_NAME = "driftserve.signature.json"
@@ -30,10 +30,6 @@ FORMAT = "driftserve-signature/1"
 # Python writes bytecode caches beside the handler modules when the worker imports them; they
 # are skipped in an extracted model dir only (a .mar carrying one is refused by verify_mar).
 RUNTIME_DIRS = ("__pycache__",)
-
-
-class SignatureError(IntegrityError):
-    """The archive is unsigned, signed by an untrusted key, or its files differ from the list."""
 
 
 def key_id(public_key: Any) -> str:

@@ -9,7 +9,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from handlers import runtime as rt
 from handlers import signing
 from handlers.bins import bin_label
-from handlers.errors import BadRequest, HandlerError
+from handlers.errors import HandlerError, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 EVALUATION_HEADER = "x-driftserve-evaluation"  # "true": answer, but keep out of drift statistics
@@ -51,7 +51,7 @@ def _body_and_type(row: Any, context: Any, idx: int, per_request: bool
     Behind a KServe envelope a row is one instance instead: {"text": ...}, a string, or a v2
     input whose "data" is the text."""
     if per_request and _is_form(row, context, idx):
-        raise BadRequest(FORM_BODY, status=415)
+        raise UnsupportedMediaType(FORM_BODY)
     if not isinstance(row, dict) or "text" in row:
         return row, None
     name = "data" if "data" in row else "body"

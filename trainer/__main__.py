@@ -9,24 +9,14 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from handlers.errors import HandlerError  # noqa: E402
 from trainer import distributed  # noqa: E402
-from trainer.client import ClientError  # noqa: E402
-from trainer.config import SettingsError  # noqa: E402
-from trainer.data import DataError  # noqa: E402
-from trainer.herding import ReplayBufferError  # noqa: E402
-from trainer.rollout import RolloutError  # noqa: E402
-from trainer.serve import ServeError  # noqa: E402
+from trainer.errors import EXPECTED_ERRORS, exit_code_for  # noqa: E402
 
 # Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
 # `func(args)` returns (JSON-able result, exit code).
 VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.keys",
-         "trainer.archive", "trainer.drift", "trainer.rollout", "trainer.demo", "trainer.loop",
+         "trainer.archive", "trainer.drift_cli", "trainer.rollout", "trainer.demo", "trainer.loop",
          "trainer.kserve", "trainer.serve", "trainer.sample"]
-# A user's mistake (bad data, settings, archive, server answer): one line, exit 2. Anything else
-# is a bug and keeps its traceback.
-EXPECTED_ERRORS = (DataError, SettingsError, HandlerError, ClientError, FileNotFoundError,
-                   RolloutError, ReplayBufferError, ServeError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             result, code = distributed.run_on_ray(args)
         else:
             result, code = args.func(args)
-    except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as e:  # a user's mistake: one line, exit 2 (trainer/errors.py);
+        print(f"error: {e}", file=sys.stderr)  # anything else is a bug and keeps its traceback
+        return exit_code_for(e)
     finally:
         distributed.close()
     if main_rank:

@@ -27,8 +27,9 @@ from trainer.balance import (
     effective_number_weights,
     make_balanced_sampler,
 )
-from trainer.config import SettingsError, check, setting
-from trainer.data import DataError, Example, load_source
+from trainer.config import check, setting
+from trainer.data import Example, load_source
+from trainer.errors import DataError, SettingsError
 from trainer.evaluate import evaluate, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer

@@ -20,7 +20,8 @@ from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.runtime import RuntimeSettings
 from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer import config
-from trainer.config import SettingsError, check, setting
+from trainer.config import check, setting
+from trainer.errors import SettingsError
 from trainer.quality import refuse_weak
 from trainer.rundir import REPORT_FILE, read_report
 

@@ -7,13 +7,7 @@ from typing import Any
 
 import requests
 
-
-class ClientError(RuntimeError):
-    """A TorchServe call failed; carries the HTTP status (0 when the server is unreachable)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+from trainer.errors import ClientError
 
 
 def read_keys(key_file: Path) -> dict[str, str]:

@@ -4,6 +4,8 @@ import argparse
 import dataclasses
 from typing import Any, TypeVar, get_type_hints
 
+from trainer.errors import SettingsError
+
 T = TypeVar("T")
 
 
@@ -13,10 +15,6 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:
         return dataclasses.field(default_factory=lambda: type(default)(default),
                                  metadata={"help": help, **kwargs})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
-
-
-class SettingsError(ValueError):
-    """Invalid settings; the message lists every bad field at once."""
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:

@@ -10,6 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.errors import DataError
+
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 VADER_FILES = {
     "nyt": "nytEditorialSnippets_GroundTruth.txt",
@@ -19,10 +21,6 @@ VADER_FILES = {
 }
 DOMAINS: tuple[str, ...] = tuple(VADER_FILES)
 SPLIT: tuple[float, float] = (0.15, 0.15)  # val and test shares of a source split by `train`
-
-
-class DataError(ValueError):
-    """A bad data row or file; the message names the file, the line and the reason."""
 
 
 @dataclass(frozen=True)

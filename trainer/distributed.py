@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.config import SettingsError
+from trainer.errors import EXIT_OK, EXIT_WEAK, SettingsError
 
 
 def init_from_env() -> bool:
@@ -115,4 +115,4 @@ def run_on_ray(args: argparse.Namespace) -> tuple[Any, int]:
         ).fit()
     report = json.loads((Path(shipped.out) / "report.json").read_text())
     weak = report.get("quality", {}).get("weak") and not getattr(args, "allow_weak", False)
-    return report, 3 if weak else 0  # trainer.quality.EXIT_WEAK
+    return report, EXIT_WEAK if weak else EXIT_OK  # as trainer.quality.exit_code

@@ -14,8 +14,7 @@ from handlers.drift import DriftSettings, drift_test
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.stats import merge_windows
 from trainer.client import TorchServeClient
-from trainer.config import SettingsError
-from trainer.data import DataError
+from trainer.errors import DataError, SettingsError
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 

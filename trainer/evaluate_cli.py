@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.data import DOMAINS, DataError, load_source
+from trainer.data import DOMAINS, load_source
+from trainer.errors import DataError
 from trainer.evaluate import evaluate_domains
 from trainer.lineage import test_splits
 from trainer.rundir import load_run

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.artifacts import atomic_write_json
+from trainer.errors import ReplayBufferError
 
 Group = tuple[str, str]  # (domain, label)
 STRATEGIES: tuple[str, ...] = ("herding", "random", "reservoir")
@@ -187,10 +188,6 @@ def _jsonable(item: Any) -> Any:
     if dataclasses.is_dataclass(item) and not isinstance(item, type):
         return dataclasses.asdict(item)
     return item
-
-
-class ReplayBufferError(ValueError):
-    """A replay buffer file that cannot be read; the message names the file."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from handlers.signing import TRUST_ENV, generate_keypair
 from trainer.artifacts import atomic_write_bytes
-from trainer.config import SettingsError
+from trainer.errors import SettingsError
 
 
 def keygen(out: Path) -> dict[str, str]:

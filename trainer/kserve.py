@@ -18,7 +18,7 @@ from trainer import config
 from trainer.archive import mar_path
 from trainer.artifacts import atomic_dir
 from trainer.config import check, setting
-from trainer.data import DataError
+from trainer.errors import DataError
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}

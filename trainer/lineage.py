@@ -4,7 +4,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.data import DOMAINS, DataError, Example, fingerprint
+from trainer.data import DOMAINS, Example, fingerprint
+from trainer.errors import DataError
 from trainer.splits import rebuild_test
 
 

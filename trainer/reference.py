@@ -11,7 +11,8 @@ from handlers.calibration import MIN_EXAMPLES, fit_temperature
 from handlers.features import Projection, Reference, feature_matrix, feature_names
 from handlers.novelty import DEFAULT_DOMAIN
 from handlers.runtime import ModelRuntime, RuntimeSettings
-from trainer.data import DataError, Example
+from trainer.data import Example
+from trainer.errors import DataError
 
 
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.features import Reference
-from trainer.data import DataError
+from trainer.errors import DataError
 from trainer.reference import build_reference
 
 REFERENCE_TEXTS_FILE = "reference_texts.json"

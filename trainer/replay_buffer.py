@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from trainer.data import Example
-from trainer.herding import ReplayBuffer, ReplayBufferError, update_buffer
+from trainer.errors import ReplayBufferError
+from trainer.herding import ReplayBuffer, update_buffer
 from trainer.reference import embed
 
 BUFFER_FILE = "replay_buffer.json"

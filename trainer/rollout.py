@@ -21,9 +21,10 @@ import yaml
 
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
-from trainer.client import ClientError, TorchServeClient
+from trainer.client import TorchServeClient
 from trainer.config import check, setting
 from trainer.data import Example, load_source
+from trainer.errors import ClientError, RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, needed, verdict
 from trainer.latency import median_p95_ms
 from trainer.lineage import test_splits
@@ -32,10 +33,6 @@ from trainer.serving_record import read_record, restore, write_record
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 MAR_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_-]*)\.v(?P<version>[0-9]+(\.[0-9]+)*)\.mar$")
-
-
-class RolloutError(ValueError):
-    """A rollout that cannot start or continue; nothing further is changed on the server."""
 
 
 @dataclass

@@ -18,10 +18,9 @@ import torch
 
 from handlers.stats import captured
 from trainer.artifacts import atomic_write_bytes
-from trainer.client import ClientError, TorchServeClient
-from trainer.config import SettingsError
-from trainer.data import DataError
-from trainer.drift import served_stats
+from trainer.client import TorchServeClient
+from trainer.drift_cli import served_stats
+from trainer.errors import ClientError, DataError, SettingsError
 from trainer.herding import herding_order
 
 

@@ -16,15 +16,12 @@ from typing import Any
 
 from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
-from trainer.client import ClientError, TorchServeClient
+from trainer.client import TorchServeClient
+from trainer.errors import ClientError, ServeError
 from trainer.rollout import read_archive, trust_arg
 from trainer.server import TorchServe
 
 STATE = "server.json"
-
-
-class ServeError(RuntimeError):
-    """A server that is not there, or already there."""
 
 
 def _state(workdir: Path) -> dict[str, Any] | None:

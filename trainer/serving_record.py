@@ -11,7 +11,7 @@ from typing import Any
 
 from trainer.artifacts import atomic_write_json
 from trainer.client import TorchServeClient
-from trainer.data import DataError
+from trainer.errors import DataError
 
 
 def record_path(model_store: Path, model: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from trainer.adapt import AdaptSettings, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.data import load_source
-from trainer.drift import from_server
+from trainer.drift_cli import from_server
 from trainer.reference_texts import read_reference_texts
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from handlers import signing
-from handlers.signing import SIGNATURE_NAME, SignatureError, verify_mar, verify_model_dir
+from handlers.errors import SignatureError
+from handlers.signing import SIGNATURE_NAME, verify_mar, verify_model_dir
 from handlers.torchserve_handler import SentimentHandler
 from tests.unit.handlers.conftest import make_context
 from trainer.__main__ import main

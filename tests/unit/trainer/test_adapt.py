@@ -19,8 +19,8 @@ from handlers.manifest import MANIFEST_NAME, verify_manifest
 from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
-from trainer.config import SettingsError
-from trainer.data import DataError, Example
+from trainer.data import Example
+from trainer.errors import DataError, SettingsError
 from trainer.herding import herding_order
 from trainer.reference_texts import read_reference_texts
 from trainer.replay_buffer import BUFFER_FILE, embeddings, read_buffer

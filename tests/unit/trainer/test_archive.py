@@ -10,7 +10,7 @@ from handlers.errors import IntegrityError
 from handlers.manifest import MANIFEST_NAME
 from trainer import archive
 from trainer.archive import ArchiveSettings, build_archive
-from trainer.config import SettingsError
+from trainer.errors import SettingsError
 
 
 @pytest.fixture(scope="module")

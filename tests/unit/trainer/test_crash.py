@@ -22,7 +22,7 @@ import pytest
 
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from handlers.stats import read_window
-from trainer.quality import EXIT_WEAK
+from trainer.errors import EXIT_WEAK
 from trainer.replay_buffer import BUFFER_FILE, read_buffer
 from trainer.rundir import REPORT_FILE
 

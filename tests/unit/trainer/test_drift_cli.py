@@ -5,7 +5,7 @@ import numpy as np
 from handlers.drift import DriftSettings
 from handlers.features import REFERENCE_FILE, Projection, Reference, feature_matrix, feature_names
 from handlers.stats import SUFFIX, FeatureWindow
-from trainer.drift import from_stats_dir, summary_line
+from trainer.drift_cli import from_stats_dir, summary_line
 
 LABELS = ["negative", "positive"]
 

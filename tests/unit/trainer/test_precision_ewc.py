@@ -7,8 +7,8 @@ import torch
 
 from bench import ewc
 from trainer.adapt import AdaptSettings, train_step
-from trainer.config import SettingsError
 from trainer.data import load_source
+from trainer.errors import SettingsError
 from trainer.lora import apply_lora, load_classifier
 from trainer.precision import autocast
 from trainer.rundir import load_run

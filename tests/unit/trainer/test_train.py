@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from handlers.manifest import MANIFEST_NAME, verify_manifest
-from trainer.config import SettingsError
-from trainer.data import DataError, load_vader
+from trainer.data import load_vader
+from trainer.errors import DataError, SettingsError
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge
 from trainer.train import TrainSettings, run_train
 

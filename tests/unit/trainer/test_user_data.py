@@ -13,9 +13,10 @@ import torch
 
 from trainer import lineage
 from trainer.archive import ArchiveSettings, build_archive
-from trainer.data import DataError, Example, load_vader
+from trainer.data import Example, load_vader
+from trainer.errors import EXIT_WEAK, DataError
 from trainer.fit import lr_shape, plan_epochs
-from trainer.quality import EXIT_WEAK, assess, majority_baseline
+from trainer.quality import assess, majority_baseline
 from trainer.train import run_train
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
