@@ -119,7 +119,8 @@ def test_one_domain_is_exactly_scipys_two_sample_ks_and_chi_square():
         result = drift_test(reference, window, DriftSettings(min_window=300))  # one scale
         assert [t["test"] for t in result["tests"]] == ["ks", "ks", "chi2"]
         for t in result["tests"][:2]:
-            expected = stats.ks_2samp(ref["features"][t["feature"]], window["features"][t["feature"]])
+            expected = stats.ks_2samp(ref["features"][t["feature"]], window["features"][t["feature"]],
+                                      method="asymp")
             assert (t["statistic"], t["p_value"]) == (expected.statistic, expected.pvalue)
         table = [np.bincount(window["classes"], minlength=3), np.bincount(ref["classes"], minlength=3)]
         chi2, p_value = stats.chi2_contingency(table, correction=False)[:2]
