@@ -37,7 +37,7 @@ bench-herding: setup
 	$(BIN)/python bench/herding.py
 
 # Drift detectors on long streams (ERT, delays), with alibi-detect's in their own virtualenv:
-# alibi-detect 0.13 pins numpy < 2 and transformers < 5 (~35 min; bench/results/drift.*).
+# alibi-detect 0.13 pins numpy < 2 and transformers < 5 (~30 min; bench/results/drift.*).
 bench-drift: setup .venv-alibi/.installed
 	$(BIN)/python bench/drift.py
 
