@@ -44,7 +44,7 @@ def binned_test(names: list[str], reference_bins: np.ndarray, window_bins: np.nd
     tests.append({"test": "chi2", "feature": "predicted_class", "statistic": tv, "chi2": chi2,
                   "p_value": p})
     n = float(np.asarray(window_bins)[0].sum()) if len(window_bins) else 0.0
-    threshold = settings.check_every / (2.0 * settings.ert)
+    threshold = settings.look_threshold(1)
     enough = n >= settings.min_window
     for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests], settings.correction)):
         test["p_corrected"] = p_adj

@@ -61,7 +61,11 @@ class DriftSettings:
 
     def threshold(self, n: int) -> float:
         """Corrected p-value under which one scale fires (that scale's share of the bound)."""
-        return self.check_every / (2.0 * self.ert * max(1, len(self.scales(n))))
+        return self.look_threshold(len(self.scales(n)))
+
+    def look_threshold(self, scales: int) -> float:
+        """One look's share of the ERT bound, split over the scales it tests."""
+        return self.check_every / (2.0 * self.ert * max(1, scales))
 
 
 def corrected(p_values: list[float], method: str) -> list[float]:
@@ -97,8 +101,7 @@ def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Matc
             tests.append({"test": "ks", "feature": name, "statistic": statistic,
                           "p_value": p_value})
     if match is None and tests:  # one vectorised p-value call: most of a check's cost else
-        sizes = (len(next(iter(reference["features"].values()))),
-                 len(window["classes"]))
+        sizes = (len(reference["classes"]), len(window["classes"]))
         for test, p in zip(tests, ks_p_values([t["statistic"] for t in tests], *sizes)):
             test["p_value"] = p
     return tests

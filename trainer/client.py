@@ -1,5 +1,6 @@
 """A small TorchServe client: bearer keys from key_file.json, inference and management calls."""
 
+import argparse
 import json
 import threading
 from pathlib import Path
@@ -112,3 +113,18 @@ def _message(resp: requests.Response) -> str:
         return body.get("message") or body.get("error") or resp.text
     except ValueError:
         return resp.text.strip()[:500]
+
+
+def add_server_arguments(p: argparse.ArgumentParser, inference: bool = True) -> None:
+    """Where a running TorchServe answers, as every verb that calls one takes it."""
+    if inference:
+        p.add_argument("--inference-url", default="http://127.0.0.1:8080")
+    p.add_argument("--management-url", default="http://127.0.0.1:8081")
+    p.add_argument("--key-file", default="key_file.json",
+                   help="TorchServe's key_file.json (written in its working directory)")
+
+
+def client_from_args(args: argparse.Namespace) -> TorchServeClient:
+    """The client for add_server_arguments' flags (management only when inference is absent)."""
+    inference = getattr(args, "inference_url", None) or args.management_url
+    return TorchServeClient(inference, args.management_url, Path(args.key_file))

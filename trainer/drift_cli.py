@@ -13,7 +13,7 @@ from handlers.bins import BINS, bin_counts, bin_edges, binned_test
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.stats import merge_windows
-from trainer.client import TorchServeClient
+from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.errors import DataError, SettingsError
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -124,9 +124,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "drift", help="KS drift test of the served traffic; exit 0 no drift, 1 drift, 2 error")
     p.add_argument("--model", help="model name in TorchServe (asks the server)")
     p.add_argument("--version", help="model version (default: the default version)")
-    p.add_argument("--management-url", default="http://127.0.0.1:8081")
-    p.add_argument("--key-file", default="key_file.json",
-                   help="TorchServe's key_file.json (written in its working directory)")
+    add_server_arguments(p, inference=False)
     p.add_argument("--stats-dir", help="instead of the server: a version's stats directory")
     p.add_argument("--prometheus", metavar="URL",
                    help="instead of one server: the counts Prometheus summed over every replica "
@@ -168,7 +166,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         result = from_prometheus(args.prometheus, args.model, Path(args.reference),
                                  settings.validate(), args.range, args.instance)
     elif args.model:
-        client = TorchServeClient(args.management_url, args.management_url, Path(args.key_file))
+        client = client_from_args(args)
         result = from_server(client, args.model, args.version)
     else:
         raise SettingsError("give --model (ask TorchServe) or --stats-dir with --reference")

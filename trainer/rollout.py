@@ -21,7 +21,7 @@ import yaml
 
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
-from trainer.client import TorchServeClient
+from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.config import check, setting
 from trainer.data import Example, load_source
 from trainer.errors import ClientError, RolloutError
@@ -363,7 +363,7 @@ def _run_restore(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     trusted = _trusted(args)
     for name in record["versions"].values() if trusted else ():
         verify_mar(Path(args.model_store) / name, trusted)
-    return restore(_client(args), record, args.workers), 0
+    return restore(client_from_args(args), record, args.workers), 0
 
 
 def _trusted(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -377,16 +377,9 @@ def trust_arg(p: argparse.ArgumentParser) -> None:
                         f"${TRUST_ENV}; empty: not checked)")
 
 
-def _client(args: argparse.Namespace) -> TorchServeClient:
-    return TorchServeClient(args.inference_url, args.management_url, Path(args.key_file))
-
-
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model name in TorchServe")
-    p.add_argument("--inference-url", default="http://127.0.0.1:8080")
-    p.add_argument("--management-url", default="http://127.0.0.1:8081")
-    p.add_argument("--key-file", default="key_file.json",
-                   help="TorchServe's key_file.json (written in its working directory)")
+    add_server_arguments(p)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -403,7 +396,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = Path(args.model_store) / Path(args.mar).name
-        result = rollout(_client(args), mar, args.model, config.from_args(GateSettings, args),
+        result = rollout(client_from_args(args), mar, args.model, config.from_args(GateSettings, args),
                          args.allow_weak, _trusted(args))
         return result, {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED,
                         "inconclusive": EXIT_INCONCLUSIVE}[result["outcome"]]
@@ -415,7 +408,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     r.add_argument("--to", help="version to make default (default: the one before it)")
     r.add_argument("--model-store", default="model_store",
                    help="where the serving record is kept (default: model_store)")
-    r.set_defaults(func=lambda args: (rollback(_client(args), args.model, args.to,
+    r.set_defaults(func=lambda args: (rollback(client_from_args(args), args.model, args.to,
                                                Path(args.model_store)), 0))
 
     s = verbs.add_parser("restore", help="after a TorchServe restart: register the versions "

@@ -18,7 +18,7 @@ import torch
 
 from handlers.stats import captured
 from trainer.artifacts import atomic_write_bytes
-from trainer.client import TorchServeClient
+from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.drift_cli import served_stats
 from trainer.errors import ClientError, DataError, SettingsError
 from trainer.herding import herding_order
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         if not directory.is_dir():
             raise FileNotFoundError(f"--stats-dir {directory}: no such directory")
     else:
-        client = TorchServeClient(args.inference_url, args.management_url, Path(args.key_file))
+        client = client_from_args(args)
         directory, labels = stats_dir_of(client, args.model, args.version)
         if not directory.is_dir():
             raise DataError(f"{directory}: the server's statistics are not on this host; run "
@@ -82,10 +82,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=200, help="rows to write (default: 200)")
     p.add_argument("--out", required=True, help="JSONL to write: text, label (empty), "
                                                 "predicted, confidence")
-    p.add_argument("--inference-url", default="http://127.0.0.1:8080")
-    p.add_argument("--management-url", default="http://127.0.0.1:8081")
-    p.add_argument("--key-file", default="key_file.json",
-                   help="TorchServe's key_file.json (written in its working directory)")
+    add_server_arguments(p)
     p.add_argument("--stats-dir", help="instead of the server: a version's stats directory")
     p.add_argument("--labels", default="negative,neutral,positive",
                    help="with --stats-dir: the model's labels in class order")
