@@ -208,7 +208,8 @@ def joint(v1: Path, sc: Scale, seed: int) -> dict[str, Any]:
 def ewc_step(model: Any, tokenizer: Any, labels: list[str], s: AdaptSettings, domain: str,
              seen: list[str], fisher_sum: dict | None, lam: float) -> tuple[Any, Any, dict, list]:
     """One sequential LoRA step (row 3's settings) under the EWC penalty."""
-    _, train, val, _, _ = new_domain(domain, s, labels, seen)
+    new = new_domain(domain, s, labels, seen)
+    train, val = new.train, new.val
     regulariser = (lambda m: ewc.penalty(m, fisher_sum, lam)) if fisher_sum else None
     merged, result, counts, _ = train_step(model, tokenizer, train, val, labels, s,
                                            regulariser=regulariser)
@@ -225,7 +226,7 @@ def choose_lambda(v1: Path, sc: Scale, seed: int, s: AdaptSettings, fisher_sum: 
     for lam in sc.ewc_lambdas:
         model, tokenizer, labels, _ = load_run(v1)
         merged, _, _, _ = ewc_step(model, tokenizer, labels, s, second, [first], fisher_sum, lam)
-        _, _, val_second, _, _ = new_domain(second, s, labels, [first])
+        val_second = new_domain(second, s, labels, [first]).val
         with autocast(s.precision):
             found[str(lam)] = statistics.fmean(
                 evaluate(merged, tokenizer, v, labels, s.max_length)["accuracy"]

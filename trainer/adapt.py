@@ -28,7 +28,7 @@ from trainer.balance import (
     make_balanced_sampler,
 )
 from trainer.config import check, setting
-from trainer.data import Example, load_source
+from trainer.data import SPLIT, Example, Splits, default_domain, load_source
 from trainer.errors import DataError, SettingsError
 from trainer.evaluate import evaluate, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
@@ -53,6 +53,7 @@ from trainer.replay_buffer import (
     sizes_json,
 )
 from trainer.rundir import load_run, save_run
+from trainer.splits import check_disjoint, load_test_data
 from trainer.train import TrainSettings, reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
@@ -140,16 +141,36 @@ class AdaptSettings:
         check(problems, "adapt settings")
 
 
-def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
-               seen: Sequence[str]) -> tuple[str, list[Example], list[Example], list[Example],
-                                             list[str]]:
-    """(domain, train, val, test, held-out texts for the drift reference) of the one new domain
-    in `source`, checked against vN. The val split's texts serve the reference even with
-    --shots: the reference needs no labels."""
-    splits = load_source(source, s.seed, s.label_threshold, tuple(labels))
+@dataclass
+class NewDomain:
+    """The one new domain of a step, checked against vN."""
+
+    name: str
+    train: list[Example]
+    val: list[Example]  # empty with --shots
+    test: list[Example]
+    held_out: list[str]  # texts for the drift reference: the val split's, even with --shots
+    test_how: dict[str, Any]  # how its test split is rebuilt (empty: a share of the source)
+
+
+def new_domain(source: str, s: AdaptSettings, labels: Sequence[str], seen: Sequence[str],
+               test_data: str | None = None) -> NewDomain:
+    """With `test_data` none of `source` is held out for the test, and the test texts join the
+    drift reference (a file of labelled traffic is usually too small to hold out enough)."""
+    shares = (SPLIT[0], 0.0) if test_data else SPLIT
+    splits = load_source(source, s.seed, s.label_threshold, tuple(labels), shares)
     if len(splits) != 1:
         raise DataError(f"{source}: adapt takes one new domain per step, got {sorted(splits)}")
     (domain, split), = splits.items()
+    how: dict[str, Any] = {}
+    if test_data:
+        tests, how = load_test_data(test_data, s.seed, s.label_threshold, tuple(labels),
+                                    default_domain(source))
+        if domain not in tests:
+            raise DataError(f"--test-data {test_data}: no rows of domain {domain!r} (it has "
+                            f"{sorted(tests)}); give rows a \"domain\" field to match {source}")
+        check_disjoint(split.train + split.val, tests[domain], source, test_data)
+        split = Splits(split.train, split.val, tests[domain])
     every = split.train + split.val + split.test
     unknown = sorted({ex.label for ex in every} - set(labels))
     if unknown:
@@ -160,9 +181,10 @@ def new_domain(source: str, s: AdaptSettings, labels: Sequence[str],
     if not split.train:
         raise DataError(f"{source}: domain {domain!r} has no training examples")
     train = few_shot(split.train, s.shots, source) if s.shots else cap(split.train, s.max_train)
-    held_out = reference_texts({domain: split}, s.reference_per_domain)[domain]
-    return (domain, train, [] if s.shots else cap(split.val, s.max_eval),
-            cap(split.test, s.max_eval), held_out)
+    held = split if not test_data else Splits([], split.val + split.test, [])
+    held_out = reference_texts({domain: held}, s.reference_per_domain)[domain]
+    return NewDomain(domain, train, [] if s.shots else cap(split.val, s.max_eval),
+                     cap(split.test, s.max_eval), held_out, how)
 
 
 def few_shot(train: list[Example], k: int, source: str) -> list[Example]:
@@ -252,7 +274,8 @@ def calibrate_step(model: Any, tokenizer: Any, val_new: list[Example], labels: l
     return fit
 
 
-def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[str, Any]:
+def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
+              test_data: str | None = None) -> dict[str, Any]:
     """Every check (manifest, labels, domains, test splits) runs before anything is written."""
     started = time.time()
     source_run, out = Path(source_run), Path(out)
@@ -264,7 +287,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
                         f"it predates `adapt` -- retrain it with `trainer train`")
     buffer = read_buffer(source_run)
     seen = list(prev["domains_seen"])
-    domain, train_new, val_new, test_new, held_new = new_domain(data, s, labels, seen)
+    new = new_domain(data, s, labels, seen, test_data)
+    domain, train_new, val_new, test_new, held_new = (new.name, new.train, new.val, new.test,
+                                                      new.held_out)
     if not test_new or len(held_new) < 2:
         raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 held-out "
                         f"texts for the drift reference")
@@ -321,7 +346,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path) -> dict[
             "examples_processed_total", prev.get("examples_processed", 0)),
         "domains_seen": list(tests),
         "domain_sources": {**prev["domain_sources"], domain: source_record(
-            data, s.seed, s.label_threshold, s.max_eval, test_new)},
+            test_data or data, s.seed, s.label_threshold, s.max_eval, test_new, new.test_how)},
         "accuracy_matrix": matrix,
         "continual": continual_metrics.summary(filled) if square(matrix) else None,
         "test_by_domain": scored["by_domain"],
@@ -351,6 +376,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True,
                    help="new domain: built-in name (nyt, movie, amazon, tweets) or .jsonl/.csv")
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
+    p.add_argument("--test-data", help="the new domain's test set: a file, or a built-in "
+                                       "domain's test split (default: a share of --data)")
     p.add_argument("--allow-weak", action="store_true",
                    help="exit 0 even when the model is weak (it is still marked weak)")
     config.add_arguments(p, AdaptSettings)
@@ -358,7 +385,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_adapt(config.from_args(AdaptSettings, args), Path(args.source_run),
-                           args.data, Path(args.out))
+                           args.data, Path(args.out), args.test_data)
         return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

@@ -1,31 +1,40 @@
 """`trainer loop`: the closed loop. Serve v1, replay the next domain's traffic until the drift
-monitor fires, adapt with a small labelled budget of that domain, archive, roll out; repeat."""
+monitor fires, sample the captured traffic for a labeller (the data set's labels stand in),
+adapt with that labelled file, archive, roll out; repeat."""
 
 import argparse
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.runtime import RuntimeSettings
 from trainer import config
 from trainer.adapt import AdaptSettings, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.artifacts import atomic_savefig, atomic_write_json, atomic_write_text
 from trainer.client import TorchServeClient
 from trainer.config import check, setting
-from trainer.data import load_source
+from trainer.data import DOMAINS, load_examples, load_source
 from trainer.demo import DemoSettings, demo_tests, prepare_v1, print_table, score_domain, serve
 from trainer.drift_cli import from_server
 from trainer.rollout import GateSettings, rollout
+from trainer.sample import sample_served, write_rows
 from trainer.train import TrainSettings
+
+PERSIST_S = RuntimeSettings().persist_every_s + 0.5  # until every worker has written its window
 
 
 @dataclass
 class LoopSettings:
     stream: list[str] = setting(["movie", "amazon", "tweets"], "domains arriving after the source")
-    shots: int = setting(32, "labelled examples per class of each new domain (0 = whole split)")
+    label: int = setting(96, "captured texts picked (trainer sample) for labelling after an "
+                             "alarm; the data set's labels stand in for the labeller")
+    collect: int = setting(300, "requests of the new domain replayed (the alarm's included) "
+                                "before sampling; the archive captures this many per worker")
     warmup: int = setting(100, "requests of the served version's own domain before each switch")
     check_every: int = setting(25, "requests between drift checks")
     max_traffic: int = setting(400, "requests replayed per domain before giving up on an alarm")
@@ -34,21 +43,27 @@ class LoopSettings:
     adapt_max_eval: int = setting(0, "test sentences per domain scored by adapt and available "
                                      "to the gate (0 = all)")
     report_dir: str = setting("runs/loop", "where the step table goes (JSON, Markdown, PNG)")
-    full: bool = setting(False, "full scale: whole splits for shots, holdouts and evaluation")
+    full: bool = setting(False, "full scale: whole test splits for holdouts and evaluation")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
-                    for n in ("check_every", "max_traffic", "holdout") if getattr(self, n) < 1]
-        if self.shots < 0 or self.adapt_max_eval < 0:
-            problems.append("shots and adapt_max_eval must be >= 0")
+                    for n in ("label", "collect", "check_every", "max_traffic", "holdout")
+                    if getattr(self, n) < 1]
+        if self.collect < self.label:
+            problems.append(f"collect ({self.collect}) must be >= label ({self.label}): only "
+                            "captured texts can be picked")
+        if self.adapt_max_eval < 0:
+            problems.append("adapt_max_eval must be >= 0")
         if not self.stream:
             problems.append("stream must name at least one domain")
         check(problems, "loop settings")
 
 
-def traffic_of(domain: str, seed: int) -> list[str]:
-    """A domain's held-out sentences in a seeded random order: the replayed production traffic."""
-    texts = [e.text for e in load_source(domain, seed)[domain].test]
+def traffic_of(domain: str, seed: int, part: str) -> list[str]:
+    """A domain's sentences of one split in a seeded random order: the replayed production
+    traffic. New domains arrive from their train split, so the gate's test split stays unseen
+    by the labeller; the served version's own domain from its test split, which it never saw."""
+    texts = [e.text for e in getattr(load_source(domain, seed)[domain], part)]
     random.Random(seed).shuffle(texts)
     return texts
 
@@ -66,9 +81,35 @@ def replay_until_drift(client: TorchServeClient, model: str, texts: list[str],
     return None, result
 
 
+def label_from_truth(rows: list[dict[str, Any]], domain: str,
+                     truth: dict[str, str]) -> list[dict[str, Any]]:
+    """Stand-in for the labeller: each sampled row gets its data set label, and the new
+    domain's name so adapt learns it as one domain. A text the data set lacks is left out."""
+    return [{"text": r["text"], "label": truth[r["text"]], "domain": domain}
+            for r in rows if r["text"] in truth]
+
+
+def ground_truth(threshold: float) -> dict[str, str]:
+    return {ex.text: ex.label for d in DOMAINS for ex in load_examples(d, threshold)}
+
+
+def label_captured(client: TorchServeClient, model: str, domain: str, n: int, threshold: float,
+                   out: Path) -> dict[str, Any]:
+    """`trainer sample` then the labeller: N herded texts of the captured traffic, labelled."""
+    time.sleep(PERSIST_S)  # every worker writes its window (and capture) once a second
+    rows, have = sample_served(client, model, None, n)
+    write_rows(out / "to_label.jsonl", rows)
+    labelled = label_from_truth(rows, domain, ground_truth(threshold))
+    write_rows(out / "labelled.jsonl", labelled)
+    return {"captured": have, "sampled": len(rows), "labelled": len(labelled),
+            "labelled_file": str(out / "labelled.jsonl"),
+            "labels": dict(sorted(Counter(r["label"] for r in labelled).items()))}
+
+
 def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
              archive: ArchiveSettings) -> dict[str, Any]:
     started = time.time()
+    archive = replace(archive, capture=max(archive.capture, loop.collect))  # for trainer sample
     run_dir, report, mar = prepare_v1(demo, train, archive)
     labels, name = report["labels"], demo.name
     steps: list[dict[str, Any]] = []
@@ -83,11 +124,11 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
         current, version, serving = run_dir, 1, demo.source
         for domain in loop.stream:
             t0 = time.time()
-            for text in traffic_of(serving, train.seed)[:loop.warmup]:
+            for text in traffic_of(serving, train.seed, "test")[:loop.warmup]:
                 client.predict(name, text)  # the served version's own domain: no alarm expected
             before = from_server(client, name, None)
-            delay, drift = replay_until_drift(client, name,
-                                              traffic_of(domain, train.seed)[:loop.max_traffic],
+            arriving = traffic_of(domain, train.seed, "train")
+            delay, drift = replay_until_drift(client, name, arriving[:loop.max_traffic],
                                               loop.check_every)
             step: dict[str, Any] = {"domain": domain, "drift_after_requests": delay,
                                     "drift_rule": drift.get("rule", ""), "from_version": version,
@@ -97,11 +138,16 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                                    else f"no drift in {loop.max_traffic} requests"),
                   file=sys.stderr)
             if delay is not None:
+                for text in arriving[delay:loop.collect]:
+                    client.predict(name, text)  # more of the new traffic, for the labeller
                 out = Path(demo.runs) / name / f"v{version + 1}"
-                adapt = AdaptSettings(shots=0 if loop.full else loop.shots,
-                                      max_eval=0 if loop.full else loop.adapt_max_eval,
+                step["labelling"] = label_captured(client, name, domain, loop.label,
+                                                   train.label_threshold,
+                                                   Path(loop.report_dir) / f"step{len(steps) + 1}")
+                adapt = AdaptSettings(max_eval=0 if loop.full else loop.adapt_max_eval,
                                       seed=train.seed)
-                run_adapt(adapt, current, domain, out)
+                run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
+                          test_data=domain)
                 new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),
                                         archive, allow_weak=demo.allow_weak)
                 result = rollout(client, new_mar, name, gate, demo.allow_weak)

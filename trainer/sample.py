@@ -10,6 +10,7 @@ labelled file back (a row whose label is still empty stops it, naming the line).
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,26 +53,37 @@ def pick(traffic: dict[str, Any], n: int, labels: list[str]) -> list[dict[str, A
             for i in order.tolist()]
 
 
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                    for r in rows).encode())
+
+
+def sample_served(client: TorchServeClient, model: str, version: str | None,
+                  n: int) -> tuple[list[dict[str, Any]], int]:
+    """(N rows to label, texts captured) from a version served on this host."""
+    directory, labels = stats_dir_of(client, model, version)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: the server's statistics are not on this host; run "
+                        "`trainer sample` where TorchServe runs, or copy the directory "
+                        "and pass --stats-dir")
+    traffic = captured(directory)
+    return pick(traffic, n, labels), len(traffic["texts"])
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if args.stats_dir:
         directory, labels = Path(args.stats_dir), args.labels.split(",")
         if not directory.is_dir():
             raise FileNotFoundError(f"--stats-dir {directory}: no such directory")
+        traffic = captured(directory)
+        rows, have = pick(traffic, args.n, labels), len(traffic["texts"])
     else:
-        client = client_from_args(args)
-        directory, labels = stats_dir_of(client, args.model, args.version)
-        if not directory.is_dir():
-            raise DataError(f"{directory}: the server's statistics are not on this host; run "
-                            "`trainer sample` where TorchServe runs, or copy the directory "
-                            "and pass --stats-dir")
-    traffic = captured(directory)
-    rows = pick(traffic, args.n, labels)
+        rows, have = sample_served(client_from_args(args), args.model, args.version, args.n)
     out = Path(args.out)
-    atomic_write_bytes(out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                    for r in rows).encode())
-    counts = {label: sum(r["predicted"] == label for r in rows) for label in labels}
-    return {"out": str(out), "rows": len(rows), "captured": len(traffic["texts"]),
-            "predicted": counts}, 0
+    write_rows(out, rows)
+    counts = Counter(r["predicted"] for r in rows)
+    return {"out": str(out), "rows": len(rows), "captured": have,
+            "predicted": dict(sorted(counts.items()))}, 0
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -34,6 +34,26 @@ def _record(source: str, whole: bool, fractions: tuple[float, float], domain: st
             "whole": whole, "fractions": list(fractions), "domain_default": domain}
 
 
+def load_test_data(spec: str, seed: int, threshold: float, labels: tuple[str, ...],
+                   home: str) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """`--test-data`: a built-in name means that domain's own test split (its other rows may be
+    training data elsewhere, e.g. texts sampled from its traffic); a file is a test set whole.
+    Returns its rows per domain and how to rebuild them (the record's `how`)."""
+    if spec in DOMAINS:
+        return ({spec: stratified_split(load_examples(spec, threshold, labels), seed).test},
+                _record(spec, False, SPLIT, spec))
+    return by_domain(load_examples(spec, threshold, labels, home)), _record(spec, True,
+                                                                           (0.0, 0.0), home)
+
+
+def check_disjoint(train: list[Example], test: list[Example], data: str, test_data: str) -> None:
+    """A test row that is also a training row would score memory, not generalisation."""
+    shared = {ex.text for ex in train} & {ex.text for ex in test}
+    if shared:
+        raise DataError(f"--test-data {test_data}: {len(shared)} of its texts are also training "
+                        f"rows of {data} (e.g. {sorted(shared)[0][:60]!r}); test on held-out rows")
+
+
 def load_training_data(source: str, seed: int, threshold: float, labels: list[str] | None,
                        val_data: str | None = None, test_data: str | None = None,
                        fractions: tuple[float, float] = SPLIT) -> TrainingData:
@@ -50,8 +70,11 @@ def load_training_data(source: str, seed: int, threshold: float, labels: list[st
     if len(labels) < 2:
         raise DataError(f"{source}: needs at least 2 classes to learn, found only {labels}")
     home = default_domain(source)
-    own = {part: load_examples(f, threshold, tuple(labels), home)
-           for part, f in (("val", val_data), ("test", test_data)) if f}
+    own = {"val": load_examples(val_data, threshold, tuple(labels), home)} if val_data else {}
+    test_record: dict[str, Any] = {}
+    if test_data:
+        tests, test_record = load_test_data(test_data, seed, threshold, tuple(labels), home)
+        own["test"] = [ex for rows in tests.values() for ex in rows]
     shares = (0.0 if val_data else fractions[0], 0.0 if test_data else fractions[1])
     main = by_domain(rows)
     for part, examples in own.items():
@@ -65,11 +88,12 @@ def load_training_data(source: str, seed: int, threshold: float, labels: list[st
         val = [ex for ex in own["val"] if ex.domain == domain] if "val" in own else cut.val
         test = [ex for ex in own["test"] if ex.domain == domain] if "test" in own else cut.test
         splits[domain] = Splits(cut.train, val, test)
-        records[domain] = (_record(test_data, True, (0.0, 0.0), home) if test_data
-                           else _record(source, False, shares, home))
+        records[domain] = test_record or _record(source, False, shares, home)
     train = [ex for s in splits.values() for ex in s.train]
     if not train:
         raise DataError(f"{source}: no training rows left after the split")
+    if test_data:
+        check_disjoint(train, own["test"], source, test_data)
     plan = {
         "source": source, "rows": len(rows), "seed": seed,
         "val": val_data or f"{shares[0]:.0%} of {source}, stratified by label",

@@ -265,7 +265,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="built-in domain (nyt, movie, amazon, tweets) or a .jsonl/.csv file with "
                         "text, label and optional domain")
     p.add_argument("--val-data", help="your own validation file (default: a share of --data)")
-    p.add_argument("--test-data", help="your own test file (default: a share of --data)")
+    p.add_argument("--test-data", help="your own test file, or a built-in domain's test split "
+                                        "(default: a share of --data)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--reuse", action="store_true",
                    help="skip training when --out was built from the same inputs")

@@ -1,13 +1,16 @@
 """The closed loop in quick mode on a real TorchServe: drift fires on the new domain's traffic,
-adapt builds v2, the gate decides, and the step table is written."""
+the captured traffic is sampled and labelled, adapt builds v2 from that file, the gate decides
+on the domain's own test split, and the step table is written."""
 
 import json
 
 import pytest
 
 from trainer.archive import ArchiveSettings
+from trainer.data import load_source
 from trainer.demo import DemoSettings
 from trainer.loop import LoopSettings, run_loop
+from trainer.rundir import read_report
 from trainer.train import TrainSettings
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +20,8 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     runs, store, reports = tmp_path / "runs", tmp_path / "store", tmp_path / "report"
     store.mkdir()
     summary = run_loop(
-        LoopSettings(stream=["tweets"], shots=8, check_every=50, max_traffic=150, holdout=40,
+        LoopSettings(stream=["tweets"], label=48, collect=150, check_every=50, max_traffic=150,
+                     holdout=40,
                      adapt_max_eval=80, report_dir=str(reports)),
         # 16 training steps make a weak v1 on purpose (speed); the guard is tested elsewhere
         DemoSettings(per_domain=20, runs=str(runs), model_store=str(store), free_ports=True,
@@ -37,6 +41,20 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
                                "inconclusive" if any(r.startswith("INCONCLUSIVE ") for r in
                                                      step["rules"]) and not any(
                                    r.startswith("FAIL ") for r in step["rules"]) else "rejected")
+    # the labeller's file: 48 herded texts of the captured tweets traffic (its train split)
+    tweets = load_source("tweets", 0)["tweets"]
+    assert step["labelling"]["captured"] == 150 and step["labelling"]["labelled"] == 48
+    rows = [json.loads(line) for line in
+            open(step["labelling"]["labelled_file"], encoding="utf-8").read().splitlines()]
+    truth = {ex.text: ex.label for ex in tweets.train}
+    assert len(rows) == 48 and all(truth[r["text"]] == r["label"] and r["domain"] == "tweets"
+                                   for r in rows)
+    assert len((reports / "step1" / "to_label.jsonl").read_text().splitlines()) == 48
+    v2 = read_report(runs / "sentiment" / "v2")
+    assert 0 < v2["training_set"]["new"] < 48 and v2["domain"] == "tweets"
+    # ... and the gate scored the built-in tweets test split, which the labeller never saw
+    assert v2["domain_sources"]["tweets"]["source"] == "tweets"
+    assert v2["test_by_domain"]["tweets"]["n"] == min(80, len(tweets.test))
     assert (store / "sentiment.v2.mar").is_file() and (runs / "sentiment" / "v2").is_dir()
     assert json.loads((reports / "loop.json").read_text())["steps"][0]["domain"] == "tweets"
     assert (reports / "loop.md").read_text().startswith("| step |")

@@ -16,10 +16,11 @@ import torch
 from handlers.errors import IntegrityError
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import MANIFEST_NAME, verify_manifest
+from trainer import lineage
 from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
-from trainer.data import Example
+from trainer.data import Example, load_source
 from trainer.errors import DataError, SettingsError
 from trainer.herding import herding_order
 from trainer.reference_texts import read_reference_texts
@@ -60,7 +61,7 @@ def report(run_dir):
 def step_class_counts(v1) -> dict[str, int]:
     """Labels of what step 2 trained on, counted from its inputs: v1's replay buffer and the
     first 64 movie training sentences."""
-    _, new, _, _, _ = new_domain("movie", TINY, LABELS, ["nyt"])
+    new = new_domain("movie", TINY, LABELS, ["nyt"]).train
     found = Counter(ex.label for ex in read_buffer(v1).items() + new)
     return {label: found[label] for label in LABELS}
 
@@ -119,7 +120,7 @@ def test_buffer_budget_truncates_old_groups_to_their_prefix(chain):
 def test_new_groups_are_herded_with_the_new_models_features(chain):
     _, v2, _ = chain
     model, tokenizer, labels, _ = load_run(v2)
-    _, train, _, _, _ = new_domain("movie", TINY, labels, ["nyt"])
+    train = new_domain("movie", TINY, labels, ["nyt"]).train
     buffer = read_buffer(v2)
     for label in labels:
         items = [ex for ex in train if ex.label == label]
@@ -141,6 +142,32 @@ def test_shots_take_exactly_k_per_class(tiny_run, tmp_path):
     with pytest.raises(DataError, match="--shots 100000 but these classes have fewer"):
         run_adapt(dataclasses.replace(s, shots=100_000), tiny_run, "tweets", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_labelled_traffic_file_with_a_built_in_test_split(tiny_run, tmp_path):
+    """The loop's path: texts sampled from traffic and labelled (here: movie's train split)
+    adapt v1, and the gate's test split stays movie's own, recorded so rollout rebuilds it."""
+    movie = load_source("movie", TINY.seed)["movie"]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"text": ex.text, "label": ex.label,
+                                            "domain": "movie"}) + "\n"
+                                for ex in movie.train[:60]))
+    s = dataclasses.replace(TINY, max_eval=0)
+    r = run_adapt(s, tiny_run, str(labelled), tmp_path / "v2", test_data="movie")
+    new = new_domain(str(labelled), s, LABELS, ["nyt"], "movie")
+    assert len(new.train) + len(new.val) == 60 and new.val and new.test == movie.test
+    assert r["domain"] == "movie" and r["training_set"]["new"] == len(new.train)
+    assert r["test_by_domain"]["movie"]["n"] == len(movie.test)
+    rebuilt = lineage.test_splits({"movie": r["domain_sources"]["movie"]}, LABELS)["movie"]
+    assert [ex.text for ex in rebuilt] == [ex.text for ex in movie.test]
+    sizes = read_reference_texts(tmp_path / "v2")
+    assert len(sizes["movie"]) > 60  # the test texts joined the few labelled ones
+    # a test set that shares rows with the training file is refused before anything is written
+    with pytest.raises(DataError, match="also training rows"):
+        run_adapt(s, tiny_run, "movie", tmp_path / "v3", test_data="movie")
+    with pytest.raises(DataError, match="no rows of domain 'movie'"):
+        run_adapt(s, tiny_run, str(labelled), tmp_path / "v3", test_data="tweets")
+    assert not (tmp_path / "v3").exists()
 
 
 def test_class_weights_count_the_whole_step_training_set(chain):
