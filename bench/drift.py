@@ -74,15 +74,19 @@ def domain_pools(run_dir: Path, reference: Reference, settings: TrainSettings, q
         fractions = (settings.val_fraction, HELD_OUT) if d == SOURCE else SPLIT
         split = [e.text for e in load_source(d, settings.seed, fractions=fractions)[d].test]
         texts[d] = split[:150] if quick else split
+    return cached_pools(run_dir, reference, texts, settings.max_length)
+
+
+def cached_pools(run_dir: Path, reference: Reference, texts: dict[str, list[str]],
+                 max_length: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
     cache = run_dir / "bench_drift_pools.npz"
     if cache.exists():
         with np.load(cache) as z:
             if str(z["key"]) == key:
-                return {d: (z[f"{d}_features"], z[f"{d}_classes"]) for d in DOMAINS}
+                return {d: (z[f"{d}_features"], z[f"{d}_classes"]) for d in texts}
     loaded = load_run(run_dir)
-    pools = {d: pool_features(loaded, reference, t, settings.max_length)
-             for d, t in texts.items()}
+    pools = {d: pool_features(loaded, reference, t, max_length) for d, t in texts.items()}
     np.savez(cache, key=np.asarray(key), **{f"{d}_features": p[0] for d, p in pools.items()},
              **{f"{d}_classes": p[1] for d, p in pools.items()})
     return pools

@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +22,49 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class RuntimeSettings:
-    """The `handler:` section of model-config.yaml."""
+def _setting(default: Any, help: str) -> Any:
+    """A settings field with its help text: `trainer archive` shows it on the field's flag."""
+    return field(default=default, metadata={"help": help})
 
-    max_chars: int = 2000  # longest accepted text, in characters; longer requests get 413
-    max_length: int = 128  # tokens kept per text after truncation
-    dtype: str = "float32"  # weights on GPU: float32 | float16 | bfloat16 (CPU always float32)
-    threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
-    merge: bool = True  # an archive holding a PEFT adapter is merged at load (false: served as is)
-    monitor: bool = True  # keep drift features of the traffic (needs drift_reference.json)
-    stats_dir: str = ""  # shared by the workers; "" = $DRIFTSERVE_STATS_DIR or $TMPDIR/driftserve
-    window: int = 2000  # requests kept per worker for statistics (memory stays bounded)
-    persist_every_s: float = 1.0  # how often a worker writes its window for the others
-    drift_ert: int = 10_000  # in-domain requests expected before a false alarm, at least
-    drift_check_every: int = 25  # requests (per worker) between drift checks
-    drift_min_effect: float = 0.05  # KS distance floor for a drift alarm
-    drift_min_window: int = 50  # shortest window scanned: no alarm before this many requests
-    drift_correction: str = "bh"  # bh (Benjamini-Hochberg) | bonferroni
-    capture: int = 0  # texts of the newest requests kept per worker for labelling (0 = off)
+
+@dataclass
+class HandlerSettings:
+    """What an archive carries in model-config.yaml's `handler:` section (`trainer archive` has a
+    flag for each field). One declaration for the handler and the archiver: handlers cannot
+    import trainer, so trainer's ArchiveSettings inherits these fields."""
+
+    max_chars: int = _setting(2000, "longest accepted request text, in characters (longer "
+                                    "requests get 413)")
+    max_length: int = _setting(128, "tokens kept per text")
+    dtype: str = _setting("float32", "float32 | float16 (GPU only) | bfloat16 (GPU, and bf16 "
+                                     "autocast on CPUs with native bf16)")
+    threads: int = _setting(0, "torch threads per worker (0 = torch default)")
+    merge: bool = _setting(True, "merge an archived PEFT adapter at load (false: serve it "
+                                 "unmerged)")
+    monitor: bool = _setting(True, "keep drift statistics of the served traffic (needs the run's "
+                                   "drift reference)")
+    window: int = _setting(2000, "requests per worker kept for statistics (memory stays bounded)")
+    drift_ert: int = _setting(10_000, "in-domain requests expected before a false drift alarm, "
+                                      "at least (sets the tests' threshold)")
+    drift_check_every: int = _setting(25, "requests per worker between drift checks")
+    drift_min_effect: float = _setting(0.05, "KS distance floor for an alarm")
+    drift_min_window: int = _setting(50, "shortest window scanned: no alarm before this many "
+                                         "requests")
+    drift_correction: str = _setting("bh", "bh (Benjamini-Hochberg) | bonferroni")
+    capture: int = _setting(0, "keep the texts of the newest N requests per worker for "
+                               "`trainer sample` (0 = off; texts stay on the server host, see "
+                               "README: privacy)")
+
+
+@dataclass
+class RuntimeSettings(HandlerSettings):
+    """The handler's settings: the archived `handler:` section plus what belongs to the serving
+    host, never archived (a `handler:` section may still set them)."""
+
+    stats_dir: str = _setting("", "directory the workers share their windows in; empty = "
+                                  "$DRIFTSERVE_STATS_DIR or $TMPDIR/driftserve")
+    persist_every_s: float = _setting(1.0, "seconds between a worker's writes of its window for "
+                                           "the others")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "RuntimeSettings":

@@ -9,39 +9,58 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trainer import distributed  # noqa: E402
 from trainer.errors import EXPECTED_ERRORS, exit_code_for  # noqa: E402
 
-# Each verb module has `register(verbs)`, which adds its subparser and sets `func`.
-# `func(args)` returns (JSON-able result, exit code).
-VERBS = ["trainer.train", "trainer.adapt", "trainer.evaluate_cli", "trainer.keys",
-         "trainer.archive", "trainer.drift_cli", "trainer.rollout", "trainer.demo", "trainer.loop",
-         "trainer.kserve", "trainer.serve", "trainer.sample"]
+# verb -> the module whose `register(verbs)` adds its subparser and sets `func`;
+# `func(args)` returns (JSON-able result, exit code). Only the invoked verb's module is
+# imported: `serve status` or `rollout` need not load transformers and PEFT (seconds per call).
+VERBS = {"train": "trainer.train", "adapt": "trainer.adapt", "evaluate": "trainer.evaluate_cli",
+         "keygen": "trainer.keys", "archive": "trainer.archive", "drift": "trainer.drift_cli",
+         "rollout": "trainer.rollout", "rollback": "trainer.rollout", "restore": "trainer.rollout",
+         "demo": "trainer.demo", "loop": "trainer.loop", "kserve-export": "trainer.kserve",
+         "serve": "trainer.serve", "sample": "trainer.sample"}
+DATA_PARALLEL = {"train", "adapt"}  # the verbs torchrun and Ray Train run on every rank
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """Every verb, or (given a known `verb`) just the module that registers it."""
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     verbs = p.add_subparsers(dest="verb", required=True)
-    for module in VERBS:
+    modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
+    for module in modules:
         importlib.import_module(module).register(verbs)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(argv[0] if argv else None).parse_args(argv)
+    if args.verb not in DATA_PARALLEL:
+        return _finish(*_run(args.func, args))
+    from trainer import distributed
+
     distributed.init_from_env()  # under torchrun: join the group; train/adapt run data-parallel
     main_rank = distributed.is_main()
     try:
-        if getattr(args, "engine", "local") == "ray":
-            result, code = distributed.run_on_ray(args)
+        if args.engine == "ray":
+            outcome = _run(distributed.run_on_ray, args)
         else:
-            result, code = args.func(args)
-    except EXPECTED_ERRORS as e:  # a user's mistake: one line, exit 2 (trainer/errors.py);
-        print(f"error: {e}", file=sys.stderr)  # anything else is a bug and keeps its traceback
-        return exit_code_for(e)
+            outcome = _run(args.func, args)
     finally:
         distributed.close()
-    if main_rank:
+    return _finish(*outcome) if main_rank else outcome[1]
+
+
+def _run(func, args: argparse.Namespace) -> tuple[object, int]:
+    try:
+        return func(args)
+    except EXPECTED_ERRORS as e:  # a user's mistake: one line, exit 2 (trainer/errors.py);
+        print(f"error: {e}", file=sys.stderr)  # anything else is a bug and keeps its traceback
+        return None, exit_code_for(e)
+
+
+def _finish(result: object, code: int) -> int:
+    if result is not None:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return code

@@ -35,7 +35,6 @@ from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
 from trainer.lora import apply_lora, merge, parameter_counts
-from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
 from trainer.reference import calibrate
 from trainer.reference_texts import (
@@ -53,15 +52,15 @@ from trainer.replay_buffer import (
     sizes_json,
 )
 from trainer.rundir import load_run, save_run
+from trainer.settings import FitSettings
 from trainer.splits import check_disjoint, load_test_data
-from trainer.train import TrainSettings, reference_texts
+from trainer.train import reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
-_TRAIN = TrainSettings()  # LoRA and optimiser defaults are shared with `train`
 
 
 @dataclass
-class AdaptSettings:
+class AdaptSettings(FitSettings):
     shots: int = setting(0, "labelled examples per class from the new domain (0 = its whole train split)")
     memory: int = setting(1000, "replay budget K: exemplars in all, split evenly over the "
                                 "(domain, class) groups seen (bench/results/continual-sweep.md)")
@@ -70,58 +69,25 @@ class AdaptSettings:
     reherd: bool = setting(False, "re-select old groups from their exemplars with the new model")
     replay_ratio: float = setting(0.0, "share of each epoch drawn (with repeats) from the replay "
                                        "exemplars; 0 = every example once per epoch")
-    balance: bool = setting(True, "effective-number class weights (Cui et al. 2019) in the loss")
-    beta: float = setting(0.999, "effective-number beta in [0, 1); 0 = unweighted")
     balanced_sampler: bool = setting(False, "draw each epoch balanced over (domain, class) groups")
     defer_epochs: int = setting(0, "class weights only in the last N epochs (0 = in every epoch)")
     full_finetune: bool = setting(False, "train every weight instead of a LoRA adapter (baseline)")
-    label_threshold: float = setting(_TRAIN.label_threshold, "VADER rating band (-t, t) = neutral")
-    epochs: int = setting(2, "passes over the step's training set, at least")
     min_steps: int = setting(100, "optimiser steps, at least: few examples get more passes "
                                   "(up to --max-epochs)")
-    max_epochs: int = setting(_TRAIN.max_epochs, "passes at most, however small the data")
-    patience: int = setting(_TRAIN.patience, "stop after this many passes without a better "
-                                             "validation macro-F1 (0 = never)")
-    batch_size: int = setting(_TRAIN.batch_size, "examples per optimiser step")
-    lr: float = setting(_TRAIN.lr, "AdamW learning rate: linear warm-up, then decay to 0")
-    lr_warmup: float = setting(_TRAIN.lr_warmup, "share of the steps warming the learning rate up")
-    weak_margin: float = setting(_TRAIN.weak_margin, "validation macro-F1 must beat always "
-                                 "answering the majority class by this much, or the run is weak")
-    max_length: int = setting(_TRAIN.max_length, "tokens kept per text")
-    precision: str = setting(_TRAIN.precision, "fp32 | bf16: bf16 autocasts training's forward "
-                                               "passes; the saved model stays fp32")
     max_train: int = setting(0, "cap on the new domain's training examples (0 = all); quick runs")
     max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
                                "every later step so the matrix compares like with like")
     seed: int = setting(0, "seed for the new domain's splits, LoRA init, order and selection")
-    lora_r: int = setting(_TRAIN.lora_r, "LoRA rank")
-    lora_alpha: int = setting(_TRAIN.lora_alpha, "LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = setting(_TRAIN.lora_dropout, "dropout on the LoRA input")
-    target_modules: list[str] = setting(list(_TRAIN.target_modules), "modules that get LoRA "
-                                        "(empty: the architecture's attention projections)")
-    drift_components: int = setting(_TRAIN.drift_components, "principal components kept for drift")
-    reference_per_domain: int = setting(_TRAIN.reference_per_domain,
-                                        "held-out texts per domain in the drift reference")
 
     def validate(self) -> None:
-        problems = [f"{n} must be >= 1, got {getattr(self, n)}"
-                    for n in ("epochs", "max_epochs", "batch_size", "max_length", "lora_r",
-                              "lora_alpha", "drift_components", "reference_per_domain")
-                    if getattr(self, n) < 1]
+        problems = self.fit_problems()
         problems += [f"{n} must be >= 0, got {getattr(self, n)}"
                      for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs",
-                               "min_steps", "patience")
+                               "min_steps")
                      if getattr(self, n) < 0]
-        if self.max_epochs < self.epochs:
-            problems.append(f"max_epochs ({self.max_epochs}) must be >= epochs ({self.epochs})")
-        for name in ("lr_warmup", "weak_margin"):
-            if not 0 <= getattr(self, name) < 1:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.selection not in SELECTIONS:
             problems.append(f"selection must be one of {', '.join(SELECTIONS)}, "
                             f"got {self.selection!r}")
-        if not 0 <= self.beta < 1:
-            problems.append(f"beta must be in [0, 1), got {self.beta}")
         if not 0 <= self.replay_ratio < 1:
             problems.append(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
         if self.replay_ratio and (self.balanced_sampler or self.selection == "none"):
@@ -131,13 +97,6 @@ class AdaptSettings:
         if self.defer_epochs > self.epochs:
             problems.append(f"defer_epochs must be <= epochs ({self.epochs}), "
                             f"got {self.defer_epochs}")
-        if not 0 < self.lr < 1:
-            problems.append(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
-                            f"got {self.precision!r}")
         check(problems, "adapt settings")
 
 

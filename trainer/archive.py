@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -17,7 +17,7 @@ import yaml
 import handlers
 from handlers.errors import ConfigError
 from handlers.manifest import MANIFEST_NAME, verify_manifest
-from handlers.runtime import RuntimeSettings
+from handlers.runtime import HandlerSettings, RuntimeSettings
 from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer import config
 from trainer.config import check, setting
@@ -26,17 +26,14 @@ from trainer.quality import refuse_weak
 from trainer.rundir import REPORT_FILE, read_report
 
 HANDLER_FILE = "torchserve_handler.py"
-_RT = RuntimeSettings()  # the handler's defaults: one source for both
-HANDLER_KEYS = ("max_chars", "max_length", "dtype", "threads", "merge", "monitor", "window",
-                "drift_ert", "drift_check_every", "drift_min_effect", "drift_min_window",
-                "drift_correction",
-                "capture")
+HANDLER_KEYS = tuple(f.name for f in fields(HandlerSettings))  # model-config.yaml `handler:`
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 @dataclass
-class ArchiveSettings:
-    """TorchServe's per-model settings (model-config.yaml) plus the handler's own section."""
+class ArchiveSettings(HandlerSettings):
+    """TorchServe's per-model settings (model-config.yaml) plus the handler's own section, whose
+    fields (and their defaults and help) come from handlers.runtime.HandlerSettings."""
 
     batch_size: int = setting(8, "most requests TorchServe batches into one handler call")
     max_batch_delay: int = setting(2, "ms TorchServe waits to fill a batch (bench/serve.py --sweep)")
@@ -46,26 +43,6 @@ class ArchiveSettings:
     device_type: str = setting("gpu", "gpu: use a GPU when TorchServe has one, else CPU; cpu: never")
     device_ids: str = setting("", "GPUs for this model's workers, e.g. 0,1 (empty: every GPU "
                                   "TorchServe has; workers are spread over them round-robin)")
-    max_chars: int = setting(_RT.max_chars, "longest accepted request text, in characters")
-    max_length: int = setting(_RT.max_length, "tokens kept per text")
-    dtype: str = setting(_RT.dtype, "float32 | float16 (GPU only) | bfloat16 (GPU, and bf16 "
-                                    "autocast on CPUs with native bf16)")
-    threads: int = setting(_RT.threads, "torch threads per worker (0 = torch default)")
-    merge: bool = setting(_RT.merge, "merge an archived PEFT adapter at load (false: serve it "
-                                     "unmerged)")
-    monitor: bool = setting(_RT.monitor, "keep drift statistics of the served traffic")
-    window: int = setting(_RT.window, "requests per worker kept for statistics")
-    drift_ert: int = setting(_RT.drift_ert, "in-domain requests expected before a false drift "
-                                            "alarm, at least (sets the tests' threshold)")
-    drift_check_every: int = setting(_RT.drift_check_every, "requests per worker between drift "
-                                                            "checks")
-    drift_min_effect: float = setting(_RT.drift_min_effect, "KS distance floor for an alarm")
-    drift_min_window: int = setting(_RT.drift_min_window, "shortest window scanned: no alarm "
-                                                          "before this many requests")
-    drift_correction: str = setting(_RT.drift_correction, "bh | bonferroni")
-    capture: int = setting(_RT.capture, "keep the texts of the newest N requests per worker for "
-                                        "`trainer sample` (0 = off; texts stay on the server "
-                                        "host, see README: privacy)")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"

@@ -4,7 +4,6 @@ import argparse
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from trainer.client import TorchServeClient
 from trainer.config import setting
 from trainer.data import DOMAINS, Example, load_source
 from trainer.evaluate import scores
+from trainer.holdout import ask_all
 from trainer.latency import median_p95_ms
 from trainer.server import TorchServe
 from trainer.train import TrainSettings, run_train
@@ -33,22 +33,6 @@ class DemoSettings:
     free_ports: bool = setting(False, "pick free loopback ports instead of the config's")
     allow_weak: bool = setting(False, "archive and roll out runs marked weak (no better than "
                                       "the majority class); for quick smoke runs")
-
-
-def send_all(client: TorchServeClient, model: str, examples: list[Example],
-             concurrency: int) -> list[tuple[str | None, float]]:
-    """(predicted label or None on error, latency ms) per example, in input order."""
-    def one(ex: Example) -> tuple[str | None, float]:
-        start = time.perf_counter()
-        try:
-            label = client.predict(model, ex.text, evaluation=True)["label"]
-        except Exception as e:  # noqa: BLE001 - one failed request must not stop the table
-            print(f"request failed: {e}", file=sys.stderr)
-            label = None
-        return label, 1000 * (time.perf_counter() - start)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, examples))
 
 
 def domain_table(results: dict[str, dict[str, Any]]) -> str:
@@ -85,7 +69,7 @@ def demo_tests(labels: list[str], train: TrainSettings, per_domain: int
 def score_domain(client: TorchServeClient, model: str, test: list[Example], labels: list[str],
                  concurrency: int) -> dict[str, Any]:
     """Send a domain's labelled sentences through the inference API and score the answers."""
-    answers = send_all(client, model, test, concurrency)
+    answers = ask_all(client, model, [(None, ex.text) for ex in test], concurrency)
     ok = [(ex, a) for ex, (a, _) in zip(test, answers) if a is not None]
     index = {label: i for i, label in enumerate(labels)}
     s = scores([index[ex.label] for ex, _ in ok], [index[a] for _, a in ok], labels)
@@ -128,11 +112,20 @@ def run_demo(demo: DemoSettings, train: TrainSettings, archive: ArchiveSettings)
     return summary
 
 
-def register(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("demo", help="train on nyt, serve it in TorchServe, score all domains")
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `demo` and `loop` share: the demo's, training's, and the archive's as --serve-*."""
     config.add_arguments(p, DemoSettings)
     config.add_arguments(p, TrainSettings)
     config.add_arguments(p, ArchiveSettings, prefix="serve_")
-    p.set_defaults(func=lambda args: (run_demo(
-        config.from_args(DemoSettings, args), config.from_args(TrainSettings, args),
-        config.from_args(ArchiveSettings, args, prefix="serve_")), 0))
+
+
+def demo_settings(args: argparse.Namespace
+                  ) -> tuple[DemoSettings, TrainSettings, ArchiveSettings]:
+    return (config.from_args(DemoSettings, args), config.from_args(TrainSettings, args),
+            config.from_args(ArchiveSettings, args, prefix="serve_"))
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("demo", help="train on nyt, serve it in TorchServe, score all domains")
+    add_demo_arguments(p)
+    p.set_defaults(func=lambda args: (run_demo(*demo_settings(args)), 0))

@@ -19,7 +19,16 @@ from trainer.artifacts import atomic_savefig, atomic_write_json, atomic_write_te
 from trainer.client import TorchServeClient
 from trainer.config import check, setting
 from trainer.data import DOMAINS, load_examples, load_source
-from trainer.demo import DemoSettings, demo_tests, prepare_v1, print_table, score_domain, serve
+from trainer.demo import (
+    DemoSettings,
+    add_demo_arguments,
+    demo_settings,
+    demo_tests,
+    prepare_v1,
+    print_table,
+    score_domain,
+    serve,
+)
 from trainer.drift_cli import from_server
 from trainer.rollout import GateSettings, rollout
 from trainer.sample import sample_served, write_rows
@@ -211,10 +220,6 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("loop", help="closed loop: serve, detect drift, adapt, roll out; repeat")
     config.add_arguments(p, LoopSettings)
-    config.add_arguments(p, DemoSettings)
-    config.add_arguments(p, TrainSettings)
-    config.add_arguments(p, ArchiveSettings, prefix="serve_")
-    p.set_defaults(func=lambda args: (run_loop(
-        config.from_args(LoopSettings, args), config.from_args(DemoSettings, args),
-        config.from_args(TrainSettings, args),
-        config.from_args(ArchiveSettings, args, prefix="serve_")), 0))
+    add_demo_arguments(p)
+    p.set_defaults(func=lambda args: (run_loop(config.from_args(LoopSettings, args),
+                                               *demo_settings(args)), 0))

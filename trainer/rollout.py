@@ -8,10 +8,8 @@ import os
 import re
 import signal
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from trainer.config import check, setting
 from trainer.data import Example, load_source
 from trainer.errors import ClientError, RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, needed, verdict
+from trainer.holdout import ask_all
 from trainer.latency import median_p95_ms
 from trainer.lineage import test_splits
 from trainer.quality import refuse_weak
@@ -155,20 +154,11 @@ def score_pair(client: TorchServeClient, model: str, versions_: tuple[str, str],
     """Every holdout sentence through both versions' URLs, interleaved in one pool so both see
     the same load (their latencies are compared). `correct` keeps the answers in order (a failed
     request counts as wrong) so the two versions pair up sentence by sentence."""
-    def one(job: tuple[str, Example]) -> tuple[bool | None, float]:
-        version, ex = job
-        start = time.perf_counter()
-        try:
-            label = client.predict(model, ex.text, version=version, evaluation=True)["label"]
-            ok = label == ex.label
-        except ClientError:
-            ok = None
-        return ok, 1000 * (time.perf_counter() - start)
-
     jobs = [(v, ex) for ex in examples for v in versions_]
-    with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(one, jobs))
-    return _scores(answers[0::2]), _scores(answers[1::2])
+    answers = ask_all(client, model, [(v, ex.text) for v, ex in jobs], concurrency)
+    judged = [(None if label is None else label == ex.label, ms)
+              for (label, ms), (_, ex) in zip(answers, jobs)]
+    return _scores(judged[0::2]), _scores(judged[1::2])
 
 
 def _scores(answers: list[tuple[bool | None, float]]) -> dict[str, Any]:

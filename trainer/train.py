@@ -23,7 +23,6 @@ from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
-from trainer.precision import PRECISIONS
 from trainer.quality import assess, exit_code, warning_line
 from trainer.reference import calibrate
 from trainer.reference_texts import (
@@ -33,91 +32,43 @@ from trainer.reference_texts import (
 )
 from trainer.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
 from trainer.rundir import REPORT_FILE, save_run
+from trainer.settings import FitSettings
 from trainer.splits import load_training_data, say
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(FitSettings):
     base_model: str = setting("", "local Hugging Face model dir; empty = bundled all-MiniLM-L6-v2")
     labels: list[str] = setting([], "class names, comma-separated, in head order (empty: the "
                                     "labels found in the training data, sorted)")
-    label_threshold: float = setting(0.5, "VADER rating band (-t, t) labelled neutral")
-    epochs: int = setting(2, "passes over the training split, at least")
     min_steps: int = setting(300, "optimiser steps, at least: small data gets more passes "
                                   "(up to --max-epochs)")
-    max_epochs: int = setting(30, "passes at most, however small the data")
-    patience: int = setting(4, "stop after this many passes without a better validation "
-                               "macro-F1 (0 = never); the best pass is kept")
-    batch_size: int = setting(16, "examples per optimiser step")
-    lr: float = setting(1e-3, "AdamW learning rate: linear warm-up, then linear decay to 0")
-    lr_warmup: float = setting(0.1, "share of the steps spent warming the learning rate up")
-    balance: bool = setting(True, "effective-number class weights (Cui et al. 2019) in the loss, "
-                                  "counted over the whole training split")
-    beta: float = setting(0.999, "effective-number beta in [0, 1); 0 = unweighted")
-    max_length: int = setting(128, "tokens kept per text")
-    precision: str = setting("fp32", "fp32 | bf16: bf16 autocasts training's forward passes "
-                                     "(about 2x faster on a CPU with AVX-512 BF16); the saved "
-                                     "model stays fp32")
     max_train: int = setting(0, "cap on training examples (0 = all); for quick runs")
     max_eval: int = setting(0, "cap on val and test examples per domain (0 = all); quick runs")
     val_fraction: float = setting(0.15, "share of --data held out for validation (per label), "
                                         "unless --val-data is given")
     test_fraction: float = setting(0.15, "share of --data held out for the test, unless "
                                          "--test-data is given")
-    weak_margin: float = setting(0.1, "validation macro-F1 must beat always answering the "
-                                      "majority class by this much, or the run is marked weak")
     seed: int = setting(0, "seed for splits, LoRA init and batch order")
-    lora_r: int = setting(8, "LoRA rank")
-    lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = setting(0.1, "dropout on the LoRA input")
-    target_modules: list[str] = setting([], "modules that get LoRA, comma-separated (empty: the "
-                                            "architecture's attention projections, PEFT's map)")
     memory: int = setting(300, "source exemplars kept for replay (0 = none); `adapt --memory` "
                                "then sets the budget over all domains")
     selection: str = setting("herding", "how exemplars are picked: herding | random | reservoir")
-    drift_components: int = setting(8, "principal components of the embedding kept for drift")
-    reference_per_domain: int = setting(500, "held-out texts per domain in the drift reference")
 
     def validate(self) -> None:
-        problems = []
-        for name in ("epochs", "max_epochs", "batch_size", "max_length", "lora_r", "lora_alpha",
-                     "drift_components", "reference_per_domain"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_steps", "patience"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_epochs < self.epochs:
-            problems.append(f"max_epochs ({self.max_epochs}) must be >= epochs ({self.epochs})")
-        if not 0 <= self.lr_warmup < 1:
-            problems.append(f"lr_warmup must be in [0, 1), got {self.lr_warmup}")
-        if not 0 <= self.beta < 1:
-            problems.append(f"beta must be in [0, 1), got {self.beta}")
-        for name in ("val_fraction", "test_fraction", "weak_margin"):
+        problems = self.fit_problems()
+        problems += [f"{n} must be >= 0, got {getattr(self, n)}"
+                     for n in ("min_steps", "max_train", "max_eval", "memory")
+                     if getattr(self, n) < 0]
+        for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1:
             problems.append("val_fraction + test_fraction must leave rows to train on")
-        if self.max_train < 0:
-            problems.append(f"max_train must be >= 0, got {self.max_train}")
-        if self.max_eval < 0:
-            problems.append(f"max_eval must be >= 0, got {self.max_eval}")
-        if not 0 < self.lr < 1:
-            problems.append(f"lr must be in (0, 1), got {self.lr}")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if not 0 <= self.label_threshold <= 4:
-            problems.append(f"label_threshold must be in [0, 4], got {self.label_threshold}")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             problems.append(f"labels must be >= 2 distinct names, got {self.labels}")
-        if self.memory < 0:
-            problems.append(f"memory must be >= 0, got {self.memory}")
         if self.selection not in STRATEGIES:
             problems.append(f"selection must be one of {', '.join(STRATEGIES)}, "
                             f"got {self.selection!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, "
-                            f"got {self.precision!r}")
         check(problems, "train settings")
 
     def base_model_dir(self) -> Path:

@@ -130,3 +130,15 @@ def test_every_verb_has_help(verb):
                           capture_output=True, text=True)
     assert proc.returncode == 0 and f"python -m trainer {verb}" in proc.stdout
     assert "(default:" in proc.stdout or verb == "keygen"  # keygen's one option is required
+
+
+def test_verb_table_matches_what_modules_register():
+    """`python -m trainer VERB` imports only VERB's module: the table must name every verb."""
+    from trainer.__main__ import VERBS, parser
+
+    (verbs,) = [a for a in parser()._actions if a.dest == "verb"]
+    assert set(verbs.choices) == set(VERBS)
+    code = ("import sys; from trainer.__main__ import parser; parser('rollout'); "
+            "print(sorted(m for m in ('peft', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
