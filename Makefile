@@ -29,7 +29,8 @@ demo: setup
 demo-v1: setup
 	$(BIN)/python -m trainer demo
 
-# Serving throughput/latency, rows a-d side by side (bench/results/serve.*; ~10 min).
+# Serving throughput/latency, rows a-f side by side (float32 and bf16) plus an attention x threads
+# trial (bench/results/serve.*; ~14 min).
 bench: setup
 	$(BIN)/python bench/serve.py
 

@@ -13,6 +13,12 @@ Rows, all in one run on one model (MiniLM + a rank-16 LoRA on query/value) and o
   c  the product handler serving the unmerged adapter (what merging buys)
   d  ModelRuntime.forward in this process, no server (the ceiling): at batch 1 (against
      concurrency 1) and at a's batch size (against concurrency 8 and 32)
+  e  a archived with dtype bfloat16: bf16 autocast where the CPU has native bf16
+  f  d with dtype bfloat16, through the same ModelRuntime (the runtime's own bf16 path)
+Each product row records what its runtime reports computing in (describe()), so a CPU without
+native bf16, where the runtime falls back to float32, shows in the results instead of passing
+float32 off as bf16. Then a trial, in process only: attention implementation (sdpa, eager) x
+torch threads (1, 2) per precision, at batch 1 and a's batch size; measured, not shipped.
 The load generator is closed-loop: C client threads, each with one keep-alive connection, send
 the next request as soon as the previous answer arrives. It runs on the same 2 cores as the
 server, as a real sidecar client would; only ratios measured in the same run are meaningful.
@@ -63,7 +69,14 @@ from trainer.server import TorchServe  # noqa: E402
 ROWS = {"a": "product handler, merged, shipped settings",
         "b": "stock pattern: pad to max_length, batch 1, unmerged",
         "c": "product handler, unmerged adapter",
-        "d": "in-process forward, no server (ceiling)"}
+        "d": "in-process forward, no server (ceiling)",
+        "e": "product handler, merged, shipped settings, dtype bfloat16",
+        "f": "in-process forward, dtype bfloat16 (ceiling of e)"}
+IN_PROCESS = ("d", "f")  # measured per batch: batch 1 against concurrency 1, a's batch size else
+PAIRS = (("a", "b"), ("a", "c"), ("a", "d"), ("e", "a"), ("e", "b"), ("e", "f"))
+BF16 = "bfloat16 autocast"  # what ModelRuntime.describe() reports when bf16 is really on
+TRIAL_ATTN = ("sdpa", "eager")
+TRIAL_THREADS = (1, 2)
 DOMAINS = ("nyt", "movie", "amazon", "tweets")
 
 
@@ -73,10 +86,11 @@ class Scale:
     warmup: int  # requests sent (and dropped) to each model before measuring
     rounds: int = 1  # measurements per row and concurrency, alternating order; best kept
     max_tokens: int = 64
+    trial: tuple[int, int] = (150, 600)  # texts per trial cell at batch 1 and at a's batch size
 
 
 FULL = Scale(requests={1: 300, 8: 1200, 32: 1600}, warmup=128, rounds=2)
-QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8)
+QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8, trial=(8, 16))
 SWEEP = Scale(requests={1: 200, 8: 800}, warmup=128)
 
 
@@ -176,10 +190,30 @@ def summarize(latencies: list[float], wall: float, concurrency: int, errors: int
             "p50_ms": round(q[49], 2), "p95_ms": round(q[94], 2), "p99_ms": round(q[98], 2)}
 
 
-def in_process(run: Path, texts: list[str], batch_size: int, threads: int, n: int,
+def compute_of(described: dict[str, Any]) -> str:
+    """What a runtime computes in, from its own describe(): "bfloat16 autocast", or its weights'
+    dtype (float32 also after the runtime's fallback on a CPU without native bf16)."""
+    return described.get("compute") or described["dtype"]
+
+
+def load_runtime(run: Path, dtype: str, threads: int) -> ModelRuntime:
+    """The handler's own ModelRuntime, monitor off: bf16 goes through its autocast path and its
+    fallback, exactly as served."""
+    return ModelRuntime.load(run, settings=RuntimeSettings(dtype=dtype, threads=threads,
+                                                           monitor=False))
+
+
+def forward_rows(run: Path, texts: list[str], dtype: str, settings: ArchiveSettings,
+                 sc: Scale) -> list[dict[str, Any]]:
+    """Rows d and f: batch 1 (against concurrency 1) and a's batch size (against the rest)."""
+    runtime = load_runtime(run, dtype, settings.threads)
+    return [in_process(runtime, texts, size, n, sc.warmup)
+            for size, n in ((1, sc.requests[1]), (settings.batch_size, max(sc.requests.values())))]
+
+
+def in_process(runtime: ModelRuntime, texts: list[str], batch_size: int, n: int,
                warmup: int) -> dict[str, Any]:
-    """Row d: forward only (no monitor, no server), batches of `batch_size` back to back."""
-    runtime = ModelRuntime.load(run, settings=RuntimeSettings(threads=threads, monitor=False))
+    """Forward only (no monitor, no server), batches of `batch_size` back to back."""
     batches = [[texts[(i + j) % len(texts)] for j in range(batch_size)]
                for i in range(0, n, batch_size)]
     for _ in range(0, warmup, batch_size):
@@ -191,29 +225,76 @@ def in_process(run: Path, texts: list[str], batch_size: int, threads: int, n: in
         times.append(time.perf_counter() - start)
     row = summarize(times, sum(times), batch_size, 0, items=len(batches) * batch_size)
     row["latency_is"] = "per batch"
+    row["compute"] = compute_of(runtime.describe())
     return row
 
 
+def trial(run: Path, texts: list[str], dtypes: tuple[str, ...], batch_size: int,
+          sc: Scale) -> dict[str, Any]:
+    """Attention implementation x torch threads of the in-process forward, per precision: which
+    wins is measured here, not shipped (the runtime keeps its default). Rounds alternate order,
+    best kept per cell; torch's thread count is restored after (rows d/f ran before)."""
+    default_threads, shipped = torch.get_num_threads(), ""
+    cells = list(itertools.product(dtypes, TRIAL_THREADS, TRIAL_ATTN))
+    best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    try:
+        for round_ in range(sc.rounds):
+            for dtype, threads, attn in (cells if round_ % 2 == 0 else cells[::-1]):
+                runtime = load_runtime(run, dtype, threads)
+                shipped = runtime.model.config._attn_implementation  # the runtime's choice today
+                # what from_pretrained(attn_implementation=) sets: BERT reads it on every call
+                runtime.model.set_attn_implementation(attn)
+                row = best.setdefault((dtype, threads, attn), {
+                    "dtype": dtype, "compute": compute_of(runtime.describe()),
+                    "threads": threads, "attn": attn})
+                for size, n in zip((1, batch_size), sc.trial):
+                    x = in_process(runtime, texts, size, n, sc.warmup)
+                    if x["throughput"] > row.get(f"batch {size}", {}).get("throughput", 0):
+                        row[f"batch {size}"] = {k: x[k] for k in ("throughput", "p50_ms", "p95_ms")}
+    finally:
+        torch.set_num_threads(default_threads)
+    rows = list(best.values())
+    today = {r["dtype"]: r for r in rows if (r["attn"], r["threads"]) == (shipped, default_threads)}
+
+    def winner(dtype: str, key: str) -> str:
+        """The fastest cell, and its speed-up over what the runtime does today (if trialled)."""
+        r = max((r for r in rows if r["dtype"] == dtype), key=lambda r: r[key]["throughput"])
+        now = today.get(dtype)
+        gain = (f" ({r[key]['throughput'] / now[key]['throughput']:.2f}x the runtime's "
+                f"{shipped}, threads {default_threads})" if now else "")
+        return f"{r['attn']}, threads {r['threads']}{gain}"
+
+    return {"runtime_attn": shipped, "default_threads": default_threads,
+            "batch_sizes": [1, batch_size], "rows": rows,
+            "best": {f"{dtype}, batch {size}": winner(dtype, f"batch {size}")
+                     for dtype in dtypes for size in (1, batch_size)}}
+
+
 def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: list[str],
-               sc: Scale) -> dict[str, list[dict[str, Any]]]:
+               sc: Scale, describe: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
     """All models registered side by side (idle workers cost no CPU) and warmed; then each
     concurrency drives every model in turn, `sc.rounds` times in alternating order, keeping the
     best round per row (errors of every round are kept), so that warm-up of the JVM and
-    background noise favour no row."""
+    background noise favour no row. Rows in `describe` (product handlers) carry what their
+    worker reports computing in."""
     client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
     key = json.loads(server.key_file.read_text())["inference"]["key"]
     names = {row: Path(mar).name.split(".")[0] for row, (mar, _) in models.items()}
     rows: dict[str, list[dict[str, Any]]] = {row: [] for row in models}
+    described: dict[str, dict[str, str]] = {}
     try:
         for row, (mar, workers) in models.items():
             client.register(mar, names[row], workers=workers)
             drive(server.inference_url, key, f"/predictions/{names[row]}", texts, 8, sc.warmup)
+            if row in describe:
+                worker = client.describe(names[row], customized=True)[0]["customizedMetadata"]
+                described[row] = {"compute": compute_of(worker)}
         for concurrency, n in sc.requests.items():
             best: dict[str, dict[str, Any]] = {}
             for round_ in range(sc.rounds):
                 for row in (list(models) if round_ % 2 == 0 else list(models)[::-1]):
-                    result = drive(server.inference_url, key, f"/predictions/{names[row]}",
-                                   texts, concurrency, n)
+                    result = {**drive(server.inference_url, key, f"/predictions/{names[row]}",
+                                      texts, concurrency, n), **described.get(row, {})}
                     print(f"{row} c={concurrency:>2}: {result['throughput']:7.1f} req/s  p50 "
                           f"{result['p50_ms']:6.1f} ms  p95 {result['p95_ms']:6.1f} ms  "
                           f"errors {result['errors']}", file=sys.stderr)
@@ -234,26 +315,57 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
     return rows
 
 
+def matched(rows: dict[str, list[dict[str, Any]]], row: str, concurrency: int) -> dict[str, Any]:
+    """`row`'s result to set against a served row at `concurrency`: for an in-process row, batch
+    1 against concurrency 1 and a's batch size against the rest."""
+    if row in IN_PROCESS:
+        return rows[row][0] if concurrency == 1 else rows[row][-1]
+    return next(x for x in rows[row] if x["concurrency"] == concurrency)
+
+
 def ratios(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:
-    out = {}
-    for other in ("b", "c", "d"):
-        out[f"a/{other}"] = {}
-        for a in rows["a"]:
-            if other == "d":  # batch 1 against concurrency 1, a's batch size against the rest
-                b = rows["d"][0] if a["concurrency"] == 1 else rows["d"][-1]
-            else:
-                b = next(r for r in rows[other] if r["concurrency"] == a["concurrency"])
-            out[f"a/{other}"][a["concurrency"]] = round(a["throughput"] / b["throughput"], 2)
-    return out
+    return {f"{num}/{den}": {x["concurrency"]: round(
+        x["throughput"] / matched(rows, den, x["concurrency"])["throughput"], 2) for x in rows[num]}
+        for num, den in PAIRS}
+
+
+def fell_back(rows: dict[str, list[dict[str, Any]]]) -> bool:
+    """e or f computed in float32: the runtime's fallback on a CPU without native bf16."""
+    return any(x["compute"] != BF16 for row in ("e", "f") for x in rows[row])
 
 
 def goals(rows: dict[str, list[dict[str, Any]]], r: dict[str, dict[int, float]]) -> list[str]:
-    a1 = next(x for x in rows["a"] if x["concurrency"] == 1)
-    checks = [("a >= 2.5x b at concurrency 8", r["a/b"].get(8, 0) >= 2.5, f"{r['a/b'].get(8)}x"),
-              ("a >= 0.8x d at concurrency 8", r["a/d"].get(8, 0) >= 0.8, f"{r['a/d'].get(8)}x"),
-              ("p95 <= 20 ms at concurrency 1", a1["p95_ms"] <= 20,
-               f"{a1['p95_ms']} ms; the forward alone at batch 1: p95 {rows['d'][0]['p95_ms']} ms")]
-    return [f"- {'met' if ok else 'MISSED'}: {what} (measured {v})" for what, ok, v in checks]
+    """The issue's goals, each met or MISSED with its numbers. bf16 goals cannot be met by rows
+    that the runtime served in float32."""
+    def vs(num: str, den: str, goal: float, c: int = 8) -> tuple[str, bool, str]:
+        x, y = matched(rows, num, c), matched(rows, den, c)
+        return (f"{num} >= {goal}x {den} at concurrency {c}", r[f"{num}/{den}"][c] >= goal,
+                f"{r[f'{num}/{den}'][c]}x: {x['throughput']} vs {y['throughput']} texts/s")
+
+    def p95(row: str, forward: str, goal: float) -> tuple[str, bool, str]:
+        x = matched(rows, row, 1)
+        return (f"{row} p95 <= {goal} ms at concurrency 1", x["p95_ms"] <= goal,
+                f"{x['p95_ms']} ms; the forward alone at batch 1 ({forward}): p95 "
+                f"{rows[forward][0]['p95_ms']} ms")
+
+    no_bf16 = fell_back(rows)
+    note = "; e/f ran in float32, this CPU has no native bf16" if no_bf16 else ""
+    lines = [f"- {'met' if ok else 'MISSED'}: float32: {what} (measured {v})"
+             for what, ok, v in (vs("a", "b", 2.5), vs("a", "d", 0.8), p95("a", "d", 20))]
+    return lines + [f"- {'met' if ok and not no_bf16 else 'MISSED'}: bf16: {what} (measured "
+                    f"{v}{note})" for what, ok, v in (vs("e", "a", 1.8), p95("e", "f", 12),
+                                                      vs("e", "f", 0.8), vs("e", "b", 5))]
+
+
+def trial_markdown(t: dict[str, Any]) -> list[str]:
+    b1, bn = (f"batch {b}" for b in t["batch_sizes"])
+    lines = [f"Trial, in process (measured, not shipped: the runtime uses attention "
+             f"{t['runtime_attn']} and torch's default of {t['default_threads']} threads):", "",
+             f"| precision | threads | attention | {b1} texts/s | {b1} p95 ms | {bn} texts/s "
+             f"| {bn} p95 ms |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {x['compute']} | {x['threads']} | {x['attn']} | {x[b1]['throughput']} | "
+              f"{x[b1]['p95_ms']} | {x[bn]['throughput']} | {x[bn]['p95_ms']} |" for x in t["rows"]]
+    return lines + ["", "Fastest: " + "; ".join(f"{k}: {v}" for k, v in t["best"].items()) + "."]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -262,11 +374,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"{meta['max_tokens']} tokens, mean {meta['mean_tokens']:.1f}); TorchServe 0.12 "
              f"on {meta['cpus']} CPU cores ({meta['cpu']}), load generator on the same cores; "
              f"settings of a: {meta['settings_a']}.", "",
-             "| row | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors |",
+             "Computed in, as each runtime reports it (describe()): " + ", ".join(
+                 f"{row} {c}" for row, c in meta["compute"].items()) + f". bf16: {meta['bf16']}.",
+             "", "| row | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row, results in rows.items():
         for x in results:
-            conc = f"batch {x['concurrency']}" if row == "d" else x["concurrency"]
+            conc = f"batch {x['concurrency']}" if row in IN_PROCESS else x["concurrency"]
             lines.append(f"| {row}: {ROWS[row]} | {conc} | {x['requests']} | {x['throughput']} "
                          f"| {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} |")
     lines += ["", "| ratio (throughput) | " + " | ".join(f"c={c}" for c in r["a/b"]) + " |",
@@ -274,7 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {k} | " + " | ".join(f"{v:.2f}x" for v in by.values()) + " |"
               for k, by in r.items()]
     lines += ["", f"Merged vs unmerged probabilities: max |diff| {meta['merge_parity']:.1e}.",
-              "", "Goals (CPU):", *goals(rows, r), ""]
+              "", "Goals (CPU):", *goals(rows, r), "", *trial_markdown(result["trial"]), ""]
     return "\n".join(lines)
 
 
@@ -286,13 +400,14 @@ def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     concs = [x["concurrency"] for x in rows["a"]]
-    width = 0.8 / 3
-    for k, row in enumerate("abc"):
-        xs = [i + (k - 1) * width for i in range(len(concs))]
+    width = 0.8 / 4
+    for k, row in enumerate("abce"):
+        xs = [i + (k - 1.5) * width for i in range(len(concs))]
         left.bar(xs, [x["throughput"] for x in rows[row]], width, label=f"{row}: {ROWS[row]}")
         right.bar(xs, [x["p95_ms"] for x in rows[row]], width, label=row)
-    left.axhline(rows["d"][-1]["throughput"], color="black", ls="--", lw=1,
-                 label=f"d: ceiling at batch {rows['d'][-1]['concurrency']}")
+    for row, ls in zip(IN_PROCESS, ("--", ":")):
+        left.axhline(rows[row][-1]["throughput"], color="black", ls=ls, lw=1,
+                     label=f"{row}: ceiling at batch {rows[row][-1]['concurrency']}")
     for ax, title in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):
         ax.set_xticks(range(len(concs)), [f"c={c}" for c in concs])
         ax.set_title(title, fontsize=9)
@@ -309,23 +424,26 @@ def start_server(work: Path) -> TorchServe:
 
 def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> dict[str, Any]:
     settings = ArchiveSettings()
+    bf16 = dataclasses.replace(settings, dtype="bfloat16")  # `trainer archive --dtype bfloat16`
     texts, run, adapter = prepare(base_dir, work, sc)
     store = work / "store"
-    rows: dict[str, list[dict[str, Any]]] = {}
-    d = [in_process(run, texts, size, settings.threads, n, sc.warmup)
-         for size, n in ((1, sc.requests[1]), (settings.batch_size, max(sc.requests.values())))]
+    forward = {"d": forward_rows(run, texts, settings.dtype, settings, sc),
+               "f": forward_rows(run, texts, bf16.dtype, settings, sc)}
+    dtypes = (settings.dtype,) + ((bf16.dtype,) if forward["f"][0]["compute"] == BF16 else ())
+    trial_result = trial(run, texts, dtypes, settings.batch_size, sc)
     build_archive(run, "product", "1", store, settings, allow_weak=True)  # speed, not accuracy
     build_archive(adapter, "unmerged", "1", store, dataclasses.replace(settings, merge=False),
                   allow_weak=True)
+    build_archive(run, "bf16", "1", store, bf16, allow_weak=True)
     stock = stock_archive(adapter, store, settings.min_workers, settings.threads)
     models = {"a": ("product.v1.mar", settings.min_workers), "b": (stock, settings.min_workers),
-              "c": ("unmerged.v1.mar", settings.min_workers)}
+              "c": ("unmerged.v1.mar", settings.min_workers), "e": ("bf16.v1.mar", bf16.min_workers)}
     server = start_server(work)
     try:
-        rows.update(serve_rows(server, models, texts, sc))
+        served = serve_rows(server, models, texts, sc, describe=("a", "c", "e"))
     finally:
         server.stop()
-    rows["d"] = d
+    rows = {row: {**served, **forward}[row] for row in ROWS}
     failed = [f"{row} c={x['concurrency']}: {x['first_error']}" for row, xs in rows.items()
               for x in xs if x["errors"]]
     if failed:  # a row that answered errors measured nothing worth reporting
@@ -338,8 +456,12 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
             "torch": torch.__version__, "settings_a": {
                 k: v for k, v in dataclasses.asdict(settings).items()
                 if k in ("batch_size", "max_batch_delay", "min_workers", "threads")},
-            "requests": sc.requests, "merge_parity": merge_parity(run, adapter, texts)}
-    result = {"meta": meta, "rows": rows, "ratios": ratios(rows)}
+            "requests": sc.requests, "merge_parity": merge_parity(run, adapter, texts),
+            "compute": {row: xs[0]["compute"] for row, xs in rows.items() if "compute" in xs[0]},
+            "bf16": ("FELL BACK: the runtime served e and ran f in float32 (this CPU has no native "
+                     "bf16), so e/f are float32 numbers" if fell_back(rows) else
+                     "native (bf16 autocast in e and f)")}
+    result = {"meta": meta, "rows": rows, "ratios": ratios(rows), "trial": trial_result}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{stem}.json", result)
     atomic_write_text(out / f"{stem}.md", markdown(result))

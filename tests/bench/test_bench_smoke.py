@@ -76,18 +76,38 @@ def test_herding_quick_asserts_identical_picks(tmp_path):
 
 
 def test_serve_quick_measures_every_row_against_a_real_torchserve(tmp_path):
-    """Rows a-c through a real TorchServe (tiny model), row d in process; no timing asserts."""
+    """Rows a-c and e (bf16) through a real TorchServe (tiny model), d and f in process, and the
+    attention x threads trial; no timing asserts. e/f must be bf16 exactly where the runtime's
+    own check says this CPU has native bf16, and say float32 elsewhere."""
+    from handlers.runtime import cpu_has_bf16
+
     run("serve.py", tmp_path)
     result = json.loads((tmp_path / "serve-quick.json").read_text())
-    assert set(result["rows"]) == {"a", "b", "c", "d"}
-    for row in "abc":
-        assert [x["concurrency"] for x in result["rows"][row]] == [1, 8, 32]
-    for xs in result["rows"].values():
+    rows = result["rows"]
+    assert list(rows) == list("abcdef")
+    for row in "abce":
+        assert [x["concurrency"] for x in rows[row]] == [1, 8, 32]
+    assert [x["concurrency"] for x in rows["f"]] == [x["concurrency"] for x in rows["d"]] == [1, 8]
+    for xs in rows.values():
         assert all(x["errors"] == 0 and x["throughput"] > 0 and x["p95_ms"] > 0 for x in xs)
-    assert set(result["ratios"]) == {"a/b", "a/c", "a/d"}
+    bf16 = "bfloat16 autocast" if cpu_has_bf16() else "float32"
+    assert result["meta"]["compute"] == {"a": "float32", "c": "float32", "d": "float32",
+                                         "e": bf16, "f": bf16}
+    assert set(result["ratios"]) == {"a/b", "a/c", "a/d", "e/a", "e/b", "e/f"}
+    assert all(list(r) == ["1", "8", "32"] for r in result["ratios"].values())  # JSON keys
     assert result["meta"]["merge_parity"] < 1e-4
+    trial = result["trial"]
+    dtypes = ["float32", "bfloat16"] if cpu_has_bf16() else ["float32"]
+    assert sorted((r["dtype"], r["threads"], r["attn"]) for r in trial["rows"]) == sorted(
+        (d, t, a) for d in dtypes for t in (1, 2) for a in ("sdpa", "eager"))
+    assert trial["batch_sizes"] == [1, 8] and trial["runtime_attn"] in ("sdpa", "eager")
+    assert all(r[f"batch {b}"]["throughput"] > 0 for r in trial["rows"] for b in (1, 8))
+    assert len(trial["best"]) == 2 * len(dtypes)
     md = (tmp_path / "serve-quick.md").read_text()
-    assert "stock pattern" in md and "Goals (CPU)" in md
+    assert "stock pattern" in md and "Goals (CPU)" in md and "Trial, in process" in md
+    goals = [line for line in md.splitlines() if line.startswith(("- met: ", "- MISSED: "))]
+    assert len(goals) == 7 and sum("bf16: " in line for line in goals) == 4
+    assert md.count("| sdpa |") == md.count("| eager |") == 2 * len(dtypes)
     assert (tmp_path / "serve-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
