@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gate bench-gpu clean
+.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gate bench-precision bench-gpu clean
 
 setup: $(STAMP) java
 
@@ -53,6 +53,12 @@ bench-continual: setup
 # The rollout gate on resampled holdouts of the demo's candidates (bench/results/gate.*).
 bench-gate: setup
 	$(BIN)/python bench/gate.py
+
+# float32 vs bf16 vs three int8 tries on every domain's test split (bench/results/precision-cpu.*).
+# torchao is for this bench only: the serving stack does not use it.
+bench-precision: setup
+	$(BIN)/pip install -q torchao==0.18.0
+	$(BIN)/python bench/precision_cpu.py
 
 bench-gpu:
 	bench/gpu.sh

@@ -148,3 +148,26 @@ def test_gate_quick_resamples_every_candidate(tmp_path):
         for r in step["rows"]:
             assert sum(r["counts"]["paired"].values()) == sum(r["counts"]["point"].values()) == 50
     assert (tmp_path / "gate-quick.md").read_text().count("\n| v") == 6
+
+
+def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run):
+    """bench/precision_cpu.py on the tiny run: every precision (bf16 and the int8 tries that
+    are installed) is scored on every domain next to float32, each judged by the 0.5-point
+    rule."""
+    from handlers.runtime import cpu_has_bf16
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "precision_cpu.py"), "--run",
+                           str(tiny_run), "--per-domain", "24", "--threads", "1", "--out",
+                           str(tmp_path / "p")], capture_output=True, text=True, timeout=600)
+    if not cpu_has_bf16():
+        assert proc.returncode == 1 and "no native bf16" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "p.json").read_text())
+    names = set(result["speed"])
+    assert {"float32", "bf16 autocast", "int8 dynamic per-channel (torch.ao)"} <= names
+    assert set(result["within_half_a_point_everywhere"]) == names - {"float32"}
+    assert set(result["domains"]) == {"nyt", "movie", "amazon", "tweets"}
+    for r in result["domains"].values():
+        assert r["n"] == 24 and all("label_agreement" in r[n] for n in names - {"float32"})
+    assert "within 0.5 points on every domain" in (tmp_path / "p.md").read_text()
