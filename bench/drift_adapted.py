@@ -33,6 +33,7 @@ from bench.drift import (  # noqa: E402
     SOURCE,
     Detectors,
     Stream,
+    bench_v1,
     cached_pools,
     endless,
     first_alarm,
@@ -45,7 +46,6 @@ from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.data import load_source  # noqa: E402
 from trainer.sample import write_rows  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
 
 NEW = "movie"
 LABELLED = 96  # the loop's default labelling budget
@@ -100,15 +100,11 @@ def stream(pools: dict, before: dict[str, float], history: int, after: dict[str,
 
 def run(args: argparse.Namespace) -> dict:
     quick = args.quick
-    train = (TrainSettings(max_train=128, epochs=1, min_steps=0, patience=0, max_length=64,
-                           test_fraction=HELD_OUT)
-             if quick else TrainSettings(test_fraction=HELD_OUT))
-    adapt = (AdaptSettings(epochs=1, min_steps=0, patience=0, max_length=64, max_eval=100)
-             if quick else AdaptSettings())
-    runs = ROOT / "runs" / "bench"
-    v1 = runs / ("drift-nyt-quick" if quick else "drift-nyt")
-    run_train(train, SOURCE, v1, reuse=True)
-    v2 = adapted(v1, runs / ("drift-v2-quick" if quick else "drift-v2"), adapt)
+    train, v1 = bench_v1(quick)
+    adapt = (AdaptSettings(epochs=1, min_steps=0, patience=0, max_length=64, max_eval=100,
+                           memory=100) if quick else AdaptSettings())
+    v2 = adapted(v1, ROOT / "runs" / "bench" / ("drift-v2-quick" if quick else "drift-v2"),
+                 adapt)
     reference = Reference.load(v2 / REFERENCE_FILE)
     cap = 150 if quick else None
     texts = {SOURCE: [e.text for e in load_source(

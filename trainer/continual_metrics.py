@@ -5,6 +5,7 @@ R[i][j] for j > i measures a domain not trained yet (used by none of these metri
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +123,15 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> 
     """
     f1s, present = _f1_parts(y_true, y_pred, num_classes)
     return float(np.mean([f for f, keep in zip(f1s, present, strict=True) if keep]))
+
+
+def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """One test's numbers: accuracy, macro-F1, F1 and prediction count per class."""
+    f1s = per_class_f1(y_true, y_pred, len(labels))
+    return {
+        "n": len(y_true),
+        "accuracy": round(float(accuracy(y_true, y_pred)), 4),
+        "macro_f1": round(float(macro_f1(y_true, y_pred, len(labels))), 4),
+        "per_class_f1": {label: round(float(f), 4) for label, f in zip(labels, f1s)},
+        "predicted": {label: sum(1 for p in y_pred if p == i) for i, label in enumerate(labels)},
+    }

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from trainer.continual_metrics import accuracy, macro_f1, per_class_f1
+from trainer.continual_metrics import scores
 from trainer.data import Example
 
 
@@ -26,17 +26,6 @@ def predict_ids(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: in
             preds[i] = p
     model.train(was_training)
     return preds
-
-
-def scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
-    f1s = per_class_f1(y_true, y_pred, len(labels))
-    return {
-        "n": len(y_true),
-        "accuracy": round(float(accuracy(y_true, y_pred)), 4),
-        "macro_f1": round(float(macro_f1(y_true, y_pred, len(labels))), 4),
-        "per_class_f1": {label: round(float(f), 4) for label, f in zip(labels, f1s)},
-        "predicted": {label: sum(1 for p in y_pred if p == i) for i, label in enumerate(labels)},
-    }
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],

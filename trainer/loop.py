@@ -49,10 +49,7 @@ class LoopSettings:
     max_traffic: int = setting(400, "requests replayed per domain before giving up on an alarm")
     holdout: int = setting(1000, "labelled test sentences per domain in the rollout gate (the "
                                  "test split caps it)")
-    adapt_max_eval: int = setting(0, "test sentences per domain scored by adapt and available "
-                                     "to the gate (0 = all)")
     report_dir: str = setting("runs/loop", "where the step table goes (JSON, Markdown, PNG)")
-    full: bool = setting(False, "full scale: whole test splits for holdouts and evaluation")
 
     def validate(self) -> None:
         problems = [f"{n} must be >= 1, got {getattr(self, n)}"
@@ -61,8 +58,6 @@ class LoopSettings:
         if self.collect < self.label:
             problems.append(f"collect ({self.collect}) must be >= label ({self.label}): only "
                             "captured texts can be picked")
-        if self.adapt_max_eval < 0:
-            problems.append("adapt_max_eval must be >= 0")
         if not self.stream:
             problems.append("stream must name at least one domain")
         check(problems, "loop settings")
@@ -116,13 +111,16 @@ def label_captured(client: TorchServeClient, model: str, domain: str, n: int, th
 
 
 def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
-             archive: ArchiveSettings) -> dict[str, Any]:
+             archive: ArchiveSettings, adapt: AdaptSettings | None = None) -> dict[str, Any]:
+    """`adapt` (default: `trainer adapt`'s defaults) is each step's recipe; its max_eval caps
+    the test sentences each domain is scored on, in adapt and in the gate."""
+    adapt = adapt or AdaptSettings()
     started = time.time()
     archive = replace(archive, capture=max(archive.capture, loop.collect))  # for trainer sample
     run_dir, report, mar = prepare_v1(demo, train, archive)
     labels, name = report["labels"], demo.name
     steps: list[dict[str, Any]] = []
-    gate = GateSettings(holdout=100_000 if loop.full else loop.holdout)
+    gate = GateSettings(holdout=loop.holdout)
     with serve(demo) as server:
         client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
         client.register(mar.name, name, workers=archive.min_workers)
@@ -153,8 +151,6 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                 step["labelling"] = label_captured(client, name, domain, loop.label,
                                                    train.label_threshold,
                                                    Path(loop.report_dir) / f"step{len(steps) + 1}")
-                adapt = AdaptSettings(max_eval=0 if loop.full else loop.adapt_max_eval,
-                                      seed=train.seed)
                 run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
                           test_data=domain)
                 new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),
@@ -221,5 +217,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("loop", help="closed loop: serve, detect drift, adapt, roll out; repeat")
     config.add_arguments(p, LoopSettings)
     add_demo_arguments(p)
-    p.set_defaults(func=lambda args: (run_loop(config.from_args(LoopSettings, args),
-                                               *demo_settings(args)), 0))
+    config.add_arguments(p, AdaptSettings, prefix="adapt_")
+    p.set_defaults(func=lambda args: (run_loop(
+        config.from_args(LoopSettings, args), *demo_settings(args),
+        config.from_args(AdaptSettings, args, prefix="adapt_")), 0))

@@ -5,9 +5,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from trainer.continual_metrics import scores
 from trainer.data import Example
 from trainer.errors import EXIT_OK, EXIT_WEAK, DataError
-from trainer.evaluate import scores
 
 
 def majority_baseline(train: Sequence[Example], val: Sequence[Example],

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from trainer.adapt import AdaptSettings
 from trainer.archive import ArchiveSettings
 from trainer.data import load_source
 from trainer.demo import DemoSettings
@@ -21,14 +22,14 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     store.mkdir()
     summary = run_loop(
         LoopSettings(stream=["tweets"], label=48, collect=150, check_every=50, max_traffic=150,
-                     holdout=40,
-                     adapt_max_eval=80, report_dir=str(reports)),
+                     holdout=40, report_dir=str(reports)),
         # 16 training steps make a weak v1 on purpose (speed); the guard is tested elsewhere
         DemoSettings(per_domain=20, runs=str(runs), model_store=str(store), free_ports=True,
                      allow_weak=True),
         TrainSettings(epochs=1, min_steps=0, patience=0, lr_warmup=0.0, balance=False,
                       max_train=256, max_length=64, lr=2e-3),
-        ArchiveSettings())
+        ArchiveSettings(),
+        AdaptSettings(max_eval=80, epochs=1, min_steps=20, max_length=64))
     assert set(summary["first_version"]) == {"nyt", "movie", "amazon", "tweets"}
     (step,) = summary["steps"]
     assert step["domain"] == "tweets" and step["drift_after_requests"] in (50, 100, 150)
