@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import ewc  # noqa: E402
-from bench.models import tiny_base  # noqa: E402
 from bench.plot import matrices_png  # noqa: E402
+from tests.models import tiny_base  # noqa: E402
 from trainer.adapt import AdaptSettings, new_domain, run_adapt, train_step  # noqa: E402
 from trainer.artifacts import atomic_write_bytes, atomic_write_json  # noqa: E402
 from trainer.continual_metrics import summary  # noqa: E402

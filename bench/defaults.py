@@ -158,7 +158,7 @@ def main() -> None:
     todo = cells(seeds, sizes, args.domains.split(","), not args.no_full)
     base, name = args.base_model, "defaults"
     if args.quick:
-        from bench.models import tiny_base
+        from tests.models import tiny_base
         base = str(tiny_base(Path(tempfile.mkdtemp(prefix="tiny-bert-"))))
         todo, name = [{"domain": "tweets", "rows": 120, "classes": k, "seed": 0} for k in (3, 2)], \
             "defaults-quick"

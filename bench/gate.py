@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.models import tiny_base  # noqa: E402
+from tests.models import tiny_base  # noqa: E402
 from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
 from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.evaluate import predict_ids  # noqa: E402

@@ -48,10 +48,11 @@ from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.models import random_lora, tiny_base  # noqa: E402
+from bench.models import random_lora  # noqa: E402
 from handlers.features import REFERENCE_FILE  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
+from tests.models import tiny_base  # noqa: E402
 from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
 from trainer.artifacts import (  # noqa: E402
     atomic_dir,

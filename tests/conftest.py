@@ -20,7 +20,7 @@ def stats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random BERT that uses MiniLM's real tokenizer (so real text works)."""
-    from bench.models import tiny_base as build
+    from tests.models import tiny_base as build
 
     return build(tmp_path_factory.mktemp("tiny-bert"))
 

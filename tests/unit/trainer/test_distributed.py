@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from bench.models import tiny_base
+from tests.models import tiny_base
 from trainer.distributed import shard
 from trainer.fit import shard_loss
 
