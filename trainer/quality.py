@@ -19,13 +19,20 @@ def majority_baseline(train: Sequence[Example], val: Sequence[Example],
     return {"label": majority, "macro_f1": baseline["macro_f1"], "accuracy": baseline["accuracy"]}
 
 
+MIN_SUPPORT = 5  # validation rows a class needs before "never predicted" says anything
+
+
 def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[Example],
            labels: Sequence[str], margin: float) -> dict[str, Any]:
-    """`weak` when macro-F1 < baseline + margin, or a class is never predicted (or never
-    predicted right: F1 0) on validation."""
+    """`weak` when macro-F1 < baseline + margin, or a class with at least MIN_SUPPORT
+    validation rows is never predicted (or never predicted right: F1 0). A rarer class cannot
+    show it: 1 neutral row among 15 labelled movie reviews is missed by a good model too,
+    while a model that always answers one class still fails the macro-F1 rule."""
     base = majority_baseline(train, val, labels)
-    never = [label for label in labels if val_scores["predicted"].get(label, 0) == 0]
-    dead = [label for label in labels if label not in never
+    support = Counter(ex.label for ex in val)
+    judged = [label for label in labels if support[label] >= MIN_SUPPORT]
+    never = [label for label in judged if val_scores["predicted"].get(label, 0) == 0]
+    dead = [label for label in judged if label not in never
             and val_scores["per_class_f1"].get(label, 0.0) == 0.0]
     reasons = []
     if val_scores["macro_f1"] < base["macro_f1"] + margin:
@@ -38,7 +45,8 @@ def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[E
                        "(F1 0)")
     return {"weak": bool(reasons), "reasons": reasons, "majority_baseline": base,
             "val_macro_f1": val_scores["macro_f1"], "margin": margin, "never_predicted": never,
-            "f1_zero": dead}
+            "f1_zero": dead, "too_rare_to_judge": {label: support[label] for label in labels
+                                                   if label not in judged}}
 
 
 def exit_code(report: dict[str, Any], allow_weak: bool) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import TorchServeClient
@@ -55,6 +56,15 @@ def test_default_survives_a_restart_through_trainer_restore(minilm_run, tmp_path
         # The first run's window is still in the shared stats dir; it must not be merged.
         assert _stats(client, "keep")["requests_seen"] == 1
         assert _stats(client, "keep")["workers"] == 1
+        # Keys rotated through TorchServe's token API: the client re-reads key_file.json once.
+        old_key = client._keys["inference"]
+        rotated = requests.get(f"{ts.management_url}/token", params={"type": "inference"},
+                               headers={"Authorization": f"Bearer {client._keys['API']}"},
+                               timeout=30)
+        assert rotated.status_code == 200, rotated.text
+        assert json.loads(ts.key_file.read_text())["inference"]["key"] != old_key
+        assert client.predict("keep", "Rotated keys, same client.")["version"] == "2"
+        assert client._keys["inference"] != old_key
 
 
 def _stats(client: TorchServeClient, model: str) -> dict:

@@ -129,22 +129,38 @@ def ex(label: str) -> Example:
 
 def test_assess_flags_majority_answers_and_unpredicted_classes():
     labels = ["a", "b"]
-    train = [ex("a")] * 7 + [ex("b")] * 3
-    val = [ex("a")] * 7 + [ex("b")] * 3
+    train = [ex("a")] * 7 + [ex("b")] * 5
+    val = [ex("a")] * 7 + [ex("b")] * 5
     base = majority_baseline(train, val, labels)
-    assert base["label"] == "a" and base["macro_f1"] == pytest.approx(0.4118, abs=1e-4)
-    majority_like = {"macro_f1": 0.4118, "predicted": {"a": 10, "b": 0},
-                     "per_class_f1": {"a": 0.82, "b": 0.0}}
+    assert base["label"] == "a" and base["macro_f1"] == pytest.approx(0.3684, abs=1e-4)
+    majority_like = {"macro_f1": 0.3684, "predicted": {"a": 12, "b": 0},
+                     "per_class_f1": {"a": 0.74, "b": 0.0}}
     q = assess(majority_like, train, val, labels, margin=0.1)
     assert q["weak"] and q["never_predicted"] == ["b"] and len(q["reasons"]) == 2
-    good = {"macro_f1": 0.8, "predicted": {"a": 6, "b": 4}, "per_class_f1": {"a": 0.85, "b": 0.75}}
+    good = {"macro_f1": 0.8, "predicted": {"a": 6, "b": 6}, "per_class_f1": {"a": 0.85, "b": 0.75}}
     assert assess(good, train, val, labels, margin=0.1)["weak"] is False
-    barely = {"macro_f1": 0.45, "predicted": {"a": 6, "b": 4},  # predicts both, not clearly better
+    barely = {"macro_f1": 0.45, "predicted": {"a": 6, "b": 6},  # predicts both, not clearly better
               "per_class_f1": {"a": 0.6, "b": 0.3}}
     assert assess(barely, train, val, labels, margin=0.1)["weak"] is True
-    dead = {"macro_f1": 0.55, "predicted": {"a": 7, "b": 3}, "per_class_f1": {"a": 0.6, "b": 0.0}}
+    dead = {"macro_f1": 0.55, "predicted": {"a": 7, "b": 5}, "per_class_f1": {"a": 0.6, "b": 0.0}}
     q = assess(dead, train, val, labels, margin=0.1)  # predicts b, never right: F1 0
     assert q["weak"] and q["f1_zero"] == ["b"] and "never predicted right" in q["reasons"][-1]
+
+
+def test_a_class_too_rare_in_validation_is_not_judged_by_its_predictions():
+    """1 row of c among 14 cannot show that c is never predicted; the macro-F1 rule still
+    catches a model that always answers one class."""
+    labels = ["a", "b", "c"]
+    train = [ex("a")] * 70 + [ex("b")] * 60 + [ex("c")] * 10
+    val = [ex("a")] * 7 + [ex("b")] * 6 + [ex("c")] * 1
+    misses_c = {"macro_f1": 0.6, "predicted": {"a": 8, "b": 6, "c": 0},
+                "per_class_f1": {"a": 0.9, "b": 0.9, "c": 0.0}}
+    q = assess(misses_c, train, val, labels, margin=0.1)
+    assert not q["weak"] and q["too_rare_to_judge"] == {"c": 1} and q["never_predicted"] == []
+    always_a = {"macro_f1": 0.2222, "predicted": {"a": 14, "b": 0, "c": 0},
+                "per_class_f1": {"a": 0.6667, "b": 0.0, "c": 0.0}}
+    q = assess(always_a, train, val, labels, margin=0.1)
+    assert q["weak"] and q["never_predicted"] == ["b"]
 
 
 @pytest.mark.parametrize("n,batch,epochs,min_steps,max_epochs,want", [
