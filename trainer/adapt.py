@@ -53,7 +53,7 @@ from trainer.replay_buffer import (
 )
 from trainer.rundir import load_run, save_run
 from trainer.settings import FitSettings
-from trainer.splits import check_disjoint, load_test_data
+from trainer.splits import load_test_data, without_test_rows
 from trainer.train import reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
@@ -128,8 +128,9 @@ def new_domain(source: str, s: AdaptSettings, labels: Sequence[str], seen: Seque
         if domain not in tests:
             raise DataError(f"--test-data {test_data}: no rows of domain {domain!r} (it has "
                             f"{sorted(tests)}); give rows a \"domain\" field to match {source}")
-        check_disjoint(split.train + split.val, tests[domain], source, test_data)
-        split = Splits(split.train, split.val, tests[domain])
+        split = Splits(without_test_rows(split.train, tests[domain], source, test_data),
+                       without_test_rows(split.val, tests[domain], source, test_data),
+                       tests[domain])
     every = split.train + split.val + split.test
     unknown = sorted({ex.label for ex in every} - set(labels))
     if unknown:
