@@ -129,6 +129,7 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                  for d, t in tests.items()}
         print_table(first, demo.source)
         current, version, serving = run_dir, 1, demo.source
+        latest = 1  # every candidate gets its own number, kept or not: nothing is overwritten
         for domain in loop.stream:
             t0 = time.time()
             for text in traffic_of(serving, train.seed, "test")[:loop.warmup]:
@@ -147,21 +148,22 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
             if delay is not None:
                 for text in arriving[delay:loop.collect]:
                     client.predict(name, text)  # more of the new traffic, for the labeller
-                out = Path(demo.runs) / name / f"v{version + 1}"
+                latest += 1
+                out = Path(demo.runs) / name / f"v{latest}"
                 step["labelling"] = label_captured(client, name, domain, loop.label,
                                                    train.label_threshold,
                                                    Path(loop.report_dir) / f"step{len(steps) + 1}")
                 run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
                           test_data=domain)
-                new_mar = build_archive(out, name, str(version + 1), Path(demo.model_store),
+                new_mar = build_archive(out, name, str(latest), Path(demo.model_store),
                                         archive, allow_weak=demo.allow_weak)
                 result = rollout(client, new_mar, name, gate, demo.allow_weak)
-                step.update({"to_version": version + 1, "promoted": result["promoted"],
+                step.update({"to_version": latest, "promoted": result["promoted"],
                              "outcome": result["outcome"], "rules": result["rules"],
                              "before": {d: r["accuracy"] for d, r in result["old"].items()},
                              "after": {d: r["accuracy"] for d, r in result["new"].items()}})
                 if result["promoted"]:
-                    current, version, serving = out, version + 1, domain
+                    current, version, serving = out, latest, domain
             step["seconds"] = round(time.time() - t0, 1)
             steps.append(step)
     summary = {"model": name, "source": demo.source, "first_version": first, "steps": steps,
