@@ -9,7 +9,7 @@ train split past those 96 texts (unseen by v2, and not in its reference). Same p
 code as bench/drift.py: the handler's features, a check every `check_every` requests on the
 newest window, delays counted after a full window of in-domain history.
 
-    .venv/bin/python bench/drift_adapted.py            # ~15 min on 2 cores
+    .venv/bin/python bench/drift_adapted.py            # ~20 min on 2 cores
     .venv/bin/python bench/drift_adapted.py --quick    # smoke run (the test suite runs it)
 
 Results: bench/results/drift-adapted.{json,md}.
@@ -39,6 +39,7 @@ from bench.drift import (  # noqa: E402
     first_alarm,
     summarize,
 )
+from handlers.drift import drift_test  # noqa: E402
 from handlers.errors import IntegrityError  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
 from handlers.manifest import MANIFEST_NAME, sha256_file, verify_manifest  # noqa: E402
@@ -117,13 +118,19 @@ def run(args: argparse.Namespace) -> dict:
     trials, history, follow = (3, 300, 200) if quick else (args.trials, CAPACITY, 400)
     in_domain = {"nyt+movie": {SOURCE: 0.5, NEW: 0.5}, "nyt 90 / movie 10": {SOURCE: 0.9, NEW: 0.1},
                  "nyt only": {SOURCE: 1.0}, "movie only": {NEW: 1.0}}
-    detect = Detectors(reference).shipped
+    det = Detectors(reference)
+    detect = det.shipped
     rows: dict[str, dict] = {}
     for name, mix in in_domain.items():
         n = streams if name == "nyt+movie" else max(1, streams // 3)
-        outcomes = [first_alarm(detect, stream(pools, mix, length, {}, 0, rng))
-                    for _ in range(n)]
-        rows[name] = summarize(outcomes, [("in_domain", length)] * n)
+        outcomes, rules = [], []
+        for _ in range(n):
+            s = stream(pools, mix, length, {}, 0, rng)
+            outcomes.append(first_alarm(detect, s))
+            if outcomes[-1]["history_alarm"]:  # which test fired, for the record
+                t = outcomes[-1]["history_alarm"]
+                rules.append(f"{t}: {drift_test(det.ref, det.window(s, t), SETTINGS)['rule']}")
+        rows[name] = {**summarize(outcomes, [("in_domain", length)] * n), "alarms": rules}
         print(name, rows[name], file=sys.stderr)
     for d in UNSEEN:
         outcomes = [first_alarm(detect, stream(pools, in_domain["nyt+movie"], history, {d: 1.0},
@@ -156,6 +163,8 @@ def write(result: dict, out: Path) -> None:
             lines.append(f"| {name} | | | | | {r[f'switch_{d}_detected']} | "
                          f"{r[f'switch_{d}_median']} | {r[f'switch_{d}_max']} |")
     s = result["settings"]
+    alarms = [f"{name} at {a}" for name, r in result["rows"].items() for a in r.get("alarms", [])]
+    lines += ["", "False alarms (stream, request: rule): " + ("; ".join(alarms) or "none") + "."]
     lines += ["", f"Reference sizes {s['reference_sizes']}; pools {s['pool_sizes']}; v2 test "
               f"accuracy {s['v2_test_accuracy']}. Checks every {SETTINGS.check_every} requests "
               f"on the newest {s['window']}; switches after {s['history']} requests of nyt+movie."]
@@ -165,8 +174,8 @@ def write(result: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small smoke run")
-    p.add_argument("--streams", type=int, default=6, help="50/50 in-domain streams (the other "
-                                                          "mixtures get a third as many)")
+    p.add_argument("--streams", type=int, default=12, help="50/50 in-domain streams (the other "
+                                                           "mixtures get a third as many)")
     p.add_argument("--length", type=int, default=20_000, help="requests per in-domain stream")
     p.add_argument("--trials", type=int, default=10, help="streams per unseen domain")
     p.add_argument("--seed", type=int, default=0)
