@@ -4,6 +4,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +31,12 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
     for module in modules:
         importlib.import_module(module).register(verbs)
     return p
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, a CI timeout) unwinds like Ctrl-C: every `with TorchServe(...)`
+    stops the server it started instead of leaving it holding the ports."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,4 +74,5 @@ def _finish(result: object, code: int) -> int:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())

@@ -113,14 +113,18 @@ class TorchServe:
         )
         log.close()
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"TorchServe exited with {self.proc.returncode}; "
-                                   f"see {self.log_path}:\n{self.log_tail()}")
-            if STARTED in self.log_path.read_text(errors="replace") and (
-                    self.key_file.exists() or not self.token_auth):
-                return self
-            time.sleep(0.25)
+        try:
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"TorchServe exited with {self.proc.returncode}; "
+                                       f"see {self.log_path}:\n{self.log_tail()}")
+                if STARTED in self.log_path.read_text(errors="replace") and (
+                        self.key_file.exists() or not self.token_auth):
+                    return self
+                time.sleep(0.25)
+        except BaseException:  # Ctrl-C or SIGTERM while starting: no server left behind
+            self.stop()
+            raise
         self.stop()
         raise TimeoutError(f"TorchServe did not start in {timeout}s; see {self.log_path}")
 

@@ -4,8 +4,10 @@ README's plain-text curl call, then stopped."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,33 @@ def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
         os.killpg(state["pid"], 0)
     gone = trainer("serve", "status", cwd=tmp_path)
     assert gone.returncode == 1 and json.loads(gone.stdout)["running"] is False
+
+
+def test_sigterm_to_a_trainer_verb_stops_the_torchserve_it_started(tmp_path):
+    """`kill` (or a CI timeout) of `trainer demo`/`loop` unwinds like Ctrl-C: the server it
+    started does not outlive it holding the ports."""
+    code = "\n".join([
+        "import time", "from pathlib import Path",
+        "from trainer.__main__ import stop_on_sigterm", "from trainer.server import TorchServe",
+        "stop_on_sigterm()",
+        f"with TorchServe(Path({str(tmp_path / 'work')!r}), Path({str(tmp_path)!r}), "
+        f"Path({str(ROOT / 'config.properties')!r}), ports='free') as ts:",
+        "    print(ts.proc.pid, flush=True)", "    time.sleep(600)"])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        server_pid = int(proc.stdout.readline())
+        os.killpg(server_pid, 0)  # the server's process group is alive
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    deadline = time.time() + 30  # the group's last processes are reaped by init
+    while time.time() < deadline:
+        try:
+            os.killpg(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server_pid, 0)
