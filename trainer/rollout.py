@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from handlers.manifest import sha256_file
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
 from trainer.client import TorchServeClient, add_server_arguments, client_from_args
@@ -240,7 +241,18 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
     with rollout_lock(mar.parent, model) as state_file:
         registered, default = versions(client, model)  # also proves the server and key work
         state = _read_state(state_file)
-        resumed = state.get("version") == version and state.get("step") in STEPS
+        archive = sha256_file(mar)
+        resumed = (state.get("version") == version and state.get("step") in STEPS
+                   and state.get("mar_sha256", archive) == archive)  # not another v{version}
+        if resumed and state["step"] in ("warm", "gate", "set-default") \
+                and version not in registered:  # the server restarted since: register again
+            if state.get("previous_default") not in registered:
+                raise RolloutError(f"{model} v{version} and v{state.get('previous_default')} "
+                                   "are no longer registered (TorchServe restarted?): run "
+                                   "`trainer restore`, then this rollout again")
+            print(f"resuming the rollout of {mar.name}: {model} v{version} is no longer "
+                  "registered; registering it again", file=sys.stderr)
+            state["step"] = "register"
         if not resumed:
             if version in registered:
                 raise RolloutError(f"{model} v{version} is already registered "
@@ -248,7 +260,8 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             if default is None:
                 raise RolloutError(f"{model} is not registered; register a first version with "
                                    "the management API (see README) before rolling out")
-            state = {"version": version, "previous_default": default, "step": "register"}
+            state = {"version": version, "previous_default": default, "step": "register",
+                     "mar_sha256": archive}
         state.setdefault("previous_default", default)  # a state file from before this format
 
         def advance(step: str, **extra: Any) -> None:

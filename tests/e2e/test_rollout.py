@@ -26,6 +26,7 @@ FAST = dict(holdout=60, concurrency=4, p95_ratio=10.0)
 CLI_FAST = ["--holdout", "60", "--p95-ratio", "10"]
 SAME_WEIGHTS = [*CLI_FAST, "--min-new-gain", "-0.01"]  # v1's weights again: no gain to show
 KILL_VERSIONS = {"register": "10", "warm": "11", "gate": "12", "set-default": "13", "prune": "14"}
+STALE_VERSIONS = ("15", "16")  # rollouts whose state file no longer matches the server
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def archives(minilm_run, model_store, tmp_path_factory):
     report = {**report, "quality": {"weak": True, "reasons": ["always answers 'positive'"]}}
     worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
     build_archive(worse, MODEL, "3", model_store, ArchiveSettings(), allow_weak=True)
-    for version in KILL_VERSIONS.values():  # v1's weights again: each passes the gate
+    for version in (*KILL_VERSIONS.values(), *STALE_VERSIONS):  # v1's weights: each passes
         build_archive(minilm_run, MODEL, version, model_store, ArchiveSettings(), allow_weak=True)
     return model_store
 
@@ -245,3 +246,26 @@ def test_rollout_killed_while_rejecting_finishes_the_rejection(server, rollme, a
     again = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives)
     assert again.returncode == 1, again.stderr[-2000:]
     assert json.loads(again.stdout)["resumed"] and versions(rollme, MODEL) == before
+
+
+def test_a_state_file_that_no_longer_matches_is_not_followed(server, rollme, archives):
+    """A rollout killed after registering, then its version unregistered (as a TorchServe
+    restart does): the rerun registers it again instead of gating a version that is gone. A
+    state file left by another archive of the same version number starts a fresh rollout."""
+    killed = cli(server, "rollout", "--mar", f"{MODEL}.v15.mar", *SAME_WEIGHTS, store=archives,
+                 env={"DRIFTSERVE_ROLLOUT_KILL": "after:warm"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rollme.unregister(MODEL, "15")
+    again = cli(server, "rollout", "--mar", f"{MODEL}.v15.mar", *SAME_WEIGHTS, store=archives)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "no longer registered; registering it again" in again.stderr
+    assert json.loads(again.stdout)["default"] == "15"
+
+    state = archives / f".{MODEL}.rollout.state"
+    state.write_text(json.dumps({"version": "16", "previous_default": "15", "step": "gate",
+                                 "mar_sha256": "0" * 64}))  # another archive called v16
+    fresh = cli(server, "rollout", "--mar", f"{MODEL}.v16.mar", *SAME_WEIGHTS, store=archives)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    result = json.loads(fresh.stdout)
+    assert result["resumed"] is False and result["default"] == "16"
+    assert f"registering {MODEL}.v16.mar" in fresh.stderr and not state.exists()
