@@ -55,10 +55,13 @@ bench-gate: setup
 	$(BIN)/python bench/gate.py
 
 # float32 vs bf16 vs three int8 tries on every domain's test split (bench/results/precision-cpu.*).
-# torchao is for this bench only: the serving stack does not use it.
-bench-precision: setup
-	$(BIN)/pip install -q torchao==0.18.0
-	$(BIN)/python bench/precision_cpu.py
+# torchao is for this bench only, in its own folder: the serving stack does not use it, and
+# transformers changes behaviour when it finds torchao installed.
+bench-precision: setup .venv-torchao/torchao
+	PYTHONPATH=.venv-torchao $(BIN)/python bench/precision_cpu.py
+
+.venv-torchao/torchao:
+	$(BIN)/pip install -q --no-deps --target .venv-torchao torchao==0.18.0
 
 bench-gpu:
 	bench/gpu.sh
