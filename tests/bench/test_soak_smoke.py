@@ -14,8 +14,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_soak_short_mode(tiny_run: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "20",
-                           "--slice", "5", "--threads", "2", "--run", str(tiny_run),
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "8",
+                           "--slice", "2", "--threads", "2", "--run", str(tiny_run),
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "soak.json").read_text())
