@@ -97,13 +97,13 @@ def ground_truth(threshold: float) -> dict[str, str]:
     return {ex.text: ex.label for d in DOMAINS for ex in load_examples(d, threshold)}
 
 
-def label_captured(client: TorchServeClient, model: str, domain: str, n: int, threshold: float,
-                   out: Path) -> dict[str, Any]:
+def label_captured(client: TorchServeClient, model: str, domain: str, n: int,
+                   truth: dict[str, str], out: Path) -> dict[str, Any]:
     """`trainer sample` then the labeller: N herded texts of the captured traffic, labelled."""
     time.sleep(PERSIST_S)  # every worker writes its window (and capture) once a second
     rows, have = sample_served(client, model, None, n)
     write_rows(out / "to_label.jsonl", rows)
-    labelled = label_from_truth(rows, domain, ground_truth(threshold))
+    labelled = label_from_truth(rows, domain, truth)
     write_rows(out / "labelled.jsonl", labelled)
     return {"captured": have, "sampled": len(rows), "labelled": len(labelled),
             "labelled_file": str(out / "labelled.jsonl"),
@@ -121,6 +121,7 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
     labels, name = report["labels"], demo.name
     steps: list[dict[str, Any]] = []
     gate = GateSettings(holdout=loop.holdout)
+    truth = ground_truth(train.label_threshold)  # the stand-in labeller's answers, read once
     with serve(demo) as server:
         client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
         client.register(mar.name, name, workers=archive.min_workers)
@@ -150,8 +151,7 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                     client.predict(name, text)  # more of the new traffic, for the labeller
                 latest += 1
                 out = Path(demo.runs) / name / f"v{latest}"
-                step["labelling"] = label_captured(client, name, domain, loop.label,
-                                                   train.label_threshold,
+                step["labelling"] = label_captured(client, name, domain, loop.label, truth,
                                                    Path(loop.report_dir) / f"step{len(steps) + 1}")
                 run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
                           test_data=domain)
