@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def minilm_run(tmp_path_factory) -> Path:
-    """Real MiniLM weights and real nyt data; small and short so the suite stays quick. Sixteen
+    """Real MiniLM weights and real nyt data; small and short so the suite stays quick. A few
     steps make a weak model (the guard says so): these tests check serving, not accuracy, so
-    its archives are built with allow_weak."""
+    its archives are built with allow_weak. 300 validation texts make its drift reference."""
     out = tmp_path_factory.mktemp("e2e-runs") / "v1"
     settings = TrainSettings(epochs=1, min_steps=0, patience=0, lr_warmup=0.0, balance=False,
-                             max_train=256, max_length=64, batch_size=32, lr=2e-3)
+                             max_train=256, max_eval=300, reference_per_domain=300,
+                             max_length=64, batch_size=32, lr=2e-3)
     run_train(settings, "nyt", out)
     return out
 

@@ -12,6 +12,7 @@ import requests
 
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.data import load_source
+from trainer.rundir import read_report
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +51,7 @@ def drift_cli(server, model):
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
 
 
-def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, client,
+def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, client, minilm_run,
                                                                       two_worker_models):
     nyt = [e.text for e in load_source("nyt", seed=0)["nyt"].test[:160]]
     tweets = [e.text for e in load_source("tweets", seed=0)["tweets"].test[:160]]
@@ -65,7 +66,8 @@ def test_statistics_cover_both_workers_and_drift_fires_only_on_tweets(server, cl
     for name in ("pc1", "confidence", "tokens", "p_neutral"):
         assert {"n", "mean", "variance", "q05", "q50", "q95"} <= set(stats["features"][name])
     assert set(stats["class_distribution"]) == {"negative", "neutral", "positive"}
-    assert stats["reference"]["size"] == 500 and "drift" in stats  # --reference-per-domain
+    reference_size = read_report(minilm_run)["reference_sizes"]["nyt"]  # --reference-per-domain
+    assert stats["reference"]["size"] == reference_size == 300 and "drift" in stats
 
     for text in tweets[:20]:  # holdout/evaluation traffic stays out of the statistics
         client.predict("drift_nyt", text, evaluation=True)

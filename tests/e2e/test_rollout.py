@@ -14,6 +14,7 @@ import zipfile
 import pytest
 import torch
 
+from tests.mars import copy_mar
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import TorchServeClient
 from trainer.rollout import GateSettings, rollout, rollout_lock, versions
@@ -33,8 +34,9 @@ STALE_VERSIONS = ("15", "16")  # rollouts whose state file no longer matches the
 def archives(minilm_run, model_store, tmp_path_factory):
     """v1 (the e2e model), v2 (same weights: gate 'not worse' passes), v3 (deliberately broken
     head that always answers 'positive': old-domain accuracy collapses). The e2e model is a
-    fast, weak one (see conftest), so these archives and rollouts pass allow_weak."""
-    build_archive(minilm_run, MODEL, "1", model_store, ArchiveSettings(), allow_weak=True)
+    fast, weak one (see conftest), so these archives and rollouts pass allow_weak. The versions
+    that only repeat v1's weights for the kill tests are v1's archive re-labelled."""
+    v1 = build_archive(minilm_run, MODEL, "1", model_store, ArchiveSettings(), allow_weak=True)
     build_archive(minilm_run, MODEL, "2", model_store, ArchiveSettings(), allow_weak=True)
     model, tokenizer, labels, report = load_run(minilm_run)
     with torch.no_grad():
@@ -43,7 +45,7 @@ def archives(minilm_run, model_store, tmp_path_factory):
     worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
     build_archive(worse, MODEL, "3", model_store, ArchiveSettings(), allow_weak=True)
     for version in (*KILL_VERSIONS.values(), *STALE_VERSIONS):  # v1's weights: each passes
-        build_archive(minilm_run, MODEL, version, model_store, ArchiveSettings(), allow_weak=True)
+        copy_mar(v1, version=version)
     return model_store
 
 

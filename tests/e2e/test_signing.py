@@ -4,12 +4,12 @@ changed and one carrying a file the signature does not list -- each naming what 
 (A changed handler *module* runs before any check inside the worker can: rollout's verify_mar
 refuses those before the server sees them, tests/unit/handlers/test_signing.py.)"""
 
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from handlers.signing import TRUST_ENV
+from handlers.signing import TRUST_ENV, load_private_key, sign_mar
+from tests.mars import copy_mar
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import ClientError, TorchServeClient
 from trainer.keys import keygen
@@ -19,32 +19,26 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _change(mar: Path, change: dict[str, bytes]) -> None:
-    """Replace or add entries of a built archive (rewritten beside it, then renamed over it)."""
-    out = mar.with_suffix(".tmp")
-    with zipfile.ZipFile(mar) as zin, zipfile.ZipFile(out, "w") as zout:
-        for item in zin.infolist():
-            zout.writestr(item, change.pop(item.filename, None) or zin.read(item))
-        for name, data in change.items():
-            zout.writestr(name, data)
-    out.replace(mar)
-
-
 @pytest.fixture(scope="module")
 def trusted_server(tmp_path_factory, minilm_run):
     keys = tmp_path_factory.mktemp("keys")
     release, other = keygen(keys / "release"), keygen(keys / "other")
     store = tmp_path_factory.mktemp("signed-store")
 
-    def archive(name: str, key: dict | None) -> Path:
-        return build_archive(minilm_run, name, "1", store, ArchiveSettings(), allow_weak=True,
-                             sign_key=Path(key["private_key"]) if key else None)
+    signed = build_archive(minilm_run, "signed", "1", store, ArchiveSettings(), allow_weak=True,
+                           sign_key=Path(release["private_key"]))
+    unsigned = build_archive(minilm_run, "unsigned", "1", store, ArchiveSettings(),
+                             allow_weak=True)
 
-    signed = archive("signed", release)
-    archive("unsigned", None)
-    archive("otherkey", other)
-    _change(archive("changedcfg", release), {"model-config.yaml": b"handler:\n  max_chars: 100000\n"})
-    _change(archive("extrafile", release), {"handlers/sitecustomize.py": b"import os\n"})
+    def signed_copy(name: str, key: dict) -> Path:
+        mar = copy_mar(unsigned, name)
+        sign_mar(mar, load_private_key(Path(key["private_key"])))
+        return mar
+
+    signed_copy("otherkey", other)
+    copy_mar(signed_copy("changedcfg", release),
+             replace={"model-config.yaml": b"handler:\n  max_chars: 100000\n"})
+    copy_mar(signed_copy("extrafile", release), replace={"handlers/sitecustomize.py": b"import os\n"})
     assert signed.exists()
     ts = TorchServe(tmp_path_factory.mktemp("ts-signed"), store, ROOT / "config.properties",
                     ports="free", env={TRUST_ENV: release["public_key"]})
