@@ -27,7 +27,8 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
         DemoSettings(per_domain=20, runs=str(runs), model_store=str(store), free_ports=True,
                      allow_weak=True),
         TrainSettings(epochs=1, min_steps=0, patience=0, lr_warmup=0.0, balance=False,
-                      max_train=256, max_length=64, lr=2e-3, reference_per_domain=200),
+                      max_train=256, max_eval=200, max_length=64, lr=2e-3,
+                      reference_per_domain=200),
         ArchiveSettings(),
         AdaptSettings(max_eval=80, epochs=1, min_steps=20, max_length=64,
                       reference_per_domain=200))
