@@ -5,6 +5,7 @@ import atexit
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ class TrafficMonitor:
         self._checked_at_seen = 0  # this worker's request count at its last scheduled check
         self.edges = bin_edges(reference.features)  # fixed by the archive: alike on replicas
         self.bins = np.zeros((len(reference.names), BINS), np.int64)  # since the last drain
+        # Run after each persist, on this thread: the handler's bin-counter flush, so a request
+        # never pays for one metrics line per feature.
+        self.export: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(persist_every_s,), daemon=True,
                                         name="traffic-monitor")
@@ -89,8 +93,8 @@ class TrafficMonitor:
         return result
 
     def _loop(self, every: float) -> None:
-        """Persist when there is news; check at most once per `check_every` of this worker's
-        requests (the false-alarm bound counts checks, not seconds)."""
+        """Persist (and export) when there is news; check at most once per `check_every` of this
+        worker's requests (the false-alarm bound counts checks, not seconds)."""
         while not self._stop.wait(every):
             if not self._dirty:
                 continue
@@ -100,6 +104,8 @@ class TrafficMonitor:
                 if seen - self._checked_at_seen >= self.drift.check_every:
                     self._checked_at_seen = seen
                     self.check()
+                if self.export is not None:
+                    self.export()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down
                 log.exception("traffic monitor update failed")
 

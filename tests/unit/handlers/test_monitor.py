@@ -1,6 +1,7 @@
 """The runtime's traffic monitor: features of served requests, merged over workers."""
 
 import json
+import threading
 
 from handlers.features import REFERENCE_FILE
 from handlers.runtime import ModelRuntime, RuntimeSettings
@@ -40,3 +41,14 @@ def test_monitor_can_be_switched_off(tiny_run):
     rt = ModelRuntime.load(tiny_run, settings=RuntimeSettings(monitor=False))
     assert rt.monitor is None and rt.describe()["stats"] is None
     assert rt.predict(["fine"])[0]["label"]
+
+
+def test_the_monitor_thread_exports_after_each_persist(tiny_run, tmp_path):
+    settings = RuntimeSettings(stats_dir=str(tmp_path), persist_every_s=0.05)
+    rt = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
+    exported = threading.Event()
+    rt.monitor.export = exported.set  # the handler's metrics flush
+    assert not exported.wait(0.3)  # nothing new, nothing exported
+    rt.predict(["a fine day"])
+    assert exported.wait(10) and rt.monitor.path.exists()
+    rt.monitor.close()

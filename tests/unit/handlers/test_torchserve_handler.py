@@ -1,6 +1,15 @@
 """The TorchServe adapter, driven through TorchServe's own Context and request unpacking."""
 
-from tests.unit.handlers.conftest import batch_of
+import re
+from pathlib import Path
+
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from handlers.bins import BINS
+from handlers.torchserve_handler import SentimentHandler
+from tests.unit.handlers.conftest import batch_of, make_context
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(handler, ctx, bodies):
@@ -40,3 +49,36 @@ def test_describe_returns_a_dict(handler_and_context):
     ctx.request_processor = headers
     out = handler.handle(inputs, ctx)
     assert out[0]["model"] == "sentiment" and out[0]["labels"][0] == "negative"
+
+
+def test_feature_bins_are_exported_by_the_monitor_not_per_request(tiny_run, caplog):
+    """TorchServe's own metrics cache with the shipped metrics.yaml: every DriftFeatureBin series
+    is declared at zero at load; a request emits its per-request series but no bin lines; the
+    monitor's export (run by its thread after each persist) emits the counts of all of them."""
+    metrics = MetricsCacheYamlImpl(str(ROOT / "metrics.yaml"))
+    metrics.initialize_cache()
+    ctx = make_context(tiny_run, {"handler": {"persist_every_s": 3600}})  # no tick in the test
+    ctx.metrics = metrics
+    handler = SentimentHandler()
+    with caplog.at_level("INFO"):
+        handler.initialize(ctx)
+        names = handler.runtime.monitor.reference.names
+        declared = bin_lines(caplog)
+        assert len(declared) == len(names) * BINS and {v for _, v in declared} == {0}
+        caplog.clear()
+        texts = ["what a lovely day", "the worst service", "markets closed flat", "ok"]
+        run(handler, ctx, [("text/plain", t.encode()) for t in texts])
+        assert "[METRICS]DriftRequests" in caplog.text and not bin_lines(caplog)
+        handler.runtime.monitor.export()
+    per_feature: dict[str, int] = {}
+    for feature, value in bin_lines(caplog):
+        per_feature[feature] = per_feature.get(feature, 0) + value
+    assert per_feature == {name: len(texts) for name in names}
+    handler.runtime.monitor.close()
+
+
+def bin_lines(caplog) -> list[tuple[str, int]]:
+    """(feature, count) of each DriftFeatureBin line TorchServe's metrics logger wrote."""
+    found = re.findall(r"\[METRICS\]DriftFeatureBin\.Count:(\d+)\|#[^|]*Feature:([^,|]+)",
+                       caplog.text)
+    return [(feature, int(value)) for value, feature in found]
