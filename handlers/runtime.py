@@ -318,8 +318,7 @@ class ModelRuntime:
             "labels": self.labels,
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-            "compute": ("bfloat16 autocast, Linear weights stored in bf16" if self.cpu_autocast
-                        else None),
+            "compute": "bfloat16 autocast" if self.cpu_autocast else None,
             "settings": asdict(self.settings),
             "stats": self.monitor.describe() if self.monitor else None,
         }
