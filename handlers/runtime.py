@@ -122,8 +122,9 @@ def cpu_has_bf16() -> bool:
 
 def compute_dtype(settings_dtype: str, device: torch.device) -> tuple[torch.dtype, bool]:
     """(weight dtype, bf16 autocast on CPU). On GPU the weights take the archive's dtype. On CPU
-    weights stay float32; `bfloat16` turns on bf16 autocast where the CPU has native bf16 (same
-    answers, ~2.5x at batch 8: bench/results/precision-cpu.md), else float32 with one log line."""
+    weights load in float32; `bfloat16` turns on bf16 autocast where the CPU has native bf16 (its
+    accuracy within 0.3 points, ~2.3x at batch 8: bench/results/precision-cpu.md), else float32
+    with one log line."""
     if device.type == "cuda":
         return DTYPES[settings_dtype], False
     if settings_dtype == "bfloat16" and cpu_has_bf16():
@@ -137,8 +138,8 @@ def compute_dtype(settings_dtype: str, device: torch.device) -> tuple[torch.dtyp
 
 def store_linear_weights_bf16(model: torch.nn.Module) -> None:
     """Autocast rounds every Linear weight to bf16 on every forward (it caches casts only for
-    weights that require grad). Rounding them once gives the same answers, bit for bit, for
-    ~1.4x at batch 1; embeddings and LayerNorms stay float32, as autocast leaves them."""
+    weights that require grad). Rounding them once gives the same answers, bit for bit, and
+    1.3x at batch 1 (bench/results/precision-cpu.md); embeddings and LayerNorms stay float32."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.to(torch.bfloat16)
