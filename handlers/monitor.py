@@ -45,8 +45,8 @@ class TrafficMonitor:
         self._checked_at_seen = 0  # this worker's request count at its last scheduled check
         self.edges = bin_edges(reference.features)  # fixed by the archive: alike on replicas
         self.bins = np.zeros((len(reference.names), BINS), np.int64)  # since the last drain
-        # Run after each persist, on this thread: the handler's bin-counter flush, so a request
-        # never pays for one metrics line per feature.
+        # Run on this thread each tick that has bin counts to drain: the handler's flush of its
+        # bin counters, so a request never pays for one metrics line per feature.
         self.export: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(persist_every_s,), daemon=True,
@@ -93,18 +93,18 @@ class TrafficMonitor:
         return result
 
     def _loop(self, every: float) -> None:
-        """Persist (and export) when there is news; check at most once per `check_every` of this
-        worker's requests (the false-alarm bound counts checks, not seconds)."""
+        """Persist when there is news; check at most once per `check_every` of this worker's
+        requests (the false-alarm bound counts checks, not seconds); export undrained bin counts
+        (a describe persists too, so those are not tied to this loop's persist)."""
         while not self._stop.wait(every):
-            if not self._dirty:
-                continue
             try:
-                self.persist()
-                seen = self.window.seen
-                if seen - self._checked_at_seen >= self.drift.check_every:
-                    self._checked_at_seen = seen
-                    self.check()
-                if self.export is not None:
+                if self._dirty:
+                    self.persist()
+                    seen = self.window.seen
+                    if seen - self._checked_at_seen >= self.drift.check_every:
+                        self._checked_at_seen = seen
+                        self.check()
+                if self.export is not None and self.bins.any():
                     self.export()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down
                 log.exception("traffic monitor update failed")

@@ -43,12 +43,16 @@ def test_monitor_can_be_switched_off(tiny_run):
     assert rt.predict(["fine"])[0]["label"]
 
 
-def test_the_monitor_thread_exports_after_each_persist(tiny_run, tmp_path):
-    settings = RuntimeSettings(stats_dir=str(tmp_path), persist_every_s=0.05)
+def test_the_monitor_thread_exports_what_requests_counted(tiny_run, tmp_path):
+    settings = RuntimeSettings(stats_dir=str(tmp_path), persist_every_s=0.5)
     rt = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
     exported = threading.Event()
-    rt.monitor.export = exported.set  # the handler's metrics flush
-    assert not exported.wait(0.3)  # nothing new, nothing exported
+    rt.monitor.export = lambda: (rt.monitor.drain_bins(), exported.set())  # the handler's flush
+    assert not exported.wait(1.2)  # two ticks: nothing counted, nothing exported
     rt.predict(["a fine day"])
     assert exported.wait(10) and rt.monitor.path.exists()
+    exported.clear()
+    rt.predict(["another day"])
+    rt.describe()  # persists in this thread: the loop finds no news, yet the counts go out
+    assert exported.wait(10)
     rt.monitor.close()
