@@ -152,7 +152,7 @@ class SentimentHandler:
         """DriftFeatureBin{Feature, Bin}: requests per reference-decile bin, which Prometheus
         sums over replicas. Every series is declared once at zero (at load), so an increase()
         over a range counts the first requests too. After that the monitor's thread flushes the
-        counts with each persist (about once a second): a line per feature per batch cost 10-20 %
+        pending counts about once a second: a line per feature per batch had cost 10-20 %
         of served throughput (bench/serve.py). A worker that stops loses at most that second."""
         monitor = self.runtime.monitor
         if monitor is None:

@@ -54,7 +54,7 @@ def test_describe_returns_a_dict(handler_and_context):
 def test_feature_bins_are_exported_by_the_monitor_not_per_request(tiny_run, caplog):
     """TorchServe's own metrics cache with the shipped metrics.yaml: every DriftFeatureBin series
     is declared at zero at load; a request emits its per-request series but no bin lines; the
-    monitor's export (run by its thread after each persist) emits the counts of all of them."""
+    monitor's export (run by its thread about once a second) emits the counts of all of them."""
     metrics = MetricsCacheYamlImpl(str(ROOT / "metrics.yaml"))
     metrics.initialize_cache()
     ctx = make_context(tiny_run, {"handler": {"persist_every_s": 3600}})  # no tick in the test
