@@ -122,11 +122,10 @@ class TorchServe:
                         self.key_file.exists() or not self.token_auth):
                     return self
                 time.sleep(0.25)
-        except BaseException:  # Ctrl-C or SIGTERM while starting: no server left behind
+            raise TimeoutError(f"TorchServe did not start in {timeout}s; see {self.log_path}")
+        except BaseException:  # and Ctrl-C or SIGTERM while starting: no server left behind
             self.stop()
             raise
-        self.stop()
-        raise TimeoutError(f"TorchServe did not start in {timeout}s; see {self.log_path}")
 
     def log_tail(self, n: int = 40) -> str:
         try:
