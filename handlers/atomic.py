@@ -14,11 +14,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """`data` appears whole under `path`, or `path` keeps what it held: a process killed mid-write
     leaves at most a hidden temporary file. The file is created mode 0600 (mkstemp).
-    `sync_dir=False` skips fsyncing the directory after the rename (the rename itself stays
-    atomic, only its durability across a power loss is not waited for)."""
+    `durable=False` skips both fsyncs (of the file, and of the directory after the rename): the
+    write stays atomic for readers and killed writers, only a power loss may lose it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,10 +26,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> Non
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if sync_dir:
+    if durable:
         fsync_dir(path.parent)

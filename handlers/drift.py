@@ -10,6 +10,7 @@ a union bound over scales and checks gives P(first alarm <= h) <= h / (2 ert), s
 run length to a false alarm on in-domain traffic is at least `ert` requests (bench/drift.py
 measures it on real traffic)."""
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -84,10 +85,10 @@ def corrected(p_values: list[float], method: str) -> list[float]:
     return out.tolist()
 
 
-def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Match | None
-                  ) -> list[dict[str, Any]]:
+def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Match | None,
+                  below: float | None = None) -> list[dict[str, Any]]:
     """KS per feature: the two-sample test (as scipy's ks_2samp in its asymptotic mode), or
-    the weighted one when matched."""
+    the weighted one when matched. `below`: see ks_p_values."""
     tests = []
     for name, ref_values in reference["features"].items():
         values = np.asarray(window["features"].get(name, []), dtype=float)
@@ -102,7 +103,7 @@ def feature_tests(reference: dict[str, Any], window: dict[str, Any], match: Matc
                           "p_value": p_value})
     if match is None and tests:  # one vectorised p-value call: most of a check's cost else
         sizes = (len(reference["classes"]), len(window["classes"]))
-        for test, p in zip(tests, ks_p_values([t["statistic"] for t in tests], *sizes)):
+        for test, p in zip(tests, ks_p_values([t["statistic"] for t in tests], *sizes, below)):
             test["p_value"] = p
     return tests
 
@@ -116,14 +117,32 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(np.clip(-diffs.min(), 0, 1), diffs.max()))
 
 
-def ks_p_values(distances: list[float], n1: int, n2: int) -> list[float]:
+def ks_p_values(distances: list[float], n1: int, n2: int, below: float | None = None
+                ) -> list[float | None]:
     """p-values of two-sample KS distances, as scipy.stats.ks_2samp(method="asymp") gives them
-    (its default exact mode, for samples up to 10,000, cost most of a check)."""
+    (its default exact mode, for samples up to 10,000, cost most of a check). With `below`,
+    only those that may fall under it (the others: None): scipy's exact algorithms are slowest
+    for small distances, whose large p-values cannot change a decision (see window_test)."""
     from scipy import stats  # here, so the runtime imports on hosts without scipy (bench/gpu.py)
 
     big, small = sorted([float(n1), float(n2)], reverse=True)
-    p = stats.kstwo.sf(np.asarray(distances, dtype=float), np.round(big * small / (big + small)))
-    return np.clip(p, 0, 1).astype(float).tolist()
+    size = float(np.round(big * small / (big + small)))
+    d = np.asarray(distances, dtype=float)
+    todo = np.ones(len(d), bool) if below is None else d >= surely_not_below(below, size)
+    p = np.ones(len(d))
+    if todo.any():
+        p[todo] = np.clip(stats.kstwo.sf(d[todo], size), 0, 1)
+    return [float(x) if t else None for x, t in zip(p, todo)]
+
+
+@functools.lru_cache(maxsize=1024)
+def surely_not_below(p: float, size: float) -> float:
+    """A KS distance under which the p-value at this effective size is surely >= p: 2 % under
+    scipy's inverse, as the p-value falls as the distance grows. Few (p, size) pairs recur
+    (a threshold per number of scales, a size per scale), so each is solved once."""
+    from scipy import stats
+
+    return 0.98 * float(stats.kstwo.isf(p, size))
 
 
 def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | None
@@ -148,17 +167,21 @@ def chi2_test(reference: dict[str, Any], window: dict[str, Any], match: Match | 
 
 
 def homogeneity(window: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
-    """(total-variation distance, chi-square, p) of a two-sample chi-square on counts."""
-    from scipy import stats
+    """(total-variation distance, chi-square, p) of a two-sample chi-square on counts: scipy's
+    chi2_contingency(correction=False) written out, as its wrapper cost more than the test in
+    a monitor's check."""
+    from scipy import special
 
     window, reference = np.asarray(window, float), np.asarray(reference, float)
     table = np.vstack([window, reference])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or window.sum() <= 0 or reference.sum() <= 0:
         return 0.0, 0.0, 1.0
-    chi2, p_value = stats.chi2_contingency(table, correction=False)[:2]
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    p_value = float(special.chdtrc(table.shape[1] - 1, chi2))  # dof (2 - 1)(columns - 1)
     tv = 0.5 * float(np.abs(window / window.sum() - reference / reference.sum()).sum())
-    return tv, float(chi2), float(p_value)
+    return tv, chi2, p_value
 
 
 def novelty_test(novelty_p: np.ndarray, calibration_n: float) -> dict[str, Any]:
@@ -188,41 +211,51 @@ def newest(window: dict[str, Any], n: int) -> dict[str, Any]:
 
 def window_test(reference: dict[str, Any], window: dict[str, Any], settings: DriftSettings,
                 threshold: float, class_test: bool = True,
-                novelty_p: np.ndarray | None = None) -> dict[str, Any]:
+                novelty_p: np.ndarray | None = None, decision_only: bool = False
+                ) -> dict[str, Any]:
     """Every test on one window; a test fires when its corrected p < threshold and its distance
-    >= min_effect. One domain: exactly scipy's asymptotic ks_2samp and chi2_contingency."""
+    >= min_effect. One domain: exactly scipy's asymptotic ks_2samp and chi2_contingency.
+
+    `decision_only` leaves out the KS p-values that are surely >= threshold (None): such a
+    p-value can neither fire nor, as Benjamini-Hochberg's p * m / rank >= p, lower another's
+    corrected p under the threshold, so the decision is the same; corrected p-values are then
+    reported only where they are under the threshold."""
     n = len(window["classes"])
     domains = served_domains(reference)
     match = mixture_match(reference, window, novelty_p) if n >= 2 and len(domains) > 1 else None
-    tests = feature_tests(reference, window, match) if n >= 2 else []
+    tests = feature_tests(reference, window, match,
+                          threshold if decision_only else None) if n >= 2 else []
     if class_test and n >= 2:
         tests.append(chi2_test(reference, window, match))
     if match is not None:
         tests.append(novelty_test(match.novelty_p, match.calibration_n))
-    for test, p_adj in zip(tests, corrected([t["p_value"] for t in tests],
-                                            settings.correction)):
-        test["p_corrected"] = p_adj
+    raw = [1.0 if t["p_value"] is None else t["p_value"] for t in tests]
+    for test, p_adj in zip(tests, corrected(raw, settings.correction)):
+        test["p_corrected"] = None if decision_only and p_adj >= threshold else p_adj
         test["fires"] = bool(p_adj < threshold and test["statistic"] >= settings.min_effect)
     shares = match.shares if match is not None else np.full(len(domains), 1.0 if n else 0.0)
+    known = [t["p_corrected"] for t in tests if t["p_corrected"] is not None]
     return {"n": n, "tests": tests, "mixture_matched": match is not None,
             "served_mix": {d: round(float(s), 4) for d, s in zip(domains, shares)},
-            "p_min": min((t["p_corrected"] for t in tests), default=1.0),
+            "p_min": min(known, default=None if decision_only else 1.0),
             "fired": sorted((t for t in tests if t["fires"]), key=lambda t: t["p_corrected"])}
 
 
 def drift_test(reference: dict[str, Any], window: dict[str, Any],
-               settings: DriftSettings, class_test: bool = True) -> dict[str, Any]:
+               settings: DriftSettings, class_test: bool = True,
+               decision_only: bool = False) -> dict[str, Any]:
     """`reference`/`window`: {"features": {name: [values]}, "classes": [label index per row],
     "labels": [names]}, window rows oldest first; a reference of several served domains adds
     "domains": [names] and "domain_index": [domain per row] (and may keep a fitted "novelty").
     Scans the newest settings.scales(n) requests; returns the decision with every statistic
     behind it (those of the firing scale, else of the whole window). `class_test=False` leaves
-    out the chi-square test (for comparing feature sets)."""
+    out the chi-square test (for comparing feature sets); `decision_only` (the monitor's
+    background checks) the same decision, with fewer p-values (see window_test)."""
     n = len(window["classes"])
     threshold = settings.threshold(n)
     rows = novelty_rows(reference, window)
     scans = [window_test(reference, newest(window, k), settings, threshold, class_test,
-                         None if rows is None else rows[-k:])
+                         None if rows is None else rows[-k:], decision_only)
              for k in settings.scales(n)]
     firing = [s for s in scans if s["fired"]]
     if firing:

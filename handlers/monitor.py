@@ -15,7 +15,14 @@ from handlers.bins import BINS, bin_counts, bin_edges
 from handlers.calibration import estimated_accuracy
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference, feature_matrix
-from handlers.stats import SUFFIX, FeatureWindow, current_server, merge_windows, summarize
+from handlers.stats import (
+    SUFFIX,
+    FeatureWindow,
+    current_server,
+    merge_windows,
+    save_window,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +78,20 @@ class TrafficMonitor:
 
     def persist(self) -> None:
         with self.lock:
-            snapshot = self.window.copy()
+            arrays, seen = self.window.arrays(), self.window.seen
             self._dirty = False
-        snapshot.save(self.path, {"capacity": self.capacity})
+        save_window(self.path, arrays, self.window.names, seen, {"capacity": self.capacity})
 
     def merged(self) -> dict[str, Any]:
         return merge_windows(self.directory, self.capacity, self.server)
 
-    def check(self) -> dict[str, Any]:
+    def check(self, decision_only: bool = False) -> dict[str, Any]:
+        """`decision_only`: for the metrics alone (see drift_test), a third of the full cost."""
         merged = self.merged()
         window = {"classes": merged["classes"],
                   "features": {n: merged["features"][:, i] for i, n in enumerate(merged["names"])}}
-        result = drift_test(self.reference_input, window, self.drift)
+        result = drift_test(self.reference_input, window, self.drift,
+                            decision_only=decision_only)
         probs = merged["features"][:, [merged["names"].index(f"p_{label}")
                                        for label in self.reference.labels]] \
             if merged["names"] else np.zeros((0, len(self.reference.labels)))
@@ -103,7 +112,7 @@ class TrafficMonitor:
                     seen = self.window.seen
                     if seen - self._checked_at_seen >= self.drift.check_every:
                         self._checked_at_seen = seen
-                        self.check()
+                        self.check(decision_only=True)  # the gauges need no more
                 if self.export is not None and self.bins.any():
                     self.export()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down

@@ -26,54 +26,61 @@ SUFFIX = ".window.npz"
 class FeatureWindow:
     """The last `capacity` requests' features: memory stays flat however much traffic comes.
     With `capture` > 0 the texts of the last `capture` requests are kept too (opt-in, for
-    labelling): they belong to the window's last rows, at most capture x max_chars characters."""
+    labelling): they belong to the window's last rows, at most capture x max_chars characters.
+    Rows live in preallocated rings, so a snapshot for persisting is a copy of three arrays."""
 
     def __init__(self, names: list[str], capacity: int, capture: int = 0) -> None:
         self.names = list(names)
         self.capacity = capacity
-        self.rows: deque[np.ndarray] = deque(maxlen=capacity)
-        self.classes: deque[int] = deque(maxlen=capacity)
-        self.times: deque[float] = deque(maxlen=capacity)
+        self._features = np.zeros((capacity, len(self.names)), np.float32)
+        self._classes = np.zeros(capacity, np.int16)
+        self._times = np.zeros(capacity, np.float64)
+        self._next = 0  # the ring slot the next row goes to
+        self.size = 0
         self.texts: deque[str] = deque(maxlen=min(capture, capacity))
         self.seen = 0
 
     def add(self, features: np.ndarray, classes: list[int],
             texts: list[str] | None = None) -> None:
-        now = time.time()
-        for row, cls in zip(np.asarray(features, dtype=np.float32), classes):
-            self.rows.append(row)
-            self.classes.append(int(cls))
-            self.times.append(now)
+        if self.texts.maxlen and (texts is None or len(texts) != len(classes)):
+            raise ValueError("capture is on: add() needs one text per row")
+        n = len(classes)
+        rows = np.asarray(features, dtype=np.float32).reshape(n, len(self.names))
+        keep = min(n, self.capacity)
+        slots = (self._next + np.arange(n - keep, n)) % self.capacity
+        self._features[slots] = rows[n - keep:]
+        self._classes[slots] = np.asarray(classes[n - keep:], dtype=np.int16)
+        self._times[slots] = time.time()
+        self._next = (self._next + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
         if self.texts.maxlen:
-            if texts is None or len(texts) != len(classes):
-                raise ValueError("capture is on: add() needs one text per row")
             self.texts.extend(texts)
-        self.seen += len(classes)
-
-    def copy(self) -> "FeatureWindow":
-        out = FeatureWindow(self.names, self.capacity, self.texts.maxlen or 0)
-        for name in ("rows", "classes", "times", "texts"):
-            getattr(out, name).extend(getattr(self, name))
-        out.seen = self.seen
-        return out
+        self.seen += n
 
     def arrays(self) -> dict[str, np.ndarray]:
-        width = len(self.names)
+        """Copies, oldest row first."""
+        order = (self._next - self.size + np.arange(self.size)) % self.capacity
         return {
-            "features": np.stack(self.rows) if self.rows else np.zeros((0, width), np.float32),
-            "classes": np.asarray(self.classes, dtype=np.int16),
-            "times": np.asarray(self.times, dtype=np.float64),
+            "features": self._features[order],
+            "classes": self._classes[order],
+            "times": self._times[order],
             "texts": np.asarray(list(self.texts), dtype=np.str_),  # unicode array: no pickle
         }
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        """Write beside, fsync, rename: a worker killed mid-write leaves the old file intact."""
-        buf = io.BytesIO()
-        owner = {"worker": process_identity(os.getpid()),
-                 "server": process_identity(os.getppid())}
-        np.savez(buf, **self.arrays(), meta=np.asarray(json.dumps(
-            {**owner, **meta, "names": self.names, "seen": self.seen, "pid": os.getpid()})))
-        atomic_write_bytes(path, buf.getvalue(), sync_dir=False)
+        save_window(path, self.arrays(), self.names, self.seen, meta)
+
+
+def save_window(path: Path, arrays: dict[str, np.ndarray], names: list[str], seen: int,
+                meta: dict[str, Any]) -> None:
+    """Write beside, rename: a worker killed mid-write leaves the old file intact. Not fsynced:
+    a window outlives no crash of its server (see live_windows), so waiting for the disk
+    each second bought nothing."""
+    buf = io.BytesIO()
+    owner = {"worker": process_identity(os.getpid()), "server": process_identity(os.getppid())}
+    np.savez(buf, **arrays, meta=np.asarray(json.dumps(
+        {**owner, **meta, "names": names, "seen": seen, "pid": os.getpid()})))
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 def read_window(path: Path) -> dict[str, Any] | None:

@@ -127,3 +127,35 @@ def test_one_domain_is_exactly_scipys_two_sample_ks_and_chi_square():
         assert result["tests"][2]["chi2"] == pytest.approx(chi2)
         assert result["tests"][2]["p_value"] == pytest.approx(p_value)
         assert result["served_mix"] == {domain: 1.0} and not result["mixture_matched"]
+
+
+def test_decision_only_decides_exactly_as_the_full_test_with_fewer_p_values():
+    """The monitor's background check skips the KS p-values that are surely over the threshold:
+    on quiet, borderline and drifted windows it must fire (or not) exactly as the full test."""
+    from handlers.drift import ks_p_values
+
+    rng = np.random.default_rng(11)
+    names = [f"f{i}" for i in range(8)]
+    ref = {"labels": LABELS, "classes": rng.choice(3, size=800, p=(0.3, 0.4, 0.3)),
+           "features": {n: rng.normal(0, 1, 800) for n in names}}
+    outcomes, skipped = set(), 0
+    for trial in range(60):
+        n, shift = int(rng.integers(50, 1500)), float(rng.choice([0.0, 0.15, 0.25, 0.35, 0.6]))
+        window = {"labels": LABELS, "classes": rng.choice(3, size=n, p=(0.3, 0.4, 0.3)),
+                  "features": {m: rng.normal(shift if i < 2 else 0.0, 1, n)
+                               for i, m in enumerate(names)}}
+        full = drift_test(ref, window, DriftSettings())
+        quick = drift_test(ref, window, DriftSettings(), decision_only=True)
+        for key in ("is_drift", "fired", "fired_window", "rule", "max_ks", "window_size"):
+            assert quick[key] == full[key], (trial, key)
+        for q, f in zip(quick["scales"], full["scales"]):
+            assert q["fires"] == f["fires"]
+            assert q["p_min"] == (f["p_min"] if f["p_min"] < full["threshold"] else None)
+        skipped += sum(t["p_value"] is None for t in quick["tests"])
+        outcomes.add(full["is_drift"])
+    assert outcomes == {True, False} and skipped > 0
+    d = np.linspace(0.0, 0.4, 81)  # across the critical distance of p = 1e-4 at these sizes
+    exact, some = ks_p_values(list(d), 800, 200), ks_p_values(list(d), 800, 200, below=1e-4)
+    assert all(s == e for s, e in zip(some, exact) if s is not None)
+    assert all(e >= 1e-4 for s, e in zip(some, exact) if s is None)
+    assert any(s is None for s in some) and any(s is not None and s < 1e-4 for s in some)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from handlers.stats import (
     SUFFIX,
@@ -35,6 +36,32 @@ def test_window_is_bounded():
     arrays = w.arrays()
     assert arrays["features"].shape == (10, 2) and w.seen == 3000
     assert arrays["features"][-1, 0] == 999
+
+
+def test_window_keeps_the_newest_rows_oldest_first_across_wraps():
+    """The ring against a plain list, batches of every size (also over the capacity)."""
+    rng = np.random.default_rng(0)
+    w, rows, classes = FeatureWindow(NAMES, capacity=7, capture=3), [], []
+    for size in [1, 3, 7, 2, 9, 0, 5, 6, 1, 13, 4]:
+        batch = rng.normal(size=(size, 2)).astype(np.float32)
+        labels = rng.integers(0, 3, size).tolist()
+        w.add(batch, labels, [f"t{len(classes) + i}" for i in range(size)])
+        rows += batch.tolist()
+        classes += labels
+        arrays = w.arrays()
+        assert arrays["features"].tolist() == rows[-7:] and arrays["classes"].tolist() == classes[-7:]
+        assert arrays["texts"].tolist() == [f"t{i}" for i in range(len(classes))][-3:]
+        assert list(arrays["times"]) == sorted(arrays["times"]) and w.seen == len(classes)
+    arrays["features"][:] = 0  # a copy: the window keeps its rows
+    assert w.arrays()["features"].tolist() == rows[-7:]
+
+
+def test_window_refuses_rows_without_texts_when_capturing_and_keeps_its_rows():
+    w = FeatureWindow(NAMES, capacity=5, capture=2)
+    w.add(np.ones((2, 2), np.float32), [0, 1], ["a", "b"])
+    with pytest.raises(ValueError, match="one text per row"):
+        w.add(np.zeros((1, 2), np.float32), [2])
+    assert w.arrays()["features"].tolist() == [[1, 1], [1, 1]] and w.seen == 2
 
 
 def test_save_read_round_trip_leaves_no_temp_files(tmp_path):
