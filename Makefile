@@ -30,7 +30,7 @@ demo-v1: setup
 	$(BIN)/python -m trainer demo
 
 # Serving throughput/latency, rows a-f side by side (float32 and bf16) plus an attention x threads
-# trial (bench/results/serve.*; ~14 min).
+# trial (bench/results/serve.*; ~20 min).
 bench: setup
 	$(BIN)/python bench/serve.py
 

@@ -12,7 +12,8 @@ Rows, all in one run on one model (MiniLM + a rank-16 LoRA on query/value) and o
      TorchServe batch size 1, PEFT adapter unmerged
   c  the product handler serving the unmerged adapter (what merging buys)
   d  ModelRuntime.forward in this process, no server (the ceiling): at batch 1 (against
-     concurrency 1) and at a's batch size (against concurrency 8 and 32)
+     concurrency 1) and at a's batch size (against concurrency 8 and 32), taking its turns in
+     the same rounds as the served rows (best turn kept, as for them)
   e  a archived with dtype bfloat16: bf16 autocast where the CPU has native bf16
   f  d with dtype bfloat16, through the same ModelRuntime (the runtime's own bf16 path)
 Each product row records what its runtime reports computing in (describe()), so a CPU without
@@ -90,7 +91,7 @@ class Scale:
     trial: tuple[int, int] = (150, 600)  # texts per trial cell at batch 1 and at a's batch size
 
 
-FULL = Scale(requests={1: 300, 8: 1200, 32: 1600}, warmup=128, rounds=2)
+FULL = Scale(requests={1: 300, 8: 1200, 32: 1600}, warmup=128, rounds=3)
 QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8, trial=(8, 16))
 SWEEP = Scale(requests={1: 200, 8: 800}, warmup=128)
 
@@ -204,14 +205,6 @@ def load_runtime(run: Path, dtype: str, threads: int) -> ModelRuntime:
                                                            monitor=False))
 
 
-def forward_rows(run: Path, texts: list[str], dtype: str, settings: ArchiveSettings,
-                 sc: Scale) -> list[dict[str, Any]]:
-    """Rows d and f: batch 1 (against concurrency 1) and a's batch size (against the rest)."""
-    runtime = load_runtime(run, dtype, settings.threads)
-    return [in_process(runtime, texts, size, n, sc.warmup)
-            for size, n in ((1, sc.requests[1]), (settings.batch_size, max(sc.requests.values())))]
-
-
 def in_process(runtime: ModelRuntime, texts: list[str], batch_size: int, n: int,
                warmup: int) -> dict[str, Any]:
     """Forward only (no monitor, no server), batches of `batch_size` back to back."""
@@ -272,17 +265,36 @@ def trial(run: Path, texts: list[str], dtypes: tuple[str, ...], batch_size: int,
 
 
 def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: list[str],
-               sc: Scale, describe: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
+               sc: Scale, describe: tuple[str, ...] = (),
+               forward: dict[str, ModelRuntime] | None = None,
+               batch_size: int = 8) -> dict[str, list[dict[str, Any]]]:
     """All models registered side by side (idle workers cost no CPU) and warmed; then each
     concurrency drives every model in turn, `sc.rounds` times in alternating order, keeping the
     best round per row (errors of every round are kept), so that warm-up of the JVM and
     background noise favour no row. Rows in `describe` (product handlers) carry what their
-    worker reports computing in."""
+    worker reports computing in. `forward` rows (in process, this machine's load changes by
+    tens of % within a run) take their turns in the same rounds: batch 1 at concurrency 1,
+    `batch_size` at the others, the best of all those turns kept."""
     client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
     key = json.loads(server.key_file.read_text())["inference"]["key"]
     names = {row: Path(mar).name.split(".")[0] for row, (mar, _) in models.items()}
-    rows: dict[str, list[dict[str, Any]]] = {row: [] for row in models}
+    forward = forward or {}
+    order = list(models) + list(forward)
+    rows: dict[str, list[dict[str, Any]]] = {row: [] for row in order}
     described: dict[str, dict[str, str]] = {}
+    fastest: dict[tuple[str, int], dict[str, Any]] = {}  # (in-process row, batch) -> best
+
+    def measure(row: str, concurrency: int, n: int) -> dict[str, Any]:
+        if row in forward:
+            size = 1 if concurrency == 1 else batch_size
+            result = in_process(forward[row], texts, size, n, sc.warmup)
+            if (row, size) not in fastest or \
+                    result["throughput"] > fastest[row, size]["throughput"]:
+                fastest[row, size] = result
+            return result
+        return {**drive(server.inference_url, key, f"/predictions/{names[row]}", texts,
+                        concurrency, n), **described.get(row, {})}
+
     try:
         for row, (mar, workers) in models.items():
             client.register(mar, names[row], workers=workers)
@@ -293,9 +305,8 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
         for concurrency, n in sc.requests.items():
             best: dict[str, dict[str, Any]] = {}
             for round_ in range(sc.rounds):
-                for row in (list(models) if round_ % 2 == 0 else list(models)[::-1]):
-                    result = {**drive(server.inference_url, key, f"/predictions/{names[row]}",
-                                      texts, concurrency, n), **described.get(row, {})}
+                for row in (order if round_ % 2 == 0 else order[::-1]):
+                    result = measure(row, concurrency, n)
                     print(f"{row} c={concurrency:>2}: {result['throughput']:7.1f} req/s  p50 "
                           f"{result['p50_ms']:6.1f} ms  p95 {result['p95_ms']:6.1f} ms  "
                           f"errors {result['errors']}", file=sys.stderr)
@@ -307,6 +318,8 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
                     best[row]["errors"] = errors
             for row in models:
                 rows[row].append(best[row])
+        for row in forward:
+            rows[row] = [fastest[row, 1], fastest[row, batch_size]]
     finally:
         for name in names.values():
             try:
@@ -428,9 +441,9 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
     bf16 = dataclasses.replace(settings, dtype="bfloat16")  # `trainer archive --dtype bfloat16`
     texts, run, adapter = prepare(base_dir, work, sc)
     store = work / "store"
-    forward = {"d": forward_rows(run, texts, settings.dtype, settings, sc),
-               "f": forward_rows(run, texts, bf16.dtype, settings, sc)}
-    dtypes = (settings.dtype,) + ((bf16.dtype,) if forward["f"][0]["compute"] == BF16 else ())
+    forward = {"d": load_runtime(run, settings.dtype, settings.threads),
+               "f": load_runtime(run, bf16.dtype, settings.threads)}
+    dtypes = (settings.dtype,) + ((bf16.dtype,) if forward["f"].cpu_autocast else ())
     trial_result = trial(run, texts, dtypes, settings.batch_size, sc)
     build_archive(run, "product", "1", store, settings, allow_weak=True)  # speed, not accuracy
     build_archive(adapter, "unmerged", "1", store, dataclasses.replace(settings, merge=False),
@@ -441,10 +454,11 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
               "c": ("unmerged.v1.mar", settings.min_workers), "e": ("bf16.v1.mar", bf16.min_workers)}
     server = start_server(work)
     try:
-        served = serve_rows(server, models, texts, sc, describe=("a", "c", "e"))
+        served = serve_rows(server, models, texts, sc, describe=("a", "c", "e"),
+                            forward=forward, batch_size=settings.batch_size)
     finally:
         server.stop()
-    rows = {row: {**served, **forward}[row] for row in ROWS}
+    rows = {row: served[row] for row in ROWS}
     failed = [f"{row} c={x['concurrency']}: {x['first_error']}" for row, xs in rows.items()
               for x in xs if x["errors"]]
     if failed:  # a row that answered errors measured nothing worth reporting
