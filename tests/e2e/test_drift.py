@@ -2,6 +2,7 @@
 held-out nyt traffic and firing on tweets, Prometheus series on the metrics port."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -94,6 +95,14 @@ def test_prometheus_exposes_the_drift_series(server, client, two_worker_models):
                    "DriftAlarm", "DriftWindowSize", "DriftEstimatedAccuracy", "DriftFeatureBin"):
         assert series in text, series
     assert 'ModelName="drift_tweets"' in text and "Label=" in text
+
+    def alarm(model: str, text: str) -> float | None:
+        found = re.search(r'^DriftAlarm\{[^}]*ModelName="' + model + r'"[^}]*\} (\S+)$', text,
+                          re.MULTILINE)
+        return None if found is None else float(found.group(1))
+
+    # The workers' background checks (decision only) fire on tweets, as `trainer drift` does.
+    assert alarm("drift_tweets", until(scrape, lambda t: alarm("drift_tweets", t) == 1.0)) == 1.0
 
 
 def test_drift_cli_errors_cleanly(server):
