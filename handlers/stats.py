@@ -74,8 +74,8 @@ class FeatureWindow:
 def save_window(path: Path, arrays: dict[str, np.ndarray], names: list[str], seen: int,
                 meta: dict[str, Any]) -> None:
     """Write beside, rename: a worker killed mid-write leaves the old file intact. Not fsynced:
-    a window outlives no crash of its server (see live_windows), so waiting for the disk
-    each second bought nothing."""
+    only a power loss could then lose the last writes, and a new server run starts its windows
+    afresh anyway (see live_windows), so waiting for the disk each second bought nothing."""
     buf = io.BytesIO()
     owner = {"worker": process_identity(os.getpid()), "server": process_identity(os.getppid())}
     np.savez(buf, **arrays, meta=np.asarray(json.dumps(
