@@ -280,20 +280,16 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
     names = {row: Path(mar).name.split(".")[0] for row, (mar, _) in models.items()}
     forward = forward or {}
     order = list(models) + list(forward)
-    rows: dict[str, list[dict[str, Any]]] = {row: [] for row in order}
     described: dict[str, dict[str, str]] = {}
-    fastest: dict[tuple[str, int], dict[str, Any]] = {}  # (in-process row, batch) -> best
+    # (row, concurrency) for a served row, (row, batch size) for an in-process one -> best turn
+    best: dict[tuple[str, int], dict[str, Any]] = {}
 
-    def measure(row: str, concurrency: int, n: int) -> dict[str, Any]:
+    def measure(row: str, concurrency: int, n: int) -> tuple[int, dict[str, Any]]:
         if row in forward:
             size = 1 if concurrency == 1 else batch_size
-            result = in_process(forward[row], texts, size, n, sc.warmup)
-            if (row, size) not in fastest or \
-                    result["throughput"] > fastest[row, size]["throughput"]:
-                fastest[row, size] = result
-            return result
-        return {**drive(server.inference_url, key, f"/predictions/{names[row]}", texts,
-                        concurrency, n), **described.get(row, {})}
+            return size, in_process(forward[row], texts, size, n, sc.warmup)
+        return concurrency, {**drive(server.inference_url, key, f"/predictions/{names[row]}",
+                                     texts, concurrency, n), **described.get(row, {})}
 
     try:
         for row, (mar, workers) in models.items():
@@ -303,23 +299,21 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
                 worker = client.describe(names[row], customized=True)[0]["customizedMetadata"]
                 described[row] = {"compute": compute_of(worker)}
         for concurrency, n in sc.requests.items():
-            best: dict[str, dict[str, Any]] = {}
             for round_ in range(sc.rounds):
                 for row in (order if round_ % 2 == 0 else order[::-1]):
-                    result = measure(row, concurrency, n)
+                    slot, result = measure(row, concurrency, n)
                     print(f"{row} c={concurrency:>2}: {result['throughput']:7.1f} req/s  p50 "
                           f"{result['p50_ms']:6.1f} ms  p95 {result['p95_ms']:6.1f} ms  "
                           f"errors {result['errors']}", file=sys.stderr)
                     if result["errors"]:
                         print(server.log_tail(30), file=sys.stderr)
-                    errors = result["errors"] + best.get(row, {}).get("errors", 0)
-                    if row not in best or result["throughput"] > best[row]["throughput"]:
-                        best[row] = result
-                    best[row]["errors"] = errors
-            for row in models:
-                rows[row].append(best[row])
-        for row in forward:
-            rows[row] = [fastest[row, 1], fastest[row, batch_size]]
+                    kept = best.get((row, slot))
+                    errors = result["errors"] + (kept["errors"] if kept else 0)
+                    if kept is None or result["throughput"] > kept["throughput"]:
+                        best[row, slot] = result
+                    best[row, slot]["errors"] = errors
+        rows = {row: [best[row, c] for c in sc.requests] for row in models}
+        rows.update({row: [best[row, 1], best[row, batch_size]] for row in forward})
     finally:
         for name in names.values():
             try:
