@@ -27,10 +27,12 @@ from trainer.balance import (
     effective_number_weights,
     make_balanced_sampler,
 )
+from trainer.churn import churn_by_domain
 from trainer.config import check, setting
 from trainer.data import SPLIT, Example, Splits, default_domain, load_source
+from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher
 from trainer.errors import DataError, SettingsError
-from trainer.evaluate import evaluate, evaluate_domains
+from trainer.evaluate import answers_by_domain, evaluate, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
@@ -78,6 +80,11 @@ class AdaptSettings(FitSettings):
     max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
                                "every later step so the matrix compares like with like")
     seed: int = setting(0, "seed for the new domain's splits, LoRA init, order and selection")
+    distill: float = setting(1.0, "weight of the distillation from vN (its soft targets) that "
+                                  "keeps old answers; 0 = off (bench/results/distill-sweep.md)")
+    distill_rows: str = setting("replay", "rows distilled: replay (old exemplars) | agree "
+                                          "(those vN gets right) | all (new domain's too)")
+    distill_temperature: float = setting(2.0, "softmax temperature of the distillation")
 
     def validate(self) -> None:
         problems = self.fit_problems()
@@ -94,6 +101,12 @@ class AdaptSettings(FitSettings):
             problems.append("replay_ratio needs replay and excludes balanced_sampler")
         if self.reherd and self.selection == "none":
             problems.append("reherd needs a selection other than none")
+        if self.distill < 0 or self.distill_temperature <= 0:
+            problems.append(f"distill must be >= 0 and distill_temperature > 0, got "
+                            f"{self.distill} and {self.distill_temperature}")
+        if self.distill_rows not in ROWS:
+            problems.append(f"distill_rows must be one of {', '.join(ROWS)}, "
+                            f"got {self.distill_rows!r}")
         if self.defer_epochs > self.epochs:
             problems.append(f"defer_epochs must be <= epochs ({self.epochs}), "
                             f"got {self.defer_epochs}")
@@ -184,12 +197,14 @@ def epoch_order(train: Sequence[Example], n_replay: int,
 
 def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
                labels: Sequence[str], s: AdaptSettings, n_replay: int = 0,
-               regulariser: Callable[[Any], Callable[[], torch.Tensor]] | None = None
+               regulariser: Callable[[Any], Callable[[], torch.Tensor]] | None = None,
+               distillation: Distillation | None = None
                ) -> tuple[Any, FitResult, dict[str, Any], list[float] | None]:
     """LoRA (or full) fine-tuning with the balancing options, then merge.
 
     Class weights count the whole training set of the step, never a batch. `regulariser(model)`
-    (the model being trained) returns a penalty added to every step's loss.
+    (the model being trained) returns a penalty added to every step's loss; `distillation`
+    (computed from the model before training) pulls its rows towards the old answers.
     """
     seed_everything(s.seed)
     if not s.full_finetune:
@@ -213,7 +228,8 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
     result = fit(model, tokenizer, train, val, labels, epochs=epochs, batch_size=s.batch_size,
                  lr=s.lr, max_length=s.max_length, seed=s.seed, class_weights=class_weights,
                  sampler=epoch_order(train, n_replay, s), warmup=s.lr_warmup,
-                 patience=s.patience, precision=s.precision, penalty=penalty)
+                 patience=s.patience, precision=s.precision, penalty=penalty,
+                 distillation=distillation)
     merged = model if s.full_finetune else merge(model)
     return merged, result, counts, None if weights is None else weights.tolist()
 
@@ -266,11 +282,24 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     if foreign:
         raise DataError(f"{source_run}: replay buffer holds labels {foreign} not in {labels}")
 
-    merged, result, counts, weights = train_step(model, tokenizer, replay + train_new, val_new,
-                                                 labels, s, len(replay))
+    old_texts = {d: held_out[d] for d in seen if d in held_out}
+    before = answers_by_domain(model, tokenizer, {d: [ex.text for ex in tests[d]] for d in seen},
+                               s.max_length)
+    before_unlabelled = answers_by_domain(model, tokenizer, old_texts, s.max_length)
+    step_train = replay + train_new
+    teacher = from_teacher(model, tokenizer, step_train, len(replay), labels, s.distill_rows,
+                           s.distill, s.distill_temperature, s.max_length)  # vN, before LoRA
+    merged, result, counts, weights = train_step(model, tokenizer, step_train, val_new,
+                                                 labels, s, len(replay), distillation=teacher)
+    examples_seen = result.examples_seen + (round(FORWARD_COST * len(step_train))
+                                            if teacher is not None else 0)
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
-    scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length)
+    scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length,
+                              with_predictions=True)
+    churn = churn_by_domain(before, {d: scored["predictions"][d] for d in seen}, tests, labels,
+                            before_unlabelled, answers_by_domain(merged, tokenizer, old_texts,
+                                                                 s.max_length))
     matrix = [[*row, None] for row in prev["accuracy_matrix"]]
     matrix.append([scored["by_domain"][d]["accuracy"] for d in tests])
     filled = [[0.0 if v is None else v for v in row] for row in matrix]  # j > i: unused by metrics
@@ -278,7 +307,6 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                                s.max_length, s.reherd)
                    if s.selection != "none" else ReplayBuffer())
     f1 = scored["pooled"]["per_class_f1"].values()
-    step_train = replay + train_new
     judged_on = val_new or step_train
     quality = assess(evaluate(merged, tokenizer, judged_on, labels, s.max_length), step_train,
                      judged_on, labels, s.weak_margin)
@@ -301,8 +329,11 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
-        "examples_processed": result.examples_seen,
-        "examples_processed_total": result.examples_seen + prev.get(
+        "distillation": None if teacher is None else {
+            "rows": int(teacher.mask.sum()), "weight": s.distill,
+            "temperature": s.distill_temperature, "teacher_forward_examples": len(step_train)},
+        "examples_processed": examples_seen,
+        "examples_processed_total": examples_seen + prev.get(
             "examples_processed_total", prev.get("examples_processed", 0)),
         "domains_seen": list(tests),
         "domain_sources": {**prev["domain_sources"], domain: source_record(
@@ -310,6 +341,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         "accuracy_matrix": matrix,
         "continual": continual_metrics.summary(filled) if square(matrix) else None,
         "test_by_domain": scored["by_domain"],
+        "churn": churn,
         "metrics": {"test": scored["pooled"]},
         "macro_f1": scored["pooled"]["macro_f1"],
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
@@ -325,6 +357,13 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     save_run(out, merged, tokenizer, labels, report,
              extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes(),
                     REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})
+    for d, c in churn.items():
+        t = c["test"]
+        print(f"churn vs {source_run.name} on {d}: {100 * t['disagreement']:.1f} % answers changed "
+              f"({100 * t['negative_flip_rate']:.1f} % right -> wrong, "
+              f"{100 * t['positive_flip_rate']:.1f} % wrong -> right) on {t['n']} test texts"
+              + (f"; {100 * c['unlabelled']['disagreement']:.1f} % of {c['unlabelled']['n']} "
+                 "held-out texts" if "unlabelled" in c else ""), file=sys.stderr)
     if quality["weak"]:
         print(warning_line(quality, "adapt"), file=sys.stderr)
     return report

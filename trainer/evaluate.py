@@ -36,15 +36,26 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Se
     return scores(y_true, y_pred, labels)
 
 
+def answers_by_domain(model: Any, tokenizer: Any, texts: Mapping[str, Sequence[str]],
+                      max_length: int = 128) -> dict[str, list[int]]:
+    """Predicted class ids of every domain's texts (for churn between two versions)."""
+    return {d: predict_ids(model, tokenizer, list(t), max_length=max_length)
+            for d, t in texts.items()}
+
+
 def evaluate_domains(model: Any, tokenizer: Any, tests: Mapping[str, Sequence[Example]],
-                     labels: Sequence[str], max_length: int = 128) -> dict[str, Any]:
-    """Scores per domain plus pooled over all of them, from one prediction pass per domain."""
+                     labels: Sequence[str], max_length: int = 128,
+                     with_predictions: bool = False) -> dict[str, Any]:
+    """Scores per domain plus pooled over all of them, from one prediction pass per domain
+    (`with_predictions`: the class ids too, under "predictions")."""
     index = {label: i for i, label in enumerate(labels)}
-    by_domain, all_true, all_pred = {}, [], []
+    by_domain, all_true, all_pred, predictions = {}, [], [], {}
     for domain, examples in tests.items():
         y_true = [index[ex.label] for ex in examples]
         y_pred = predict_ids(model, tokenizer, [ex.text for ex in examples], max_length=max_length)
         by_domain[domain] = scores(y_true, y_pred, labels)
+        predictions[domain] = y_pred
         all_true += y_true
         all_pred += y_pred
-    return {"by_domain": by_domain, "pooled": scores(all_true, all_pred, labels)}
+    out = {"by_domain": by_domain, "pooled": scores(all_true, all_pred, labels)}
+    return {**out, "predictions": predictions} if with_predictions else out

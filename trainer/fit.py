@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from trainer import distributed
 from trainer.data import Example
+from trainer.distill import Distillation
 from trainer.evaluate import evaluate
 from trainer.precision import autocast
 
@@ -68,7 +69,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         seed: int, class_weights: Callable[[int], torch.Tensor | None] | None = None,
         sampler: Callable[[torch.Generator], Sequence[int]] | None = None,
         warmup: float = 0.0, patience: int = 0, progress: bool = True,
-        precision: str = "fp32", penalty: Callable[[], torch.Tensor] | None = None) -> FitResult:
+        precision: str = "fp32", penalty: Callable[[], torch.Tensor] | None = None,
+        distillation: Distillation | None = None) -> FitResult:
     """Train the trainable parameters; restore the epoch with the best validation macro-F1.
 
     `class_weights(epoch)` gives the loss weights for that epoch (None: plain cross-entropy),
@@ -78,7 +80,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     jumps to the majority class), then decays linearly to 0. `patience` > 0 stops after that
     many epochs without a better validation macro-F1. `precision` "bf16" autocasts the forward
     passes (training and validation); `penalty()` is added to each step's loss (a regulariser
-    such as EWC's).
+    such as EWC's); `distillation` adds the pull towards the previous version's soft targets on
+    its rows.
     """
     index = {label: i for i, label in enumerate(labels)}
     rank, size = distributed.world()
@@ -111,6 +114,9 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
                 logits = forward(**batch).logits
             loss = shard_loss(logits.float(), targets[rows], targets[idx], weights, size,
                               empty=not mine)
+            if distillation is not None:
+                loss = loss + distillation.loss(logits.float(), rows, len(idx), size,
+                                                empty=not mine)
             if penalty is not None:
                 loss = loss + penalty()
             loss.backward()

@@ -1,17 +1,22 @@
-"""The rollout gate's decision: both versions answer the same holdout sentences, and each rule is
-decided on the paired accuracy difference's confidence interval, not on two point estimates.
+"""The rollout gate's decision: both versions answer the same sentences, and each rule is decided
+on a confidence bound of the accuracy difference, not on two point estimates.
 
-On a few hundred sentences two accuracies differ by several points from sampling alone; pairing
-removes the sentences both versions get right or wrong, and the interval says whether the
-holdout can tell at all. A rule the holdout cannot settle is INCONCLUSIVE (the default stays),
-with the holdout size that would settle it.
+Two kinds of evidence:
+- paired: labelled holdout sentences, the paired difference's interval (pairing removes the
+  sentences both versions get right or wrong);
+- disagreement: where two versions give the same answer their accuracy is the same, so the
+  change is share(disagree) x (P(new right | disagree) - P(old right | disagree)). The share
+  comes from many UNLABELLED texts, the conditional from labels on disagreements only (active
+  testing: spend labels where the decision is made). With no labels the conditional is only
+  known to lie in [-1, 1], so a small enough share proves an old-domain rule by itself.
+A rule the evidence cannot settle is INCONCLUSIVE (the default stays), with what would settle it.
 """
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy.stats import norm
+from scipy.stats import beta, norm
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -85,3 +90,81 @@ def accuracy_rules(old: Mapping[str, Sequence[bool]], new: Mapping[str, Sequence
         else:
             rules[domain] = (not_worse(p, max_old_drop), p, -max_old_drop)
     return rules
+
+
+MIN_LABELLED = 20  # labelled disagreements before their mean is bounded (normal approximation)
+
+
+def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Exact one-sided bounds on a binomial share, each holding at `confidence`."""
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    low = 0.0 if k == 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
+    return low, high
+
+
+@dataclass
+class Disagreement:
+    """new - old accuracy bounded from unlabelled texts and labelled disagreements. Each of the
+    two estimates is bounded at 1 - (1 - confidence) / 2 (Bonferroni), so `low` and `high` hold
+    together at `confidence` whatever the labels say."""
+    texts: int  # texts both versions answered
+    disagree: int
+    labelled: int  # labelled disagreements
+    share: float
+    share_low: float
+    share_high: float
+    delta: float | None  # mean of (new right) - (old right) on labelled disagreements
+    delta_low: float  # -1 without enough labels
+    delta_high: float  # +1 without enough labels
+    sd: float | None  # of the per-disagreement difference, where labels bound it
+    low: float
+    high: float
+
+
+def disagreement(texts: int, disagree: int, new_right: int, old_right: int, labelled: int,
+                 confidence: float, min_labelled: int = MIN_LABELLED) -> Disagreement:
+    """`new_right`/`old_right` count the labelled disagreements each version answers right (at
+    most one of them can be right on a disagreement). Fewer than `min_labelled` labels leave
+    the conditional unbounded ([-1, 1]): then only a small share can decide."""
+    if not (0 <= disagree <= texts and texts >= 1 and 0 <= labelled <= disagree
+            and new_right >= 0 and old_right >= 0 and new_right + old_right <= labelled):
+        raise ValueError(f"inconsistent counts: texts={texts} disagree={disagree} "
+                         f"labelled={labelled} new_right={new_right} old_right={old_right}")
+    each = 1 - (1 - confidence) / 2
+    s_low, s_high = clopper_pearson(disagree, texts, each)
+    delta, d_low, d_high, sd = None, -1.0, 1.0, None
+    if labelled:
+        delta = (new_right - old_right) / labelled
+    if labelled >= min_labelled and delta is not None:
+        second = (new_right + old_right) / labelled
+        sd = math.sqrt(max(0.0, second - delta * delta))
+        half = float(norm.ppf(each)) * sd / math.sqrt(labelled)
+        d_low, d_high = max(-1.0, delta - half), min(1.0, delta + half)
+    # s * d is increasing in s when d >= 0 and decreasing when d < 0.
+    low = (s_low if d_low >= 0 else s_high) * d_low
+    high = (s_high if d_high >= 0 else s_low) * d_high
+    return Disagreement(texts, disagree, labelled, disagree / texts, s_low, s_high, delta,
+                        d_low, d_high, sd, low, high)
+
+
+def labels_to_settle(d: Disagreement, margin: float, confidence: float) -> int | None:
+    """Labelled disagreements at which an estimate like this one would clear -margin (None:
+    more than the texts disagree on, or no number at all: more unlabelled texts are needed).
+    With no labels yet the guess is a conditional of 0 with the widest spread."""
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    delta = d.delta if d.delta is not None else 0.0
+    sd = d.sd if d.sd is not None else 1.0
+    gap = delta + margin / max(d.share_high, 1e-12)  # how far delta sits above what must hold
+    if gap <= 0:
+        return None
+    n = max(MIN_LABELLED, math.ceil((z * sd / gap) ** 2))
+    return n if n <= d.disagree else None
+
+
+def not_worse_by_disagreement(d: Disagreement, margin: float) -> str:
+    """An old domain on disagreement evidence: the same rule as `not_worse`."""
+    if d.low >= -margin:
+        return PASS
+    return FAIL if d.high < -margin else INCONCLUSIVE

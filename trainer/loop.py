@@ -157,13 +157,18 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                           test_data=domain)
                 new_mar = build_archive(out, name, str(latest), Path(demo.model_store),
                                         archive, allow_weak=demo.allow_weak)
-                result = rollout(client, new_mar, name, gate, demo.allow_weak)
+                result = rollout(client, new_mar, name, gate, demo.allow_weak,
+                                 labeller=lambda _, texts: {t: truth[t] for t in texts
+                                                            if t in truth})
                 step.update({"to_version": latest, "promoted": result["promoted"],
                              "outcome": result["outcome"], "rules": result["rules"],
                              "before": {d: r["accuracy"] for d, r in result["old"].items()},
-                             "after": {d: r["accuracy"] for d, r in result["new"].items()}})
+                             "after": {d: r["accuracy"] for d, r in result["new"].items()},
+                             "churn": result["churn"],
+                             "gate_labels": sum((result["labels_answered"] or {}).values())})
                 if result["promoted"]:
                     current, version, serving = out, latest, domain
+            step["serving_after"] = version
             step["seconds"] = round(time.time() - t0, 1)
             steps.append(step)
     summary = {"model": name, "source": demo.source, "first_version": first, "steps": steps,
@@ -174,16 +179,22 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
 
 
 def step_table(summary: dict[str, Any]) -> str:
-    rows = ["| step | domain | alarm before switch | drift after (requests) | gate | "
-            "accuracy before → after | s |", "|---|---|---|---|---|---|---|"]
+    rows = ["| step | domain | alarm before switch | drift after (requests) | gate | serving "
+            "after | accuracy before → after (gate's test texts) | old domains: answers "
+            "changed / right → wrong | gate labels | s |",
+            "|---|---|---|---|---|---|---|---|---:|---:|"]
     for i, s in enumerate(summary["steps"], start=1):
         acc = ", ".join(f"{d} {s['before'][d]:.3f}→{s['after'][d]:.3f}"
                         for d in s.get("after", {}))
         gate = (f"{s.get('outcome', 'promoted' if s.get('promoted') else 'rejected')} "
                 f"v{s['to_version']}" if "to_version" in s else "no adapt")
+        churn = ", ".join(f"{d} {100 * c['test']['disagreement']:.1f} % / "
+                          f"{100 * c['test']['negative_flip_rate']:.1f} %"
+                          for d, c in (s.get("churn") or {}).items() if c.get("test"))
         rows.append(f"| {i} | {s['domain']} | {'yes' if s['false_alarm_before_switch'] else 'no'} "
-                    f"| {s['drift_after_requests'] or 'none'} | {gate} | {acc or '—'} | "
-                    f"{s['seconds']} |")
+                    f"| {s['drift_after_requests'] or 'none'} | {gate} | "
+                    f"v{s.get('serving_after', s['from_version'])} | {acc or '—'} | "
+                    f"{churn or '—'} | {s.get('gate_labels', 0)} | {s['seconds']} |")
     return "\n".join(rows)
 
 

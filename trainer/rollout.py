@@ -22,13 +22,11 @@ from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
 from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.config import check, setting
-from trainer.data import Example, load_source
 from trainer.errors import ClientError, RolloutError
-from trainer.gate import FAIL, INCONCLUSIVE, PASS, accuracy_rules, needed, verdict
-from trainer.holdout import ask_all
-from trainer.latency import median_p95_ms
-from trainer.lineage import test_splits
+from trainer.gate import FAIL, INCONCLUSIVE, PASS
+from trainer.gate_evidence import Labeller, answer_all, file_labeller, gate_holdouts, judge
 from trainer.quality import refuse_weak
+from trainer.sample import write_rows
 from trainer.serving_record import read_record, restore, write_record
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -47,7 +45,11 @@ class GateSettings:
                                     "default's, measured in the same gate ...")
     p95_slack_ms: float = setting(20.0, "... plus this many milliseconds")
     holdout: int = setting(1000, "labelled test sentences per domain sent to each version (the "
-                                 "test split caps it); a 2-point margin needs about 1,000")
+                                 "test split caps it); a 2-point margin needs about 1,000 where "
+                                 "no held-out texts allow the disagreement evidence")
+    max_labels: int = setting(300, "labels asked per old domain, on held-out texts where the "
+                                   "versions disagree, when the share alone cannot decide "
+                                   "(the loop's labeller, or --labels FILE)")
     concurrency: int = setting(4, "client threads for the holdout requests")
     keep: int = setting(3, "versions kept registered for rollback (default included)")
     workers: int = setting(1, "workers started for the new version")
@@ -58,6 +60,8 @@ class GateSettings:
             problems.append(f"max_old_drop must be in [0, 1], got {self.max_old_drop}")
         if not 0 <= self.max_error_rate <= 1:
             problems.append(f"max_error_rate must be in [0, 1], got {self.max_error_rate}")
+        if self.max_labels < 0:
+            problems.append(f"max_labels must be >= 0, got {self.max_labels}")
         for name in ("holdout", "concurrency", "keep", "workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -131,76 +135,6 @@ def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
-def holdouts(report: dict[str, Any], size: int) -> dict[str, list[Example]]:
-    """Labelled test splits of every domain the new version was trained on (the same splits its
-    report scored), the newest domain last."""
-    labels = tuple(report["labels"])
-    sources = report.get("domain_sources")
-    if sources:
-        order = report.get("domains_seen") or list(sources)
-        splits = test_splits({d: sources[d] for d in order}, labels)
-        return {d: splits[d][:size] for d in order}
-    settings = report.get("settings", {})
-    out = {}
-    for domain in report.get("domains") or []:
-        out[domain] = load_source(domain, settings.get("seed", 0),
-                                  settings.get("label_threshold", 0.5), labels)[domain].test[:size]
-    if not out:
-        raise RolloutError("the archive's report names no domains to hold out")
-    return out
-
-
-def score_pair(client: TorchServeClient, model: str, versions_: tuple[str, str],
-               examples: list[Example], concurrency: int) -> tuple[dict, dict]:
-    """Every holdout sentence through both versions' URLs, interleaved in one pool so both see
-    the same load (their latencies are compared). `correct` keeps the answers in order (a failed
-    request counts as wrong) so the two versions pair up sentence by sentence."""
-    jobs = [(v, ex) for ex in examples for v in versions_]
-    answers = ask_all(client, model, [(v, ex.text) for v, ex in jobs], concurrency)
-    judged = [(None if label is None else label == ex.label, ms)
-              for (label, ms), (_, ex) in zip(answers, jobs)]
-    return _scores(judged[0::2]), _scores(judged[1::2])
-
-
-def _scores(answers: list[tuple[bool | None, float]]) -> dict[str, Any]:
-    correct = [bool(ok) for ok, _ in answers]
-    return {"n": len(answers), "accuracy": round(sum(correct) / max(1, len(answers)), 4),
-            "correct": correct, "errors": sum(ok is None for ok, _ in answers),
-            **median_p95_ms(ms for _, ms in answers)}
-
-
-def gate(old: dict[str, dict], new: dict[str, dict], new_domain: str,
-         g: GateSettings) -> tuple[str, list[str]]:
-    """PASS, FAIL or INCONCLUSIVE, and every rule with its own outcome and numbers."""
-    rules: list[tuple[str, str]] = []
-    pct = f"{100 * g.confidence:g} %"
-    decided = accuracy_rules({d: r["correct"] for d, r in old.items()},
-                             {d: r["correct"] for d, r in new.items()}, new_domain,
-                             g.confidence, g.max_old_drop, g.min_new_gain)
-    for domain, (outcome, p, bound) in decided.items():
-        what = (f"{domain} (new): gain > {100 * bound:+.1f} points" if domain == new_domain
-                else f"{domain} (old): change >= {100 * bound:+.1f} points")
-        text = (f"{what}; measured {100 * p.diff:+.1f} ({100 * p.old:.1f} -> {100 * p.new:.1f}) "
-                f"on {p.n} paired sentences, {pct} bounds [{100 * p.low:+.1f}, "
-                f"{100 * p.high:+.1f}]")
-        if outcome == INCONCLUSIVE:
-            n = needed(p, bound, g.confidence)
-            text += ("; no holdout size settles it (the difference sits on the bound)" if n is None
-                     else f"; about {n} labelled sentences would settle it (--holdout {n})")
-        rules.append((outcome, text))
-    total = sum(r["n"] for r in new.values())
-    error_rate = sum(r["errors"] for r in new.values()) / max(1, total)
-    rules.append((PASS if error_rate <= g.max_error_rate else FAIL,
-                  f"error rate {error_rate:.4f} <= {g.max_error_rate}"))
-    p95_old = max(r["p95_ms"] for r in old.values())
-    p95_new = max(r["p95_ms"] for r in new.values())
-    limit = g.p95_ratio * p95_old + g.p95_slack_ms
-    rules.append((PASS if p95_new <= limit else FAIL,
-                  f"p95 {p95_new:.1f} ms <= {g.p95_ratio} x default's {p95_old:.1f} ms + "
-                  f"{g.p95_slack_ms} ms"))
-    return verdict([o for o, _ in rules]), [f"{o} {text}" for o, text in rules]
-
-
 def prune(client: TorchServeClient, model: str, keep: int) -> list[str]:
     """Unregister the oldest non-default versions beyond `keep`."""
     registered, default = versions(client, model)
@@ -227,10 +161,13 @@ def _after(step: str) -> None:
 
 
 def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
-            allow_weak: bool = False, trusted: dict[str, Any] | None = None) -> dict[str, Any]:
+            allow_weak: bool = False, trusted: dict[str, Any] | None = None,
+            labeller: Labeller | None = None, to_label: Path | None = None) -> dict[str, Any]:
     """register -> warm -> gate -> set-default -> prune (or -> unregister). The state file names
     the next step (and, after the gate, its decision) before it runs, and every step is safe to
-    repeat, so a rerun after a kill at any point finishes the same rollout."""
+    repeat, so a rerun after a kill at any point finishes the same rollout. `labeller` answers
+    the gate's label requests on disagreements; those it leaves open go to `to_label` when the
+    gate cannot decide without them."""
     info = read_archive(mar)
     if info["name"] != model:
         raise RolloutError(f"{mar.name} is an archive of model {info['name']!r}, not of --model "
@@ -270,7 +207,14 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
 
         advance(state["step"])  # recorded before the step runs
 
-        held = holdouts(info["report"], g.holdout)
+        default_mar = mar.parent / f"{model}.v{state['previous_default']}.mar"
+        if not default_mar.is_file():
+            raise RolloutError(f"the default v{state['previous_default']}'s archive "
+                               f"{default_mar.name} is not in {mar.parent}: the gate cannot tell "
+                               "which domains it serves")
+        new_domain, held, notes = gate_holdouts(mar, default_mar, g.holdout)
+        for note in notes:
+            print(f"gate: {note}", file=sys.stderr)
         if state["step"] == "register":
             if version not in versions(client, model)[0]:
                 print(f"registering {mar.name} as {model} v{version}", file=sys.stderr)
@@ -278,18 +222,25 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             _after("register")
             advance("warm")
         if state["step"] == "warm":  # a fresh worker's first requests are slow
-            for ex in next(iter(held.values()))[:WARM_REQUESTS]:
+            for ex in held[new_domain].labelled[:WARM_REQUESTS]:
                 client.predict(model, ex.text, version=version, evaluation=True)
             _after("warm")
             advance("gate")
         if state["step"] == "gate":
-            pairs = {d: score_pair(client, model, (state["previous_default"], version), ex,
-                                   g.concurrency) for d, ex in held.items()}
-            old, new = ({d: p[k] for d, p in pairs.items()} for k in (0, 1))
-            outcome, rules = gate(old, new, list(held)[-1], g)
+            answers = answer_all(client, model, (state["previous_default"], version), held,
+                                 g.concurrency)
+            judged = judge(answers, new_domain, g, labeller)
+            outcome = judged["outcome"]
+            if outcome == INCONCLUSIVE and judged["to_label"] and to_label is not None:
+                write_rows(to_label, [{"text": t, "label": "", "domain": d}
+                                      for d, texts in judged["to_label"].items() for t in texts])
+                judged["to_label_file"] = str(to_label)
             _after("gate")
             advance("set-default" if outcome == PASS else "unregister", outcome=outcome,
-                    rules=rules, old=_summary(old), new=_summary(new))
+                    rules=judged["rules"], old=_summary(judged["old"]),
+                    new=_summary(judged["new"]),
+                    evidence={k: judged.get(k) for k in (
+                        "churn", "labels_asked", "labels_answered", "to_label_file")})
         removed: list[str] = []
         if state["step"] == "set-default":
             client.set_default(model, version)
@@ -314,11 +265,17 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
               FAIL: f"rejected v{version}; v{before} stays default",
               INCONCLUSIVE: f"inconclusive: the holdout cannot decide; v{before} stays default "
                             f"and v{version} is unregistered"}[outcome]
+    evidence = state.get("evidence") or {}
+    if evidence.get("to_label_file"):
+        ending += (f"; label the texts in {evidence['to_label_file']} and run the rollout again "
+                   "with --labels FILE")
     print(f"{table}\n" + "\n".join(state["rules"]) + "\n" + ending, file=sys.stderr)
     return {"model": model, "version": version, "previous_default": before,
             "promoted": promoted, "outcome": OUTCOMES[outcome],
             "default": version if promoted else before, "rules": state["rules"],
-            "old": state["old"], "new": state["new"], "new_domain": list(held)[-1],
+            "old": state["old"], "new": state["new"], "new_domain": new_domain,
+            **{k: evidence.get(k) for k in ("churn", "labels_asked", "labels_answered",
+                                            "to_label_file")},
             "unregistered": removed, "gate": asdict(g), "resumed": resumed,
             "signed_by": signer}
 
@@ -394,13 +351,22 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-weak", action="store_true",
                    help="roll out an archive whose run was marked weak (no better than the "
                         "majority class)")
+    p.add_argument("--labels", type=Path,
+                   help="labelled texts (JSONL/CSV: text, label) the gate may use where the "
+                        "versions disagree on held-out texts (e.g. a labelled --to-label file)")
+    p.add_argument("--to-label", type=Path, default=Path("gate_to_label.jsonl"),
+                   help="where the texts the gate wants labelled go when it cannot decide "
+                        "without them (default: gate_to_label.jsonl)")
     trust_arg(p)
     config.add_arguments(p, GateSettings)
 
     def run(args: argparse.Namespace) -> tuple[dict, int]:
         mar = Path(args.model_store) / Path(args.mar).name
+        labeller = None
+        if args.labels:
+            labeller = file_labeller(args.labels, read_archive(mar)["report"]["labels"])
         result = rollout(client_from_args(args), mar, args.model, config.from_args(GateSettings, args),
-                         args.allow_weak, _trusted(args))
+                         args.allow_weak, _trusted(args), labeller, args.to_label)
         return result, {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED,
                         "inconclusive": EXIT_INCONCLUSIVE}[result["outcome"]]
 

@@ -138,16 +138,17 @@ def test_defaults_quick_runs_the_cli_per_cell_and_tables_it(tmp_path):
 
 def test_gate_quick_resamples_every_candidate(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gate.py"), "--quick",
-                           "--trials", "50", "--sizes", "20,40", "--out", str(tmp_path)],
+                           "--trials", "20", "--new", "movie", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "gate-quick.json").read_text())
-    assert [s["candidate"].split(" ")[0] for s in result["steps"]] == ["v2", "v3", "v4"]
-    for step in result["steps"]:
-        assert [r["holdout"] for r in step["rows"]] == [20, 40]
-        for r in step["rows"]:
-            assert sum(r["counts"]["paired"].values()) == sum(r["counts"]["point"].values()) == 50
-    assert (tmp_path / "gate-quick.md").read_text().count("\n| v") == 6
+    assert [r["kind"] for r in result["rows"]] == ["default", "seq-lora", "new-only"]
+    for r in result["rows"]:
+        for counts in r["study"]["counts"].values():
+            assert sum(counts.values()) == 20
+        assert r["study"]["whole"]["gate"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert len(result["goals"]) == 3
+    assert (tmp_path / "gate-quick.md").read_text().count("\n| movie |") == 3
 
 
 def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run):

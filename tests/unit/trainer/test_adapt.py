@@ -81,7 +81,14 @@ def test_v2_verifies_archives_and_carries_a_2x2_matrix(chain, tmp_path):
     assert 0 < r2["parameters"]["share"] < 0.5
     assert r2["training_set"] == {"new": 64, "replay": sum(read_buffer(v1).sizes().values()),
                                   "class_counts": step_class_counts(v1)}
-    assert r2["examples_processed"] == 64 + r2["training_set"]["replay"]
+    n = 64 + r2["training_set"]["replay"]
+    # one pass, plus vN's forward over the step's rows for the distillation (a third each)
+    assert r2["examples_processed"] == n + round(n / 3)
+    assert r2["distillation"]["rows"] == r2["training_set"]["replay"]  # default rows: replay
+    churn = r2["churn"]["nyt"]
+    assert set(churn) == {"test", "unlabelled"} and churn["test"]["n"] == r2["test_by_domain"]["nyt"]["n"]
+    assert 0 <= churn["test"]["negative_flip_rate"] <= churn["test"]["disagreement"] <= 1
+    assert churn["unlabelled"]["n"] == len(read_reference_texts(v1)["nyt"])
     f1 = r2["metrics"]["test"]["per_class_f1"].values()
     assert r2["per_class_f1_spread"] == pytest.approx(max(f1) - min(f1), abs=1e-4)
     _, _, labels, _ = load_run(v2)

@@ -1,9 +1,25 @@
-"""The rollout gate's paired decision, on answers whose difference is known exactly."""
+"""The rollout gate: the paired decision and the disagreement evidence, on answers whose
+difference is known exactly."""
 
 import pytest
+from scipy.stats import binomtest
 
-from trainer.gate import FAIL, INCONCLUSIVE, PASS, better, needed, not_worse, paired, verdict
-from trainer.rollout import gate
+from trainer.gate import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    better,
+    clopper_pearson,
+    disagreement,
+    labels_to_settle,
+    needed,
+    not_worse,
+    not_worse_by_disagreement,
+    paired,
+    verdict,
+)
+from trainer.gate_evidence import Answers, judge
+from trainer.rollout import GateSettings
 
 
 def answers(n: int, both: int, old_only: int, new_only: int) -> tuple[list[bool], list[bool]]:
@@ -50,26 +66,114 @@ def test_clear_losses_fail_and_gains_pass():
         paired([True], [True, False], 0.95)
 
 
-def scored(correct, p95=10.0, errors=0):
-    return {"n": len(correct), "accuracy": sum(correct) / len(correct), "correct": correct,
-            "errors": errors, "p95_ms": p95}
+def test_clopper_pearson_bounds_are_the_exact_binomial_ones():
+    # one-sided 95 % bounds are the ends of the two-sided 90 % exact interval
+    for k, n in ((0, 100), (3, 1278), (40, 1278), (50, 50)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.90, method="exact")
+        low, high = clopper_pearson(k, n, 0.95)
+        assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert clopper_pearson(0, 100, 0.95)[1] == pytest.approx(1 - 0.05 ** (1 / 100))
 
 
-def test_gate_rules_say_which_rule_decided():
-    from trainer.rollout import GateSettings
+def test_disagreement_bound_arithmetic():
+    # 10 of 1278 texts disagree, no labels: the change lies in [-share_high, +share_high], with
+    # the share bounded at 97.5 % (the confidence is split between share and conditional)
+    d = disagreement(1278, 10, 0, 0, 0, 0.95)
+    assert d.share_high == pytest.approx(clopper_pearson(10, 1278, 0.975)[1])
+    assert (d.delta_low, d.delta_high) == (-1.0, 1.0)
+    assert (d.low, d.high) == pytest.approx((-d.share_high, d.share_high))
+    assert not_worse_by_disagreement(d, 0.02) == PASS  # 1.4 % at most: proves a 2-point rule
+    # 60 labelled disagreements: new right on 20, old right on 30, both wrong on 10
+    d = disagreement(1278, 60, 20, 30, 60, 0.95)
+    delta, second = -10 / 60, 50 / 60
+    half = 1.959964 * (second - delta ** 2) ** 0.5 / 60 ** 0.5
+    assert (d.delta_low, d.delta_high) == pytest.approx((delta - half, delta + half), rel=1e-5)
+    assert d.low == pytest.approx(d.share_high * d.delta_low)  # conditional < 0: largest share
+    assert d.high == pytest.approx(d.share_high * d.delta_high)  # conditional > 0: largest share
+    neg = disagreement(1000, 200, 0, 150, 150, 0.95)  # clearly worse: both bounds negative
+    assert neg.high == pytest.approx(neg.share_low * neg.delta_high)
+    with pytest.raises(ValueError, match="inconsistent counts"):
+        disagreement(100, 5, 3, 3, 5, 0.95)  # both right on a disagreement is impossible
 
+
+def test_disagreement_rule_truth_table():
+    rule = lambda *a: not_worse_by_disagreement(disagreement(*a, 0.95), 0.02)  # noqa: E731
+    assert rule(1278, 10, 0, 0, 0) == PASS  # rare disagreement: no labels needed
+    assert rule(1278, 115, 0, 0, 0) == INCONCLUSIVE  # frequent, unlabelled: never FAIL
+    assert rule(1278, 115, 0, 0, 10) == INCONCLUSIVE  # too few labels to bound the conditional
+    assert rule(1278, 60, 30, 20, 60) == PASS  # the new version is right more often
+    assert rule(1278, 300, 20, 200, 300) == FAIL  # right -> wrong on most disagreements
+    d = disagreement(1278, 115, 0, 0, 0, 0.95)
+    assert labels_to_settle(d, 0.02, 0.95) >= 20
+    assert labels_to_settle(disagreement(1278, 600, 0, 0, 0, 0.95), 0.02, 0.95) is None
+
+
+def domain(texts, labels, old, new, labelled):
+    n = len(texts)
+    return Answers(list(texts), list(labels[:labelled]) + [None] * (n - labelled), list(old),
+                   list(new), [10.0] * n, [10.0] * n, labelled)
+
+
+def test_judge_uses_disagreement_evidence_and_asks_labels_only_where_needed():
+    g = GateSettings(max_labels=50)
+    texts = [f"t{i}" for i in range(1000)]
+    truth = ["pos" if i % 2 else "neg" for i in range(1000)]
+    # nyt: 200 labelled, 800 unlabelled; the versions disagree on 8 texts of 1000 -> PASS alone
+    same = list(truth)
+    changed = list(truth)
+    for i in range(0, 800, 100):
+        changed[i] = "neu"
+    movie_old, movie_new = answers(300, 100, 5, 80)
+    movie = domain([f"m{i}" for i in range(300)], ["pos"] * 300,
+                   ["pos" if x else "neg" for x in movie_old],
+                   ["pos" if x else "neg" for x in movie_new], 300)
+    asked = []
+
+    def labeller(d, ts):
+        asked.append((d, len(ts)))
+        return {t: truth[int(t[1:])] for t in ts}
+
+    out = judge({"nyt": domain(texts, truth, same, changed, 200), "movie": movie}, "movie", g,
+                labeller)
+    assert out["outcome"] == PASS, out["rules"]
+    assert out["rules"][0].startswith("PASS nyt (old)") and "no labels needed" in out["rules"][0]
+    assert asked == [] and out["labels_asked"] == {}
+    assert out["rules"][1].startswith("PASS movie (new)") and "paired labelled test" in out["rules"][1]
+    # 12 % disagree: the share alone cannot settle it; the labeller is asked at most 50 texts
+    for i in range(0, 1000, 8):
+        changed[i] = truth[i]  # new right where old is made wrong
+    old_wrong = ["neu" if i % 8 == 0 else t for i, t in enumerate(truth)]
+    out = judge({"nyt": domain(texts, truth, old_wrong, changed, 200), "movie": movie}, "movie",
+                g, labeller)
+    assert asked and asked[0][1] <= 50 and out["labels_answered"]["nyt"] == asked[0][1]
+    assert out["outcome"] == PASS and "answered by the labeller" in out["rules"][0], out["rules"]
+    # the same, the other way round (old right, new wrong), is not promoted
+    out = judge({"nyt": domain(texts, truth, changed, old_wrong, 200), "movie": movie}, "movie",
+                g, labeller)
+    assert out["outcome"] == FAIL and out["rules"][0].startswith("FAIL nyt (old)"), out["rules"]
+    assert out["churn"]["nyt"]["test"]["negative_flip_rate"] > 0.1
+    # without a labeller, and too few labelled disagreements in the test split (13 < 20), the
+    # gate cannot decide, and says which texts to label
+    out = judge({"nyt": domain(texts, truth, old_wrong, changed, 100), "movie": movie}, "movie",
+                g, None)
+    assert out["outcome"] == INCONCLUSIVE and len(out["to_label"]["nyt"]) == 50
+
+
+def test_a_domain_without_held_out_texts_falls_back_to_the_paired_test():
     g = GateSettings()
     same_old, same_new = answers(300, 200, 0, 0)
+    lab = lambda xs: ["pos" if x else "neg" for x in xs]  # noqa: E731
+    nyt = domain([f"n{i}" for i in range(300)], ["pos"] * 300, lab(same_old), lab(same_new), 300)
     gain_old, gain_new = answers(300, 100, 5, 80)
-    old = {"nyt": scored(same_old), "movie": scored(gain_old)}
-    outcome, rules = gate(old, {"nyt": scored(same_new), "movie": scored(gain_new)}, "movie", g)
-    assert outcome == PASS, rules
+    movie = domain([f"m{i}" for i in range(300)], ["pos"] * 300, lab(gain_old), lab(gain_new), 300)
+    out = judge({"nyt": nyt, "movie": movie}, "movie", g, None)
+    assert out["outcome"] == PASS and "paired labelled test" in out["rules"][0], out["rules"]
     # p95 relative to the default measured in the same gate: 1.5 x 10 + 20 = 35 ms
-    outcome, rules = gate(old, {"nyt": scored(same_new, p95=36.0),
-                                "movie": scored(gain_new)}, "movie", g)
-    assert outcome == FAIL and rules[-1].startswith("FAIL p95 36.0 ms")
+    movie.new_ms = [36.0] * 300
+    out = judge({"nyt": nyt, "movie": movie}, "movie", g, None)
+    assert out["outcome"] == FAIL and out["rules"][-1].startswith("FAIL p95 36.0 ms")
     small_old, small_new = answers(60, 40, 3, 2)
-    movie_old, movie_new = answers(60, 20, 2, 12)
-    outcome, rules = gate({"nyt": scored(small_old), "movie": scored(movie_old)},
-                          {"nyt": scored(small_new), "movie": scored(movie_new)}, "movie", g)
-    assert outcome == INCONCLUSIVE and "labelled sentences would settle it" in rules[0]
+    nyt = domain([f"n{i}" for i in range(60)], ["pos"] * 60, lab(small_old), lab(small_new), 60)
+    movie.new_ms = [10.0] * 300
+    out = judge({"nyt": nyt, "movie": movie}, "movie", g, None)
+    assert out["outcome"] == INCONCLUSIVE and "labelled sentences would settle it" in out["rules"][0]

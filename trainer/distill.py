@@ -1,0 +1,90 @@
+"""Distillation from the version being replaced, so an update changes few old answers.
+
+vN is already merged and frozen, so its soft targets are computed once, before training, for the
+rows of the step's training set (the same answers a second model would give at every step, at a
+fraction of the cost). Which rows get the term:
+
+- `replay`: the old domains' exemplars (LwF-style soft targets where the old answers matter);
+- `agree`:  the replay exemplars vN gets right (positive-congruent / focal distillation, Yan et
+  al. CVPR 2021: keep the answers that were right, let the wrong ones move);
+- `all`:    every row, the new domain's included (LwF, Li & Hoiem 2016).
+
+Held-out texts (the drift reference, the test splits) are never distilled on: the rollout gate
+measures on them how often two versions disagree, and training to agree there would bias it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import Example
+
+ROWS = ("replay", "agree", "all")
+FORWARD_COST = 1 / 3  # a forward-only pass, in training examples (forward + backward ~ 3 forwards)
+
+
+@dataclass
+class Distillation:
+    """vN's logits for every training row, and which rows are pulled towards them."""
+
+    logits: torch.Tensor  # N x C
+    mask: torch.Tensor  # N, bool
+    weight: float
+    temperature: float
+
+    def loss(self, student: torch.Tensor, rows: Sequence[int], batch_size: int,
+             size: int = 1, empty: bool = False) -> torch.Tensor:
+        """weight * T^2 * KL(teacher || student) summed over this rank's masked rows, divided by
+        the GLOBAL batch size and times the world size, like `fit.shard_loss`."""
+        idx = torch.as_tensor(list(rows), device=self.logits.device)
+        keep = self.mask[idx]
+        if empty or not bool(keep.any()):
+            return student.sum() * 0.0
+        t = self.temperature
+        target = F.log_softmax(self.logits[idx][keep].to(student.device) / t, dim=-1)
+        log_p = F.log_softmax(student[keep.to(student.device)] / t, dim=-1)
+        kl = F.kl_div(log_p, target, log_target=True, reduction="sum")
+        return self.weight * t * t * kl / batch_size * float(size)
+
+
+@torch.inference_mode()
+def logits_of(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
+              batch_size: int = 64) -> torch.Tensor:
+    """float32 logits, in input order (length-sorted batches keep padding small)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        for i, row in zip(idx, model(**batch).logits.float().cpu()):
+            out[i] = row
+    model.train(was_training)
+    return torch.stack(out) if out else torch.empty(0)  # type: ignore[arg-type]
+
+
+def from_teacher(teacher: Any, tokenizer: Any, train: Sequence[Example], n_replay: int,
+                 labels: Sequence[str], rows: str, weight: float, temperature: float,
+                 max_length: int) -> Distillation | None:
+    """Soft targets of `teacher` for `train` (its first `n_replay` rows are the replay
+    exemplars); None when the weight is 0 or no row qualifies."""
+    if rows not in ROWS:
+        raise ValueError(f"distill rows must be one of {ROWS}, got {rows!r}")
+    if weight <= 0 or not train:
+        return None
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[: len(train) if rows == "all" else n_replay] = True
+    logits = logits_of(teacher, tokenizer, [ex.text for ex in train], max_length)
+    if rows == "agree":
+        index = {label: i for i, label in enumerate(labels)}
+        right = logits.argmax(-1) == torch.tensor([index[ex.label] for ex in train])
+        mask &= right
+    if not bool(mask.any()):
+        return None
+    return Distillation(logits, mask, weight, temperature)
