@@ -13,6 +13,7 @@ recipe's mean new-domain gain. Writes distill-sweep.json and .md into --out.
 """
 
 import argparse
+import hashlib
 import json
 import random
 import statistics
@@ -33,10 +34,13 @@ from trainer.train import TrainSettings, run_train  # noqa: E402
 NONE = "none (before)"
 CONFIGS = {NONE: {"distill": 0.0},
            "replay w1": {"distill": 1.0, "distill_rows": "replay"},
-           "replay w3": {"distill": 3.0, "distill_rows": "replay"},
-           "agree w3": {"distill": 3.0, "distill_rows": "agree"},
-           "all w1": {"distill": 1.0, "distill_rows": "all"},
-           "all w3": {"distill": 3.0, "distill_rows": "all"}}
+           "replay+held-out w1": {"distill": 1.0, "distill_rows": "replay",
+                                  "distill_held_out": True},
+           "replay+held-out w3": {"distill": 3.0, "distill_rows": "replay",
+                                  "distill_held_out": True},
+           "all+held-out w1": {"distill": 1.0, "distill_rows": "all", "distill_held_out": True},
+           "agree+held-out w3": {"distill": 3.0, "distill_rows": "agree",
+                                 "distill_held_out": True}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path) -> Path:
@@ -55,7 +59,21 @@ def answers(run: Path, texts: list[str]) -> list[str]:
 
 
 def one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
-        base_answers: dict, max_eval: int, extra: dict) -> dict:
+        base_answers: dict, max_eval: int, extra: dict, cache: Path | None = None) -> dict:
+    """One candidate's validation scores; cached under `cache` (a killed sweep resumes)."""
+    key = hashlib.sha256(json.dumps([str(v1.resolve()), old, new, knobs, n, seed, max_eval,
+                                     extra], sort_keys=True).encode()).hexdigest()[:16]
+    hit = cache / f"{key}.json" if cache else None
+    if hit is not None and hit.is_file():
+        return json.loads(hit.read_text())
+    row = _one(v1, old, new, knobs, n, seed, work, base_answers, max_eval, extra)
+    if hit is not None:
+        atomic_write_json(hit, row)
+    return row
+
+
+def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
+         base_answers: dict, max_eval: int, extra: dict) -> dict:
     val_old = load_source(old, seed)[old].val[: max_eval or None]
     val_new = load_source(new, seed)[new].val[: max_eval or None]
     key = (old, new, seed)
@@ -118,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--configs", default="", help="comma-separated config names (default: all)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--cache", type=Path, help="keep each candidate's scores here (resumable)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         per_config = {}
         for name, knobs in configs.items():
             per_config[name] = [one(v1, args.old, new, knobs, args.labels, seed, work,
-                                    base_answers, 24 if args.quick else 0, quick)
+                                    base_answers, 24 if args.quick else 0, quick, args.cache)
                                 for new in news for seed in seeds]
             print(f"{name}: {summarise(per_config[name])}", file=sys.stderr, flush=True)
     summary = {c: summarise(rows) for c, rows in per_config.items()}

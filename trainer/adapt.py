@@ -30,7 +30,7 @@ from trainer.balance import (
 from trainer.churn import churn_by_domain
 from trainer.config import check, setting
 from trainer.data import SPLIT, Example, Splits, default_domain, load_source
-from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher
+from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
 from trainer.evaluate import answers_by_domain, evaluate, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
@@ -85,6 +85,8 @@ class AdaptSettings(FitSettings):
     distill_rows: str = setting("replay", "rows distilled: replay (old exemplars) | agree "
                                           "(those vN gets right) | all (new domain's too)")
     distill_temperature: float = setting(2.0, "softmax temperature of the distillation")
+    distill_held_out: bool = setting(False, "also distil on half of the old domains' held-out "
+                                            "texts (unlabelled; the gate uses the other half)")
 
     def validate(self) -> None:
         problems = self.fit_problems()
@@ -212,7 +214,8 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
     penalty = regulariser(model) if regulariser else None
     counts = parameter_counts(model)
     index = {label: i for i, label in enumerate(labels)}
-    weights = (effective_number_weights(class_counts([index[ex.label] for ex in train],
+    weights = (effective_number_weights(class_counts([index[ex.label] for ex in train
+                                                      if ex.label is not None],
                                                      len(labels)), s.beta)
                if s.balance else None)
 
@@ -221,8 +224,10 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
             return weights
         return deferred_weights(epoch - 1, s.epochs, s.defer_epochs, weights)
 
+    unlabelled = sum(ex.label is None for ex in train)
     print(f"training {counts['trainable']:,} of {counts['total']:,} parameters "
-          f"({100 * counts['share']:.2f}%) on {len(train)} examples ({n_replay} replayed)",
+          f"({100 * counts['share']:.2f}%) on {len(train) - unlabelled} examples ({n_replay} "
+          f"replayed)" + (f" and {unlabelled} unlabelled rows distilled" if unlabelled else ""),
           file=sys.stderr)
     epochs = plan_epochs(len(train), s.batch_size, s.epochs, s.min_steps, s.max_epochs)
     result = fit(model, tokenizer, train, val, labels, epochs=epochs, batch_size=s.batch_size,
@@ -287,11 +292,13 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                                s.max_length)
     before_unlabelled = answers_by_domain(model, tokenizer, old_texts, s.max_length)
     step_train = replay + train_new
-    teacher = from_teacher(model, tokenizer, step_train, len(replay), labels, s.distill_rows,
+    extra = unlabelled_rows(held_out, seen) if s.distill and s.distill_held_out else []
+    fit_rows = step_train + extra
+    teacher = from_teacher(model, tokenizer, fit_rows, len(replay), labels, s.distill_rows,
                            s.distill, s.distill_temperature, s.max_length)  # vN, before LoRA
-    merged, result, counts, weights = train_step(model, tokenizer, step_train, val_new,
+    merged, result, counts, weights = train_step(model, tokenizer, fit_rows, val_new,
                                                  labels, s, len(replay), distillation=teacher)
-    examples_seen = result.examples_seen + (round(FORWARD_COST * len(step_train))
+    examples_seen = result.examples_seen + (round(FORWARD_COST * len(fit_rows))
                                             if teacher is not None else 0)
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
@@ -330,8 +337,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
         "distillation": None if teacher is None else {
-            "rows": int(teacher.mask.sum()), "weight": s.distill,
-            "temperature": s.distill_temperature, "teacher_forward_examples": len(step_train)},
+            "rows": int(teacher.mask.sum()), "unlabelled_rows": len(extra),
+            "weight": s.distill, "temperature": s.distill_temperature,
+            "teacher_forward_examples": len(fit_rows)},
         "examples_processed": examples_seen,
         "examples_processed_total": examples_seen + prev.get(
             "examples_processed_total", prev.get("examples_processed", 0)),

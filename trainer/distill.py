@@ -9,11 +9,15 @@ fraction of the cost). Which rows get the term:
   al. CVPR 2021: keep the answers that were right, let the wrong ones move);
 - `all`:    every row, the new domain's included (LwF, Li & Hoiem 2016).
 
-Held-out texts (the drift reference, the test splits) are never distilled on: the rollout gate
-measures on them how often two versions disagree, and training to agree there would bias it.
+Old-domain texts the teacher never trained on carry its function where replay exemplars (which
+it memorised) cannot: with `held_out`, half of every old domain's held-out texts (those the run
+dir keeps for the drift reference) join the step as unlabelled rows, distilled only. Which half
+is fixed by a hash of the text (`distil_half`); the rollout gate measures disagreement only on
+the other half and on the test splits, so training to agree never biases its evidence.
 """
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +54,18 @@ class Distillation:
         return self.weight * t * t * kl / batch_size * float(size)
 
 
+def distil_half(text: str) -> bool:
+    """True for the held-out texts adapt may distil on; the gate uses only the others."""
+    return hashlib.sha256(text.encode()).digest()[0] % 2 == 0
+
+
+def unlabelled_rows(held_out: Mapping[str, Sequence[str]], domains: Sequence[str]
+                    ) -> list[Example]:
+    """The distillable half of the old domains' held-out texts, as rows without a label."""
+    return [Example(t, None, d) for d in domains for t in held_out.get(d, [])  # type: ignore[arg-type]
+            if distil_half(t)]
+
+
 @torch.inference_mode()
 def logits_of(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
               batch_size: int = 64) -> torch.Tensor:
@@ -73,7 +89,8 @@ def from_teacher(teacher: Any, tokenizer: Any, train: Sequence[Example], n_repla
                  labels: Sequence[str], rows: str, weight: float, temperature: float,
                  max_length: int) -> Distillation | None:
     """Soft targets of `teacher` for `train` (its first `n_replay` rows are the replay
-    exemplars); None when the weight is 0 or no row qualifies."""
+    exemplars; rows labelled None are always distilled); None when the weight is 0 or no row
+    qualifies."""
     if rows not in ROWS:
         raise ValueError(f"distill rows must be one of {ROWS}, got {rows!r}")
     if weight <= 0 or not train:
@@ -83,8 +100,9 @@ def from_teacher(teacher: Any, tokenizer: Any, train: Sequence[Example], n_repla
     logits = logits_of(teacher, tokenizer, [ex.text for ex in train], max_length)
     if rows == "agree":
         index = {label: i for i, label in enumerate(labels)}
-        right = logits.argmax(-1) == torch.tensor([index[ex.label] for ex in train])
+        right = logits.argmax(-1) == torch.tensor([index.get(ex.label, -1) for ex in train])
         mask &= right
+    mask |= torch.tensor([ex.label is None for ex in train], dtype=torch.bool)
     if not bool(mask.any()):
         return None
     return Distillation(logits, mask, weight, temperature)

@@ -58,9 +58,13 @@ def shard_loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch
                weights: torch.Tensor | None, size: int, empty: bool = False) -> torch.Tensor:
     """This rank's part of the class-weighted mean loss over the GLOBAL batch (`batch_targets`),
     times the world size because DDP averages gradients: the ranks' gradients then average to
-    the single-process one. An empty slice (its rows only a stand-in) contributes zero."""
-    per_example = F.cross_entropy(logits, targets, weight=weights, reduction="none")
-    denominator = weights[batch_targets].sum() if weights is not None else len(batch_targets)
+    the single-process one. An empty slice (its rows only a stand-in) contributes zero. Rows
+    with target -1 (unlabelled, there for the distillation) take no part."""
+    keep, labelled = targets >= 0, batch_targets[batch_targets >= 0]
+    if not len(labelled):
+        return logits.sum() * 0.0
+    per_example = F.cross_entropy(logits[keep], targets[keep], weight=weights, reduction="none")
+    denominator = weights[labelled].sum() if weights is not None else len(labelled)
     return per_example.sum() / denominator * (0.0 if empty else float(size))
 
 
@@ -78,7 +82,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     epoch's example order (default: a seeded shuffle). The learning rate rises linearly over
     the first `warmup` share of the steps (a fresh head at a LoRA learning rate otherwise
     jumps to the majority class), then decays linearly to 0. `patience` > 0 stops after that
-    many epochs without a better validation macro-F1. `precision` "bf16" autocasts the forward
+    many epochs without a better validation macro-F1. Rows labelled None are unlabelled: only
+    the distillation sees them. `precision` "bf16" autocasts the forward
     passes (training and validation); `penalty()` is added to each step's loss (a regulariser
     such as EWC's); `distillation` adds the pull towards the previous version's soft targets on
     its rows.
@@ -87,7 +92,7 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     rank, size = distributed.world()
     device = distributed.device()
     model.to(device)
-    targets = torch.tensor([index[ex.label] for ex in train], device=device)
+    targets = torch.tensor([index.get(ex.label, -1) for ex in train], device=device)
     # One process: the model itself. Several: DDP averages gradients over the ranks' slices.
     forward = (torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None) if size > 1 else model)
@@ -128,7 +133,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             seen += len(idx)
             bar.set_postfix(loss=f"{batch_loss:.3f}")
         with autocast(precision):
-            val_scores = evaluate(model, tokenizer, val or train, labels, max_length)
+            val_scores = evaluate(model, tokenizer, val or [ex for ex in train if ex.label],
+                                  labels, max_length)
         history.append({"epoch": epoch, "train_loss": round(total / max(1, len(train)), 4),
                         "val_accuracy": val_scores["accuracy"],
                         "val_macro_f1": val_scores["macro_f1"]})

@@ -5,7 +5,8 @@ candidate's lineage. The candidate's newest domain must improve; every other is 
 that may lose at most the margin, whatever the candidate's own lineage says.
 
 Texts per domain: the labelled test split (capped at --holdout) and the unlabelled held-out texts
-both archives carry for the drift reference (never trained on: `adapt` does not distil on them).
+both archives carry for the drift reference, the half `adapt` never distils on
+(`trainer.distill.distil_half`).
 Both versions answer all of them through their versioned URLs. An old domain with unlabelled
 texts is decided on disagreement evidence (trainer.gate): first on the share alone; if that
 cannot settle it, the labeller is asked for labels on texts where the versions disagree (at
@@ -26,6 +27,7 @@ from typing import Any
 
 from trainer.churn import churn
 from trainer.data import Example
+from trainer.distill import distil_half
 from trainer.errors import DataError, RolloutError
 from trainer.gate import (
     FAIL,
@@ -129,7 +131,7 @@ def gate_holdouts(candidate: Path, default: Path | None, size: int
         seen, unlabelled = {ex.text for ex in labelled.get(d, [])}, []
         for _, t in reports:
             for text in t.get(d, []) if d != new else []:
-                if text not in seen:
+                if text not in seen and not distil_half(text):
                     seen.add(text)
                     unlabelled.append(text)
         if d not in labelled and not unlabelled:

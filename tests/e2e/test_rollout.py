@@ -17,6 +17,10 @@ import torch
 from tests.mars import copy_mar
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import TorchServeClient
+from trainer.data import load_source
+from trainer.distill import distil_half
+from trainer.lineage import source_record
+from trainer.reference_texts import read_reference_texts
 from trainer.rollout import GateSettings, rollout, rollout_lock, versions
 from trainer.rundir import load_run, save_run
 
@@ -28,6 +32,7 @@ CLI_FAST = ["--holdout", "60", "--p95-ratio", "10"]
 SAME_WEIGHTS = [*CLI_FAST, "--min-new-gain", "-0.01"]  # v1's weights again: no gain to show
 KILL_VERSIONS = {"register": "10", "warm": "11", "gate": "12", "set-default": "13", "prune": "14"}
 STALE_VERSIONS = ("15", "16")  # rollouts whose state file no longer matches the server
+OTHER_DOMAIN_VERSION = "4"  # trained on another domain only
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +49,13 @@ def archives(minilm_run, model_store, tmp_path_factory):
     report = {**report, "quality": {"weak": True, "reasons": ["always answers 'positive'"]}}
     worse = save_run(tmp_path_factory.mktemp("worse") / "v3", model, tokenizer, labels, report)
     build_archive(worse, MODEL, "3", model_store, ArchiveSettings(), allow_weak=True)
+    # The same broken head, trained (its report says) on movie alone: it never saw nyt.
+    movie_test = load_source("movie", 0)["movie"].test[:60]
+    elsewhere = {**report, "domains": ["movie"], "domains_seen": ["movie"], "domain": "movie",
+                 "domain_sources": {"movie": source_record("movie", 0, 0.5, 60, movie_test)}}
+    other = save_run(tmp_path_factory.mktemp("other") / "v4", model, tokenizer, labels, elsewhere)
+    build_archive(other, MODEL, OTHER_DOMAIN_VERSION, model_store, ArchiveSettings(),
+                  allow_weak=True)
     for version in (*KILL_VERSIONS.values(), *STALE_VERSIONS):  # v1's weights: each passes
         copy_mar(v1, version=version)
     return model_store
@@ -131,6 +143,22 @@ def test_worse_archive_is_rejected_and_removed(server, rollme, archives):
     assert result["outcome"] == "rejected"
     assert versions(rollme, MODEL) == (["1", "2"], "2")
     assert "rejected v3" in proc.stderr
+
+
+def test_the_gate_judges_the_defaults_domains_whatever_the_candidates_lineage(server, rollme,
+                                                                            archives, minilm_run):
+    """A candidate whose lineage names only movie is still judged on nyt, which the default
+    serves: on the held-out texts the default's archive carries and nyt's labelled test."""
+    result = rollout(rollme, archives / f"{MODEL}.v{OTHER_DOMAIN_VERSION}.mar", MODEL,
+                     GateSettings(min_new_gain=-1.0, **FAST), allow_weak=True)
+    assert result["outcome"] == "rejected" and result["new_domain"] == "movie", result["rules"]
+    nyt = next(r for r in result["rules"] if " nyt (old)" in r)
+    assert nyt.startswith("FAIL nyt (old)") and "disagreement evidence" in nyt, nyt
+    # the default's held-out texts, the half adapt never distils on
+    gate_half = [t for t in read_reference_texts(minilm_run)["nyt"] if not distil_half(t)]
+    assert result["churn"]["nyt"]["unlabelled"]["n"] == len(gate_half) > 100
+    assert result["churn"]["nyt"]["test"]["negative_flip_rate"] > 0.1
+    assert versions(rollme, MODEL) == (["1", "2"], "2")
 
 
 def test_weak_archive_is_refused_before_the_server_is_touched(server, rollme, archives):

@@ -21,6 +21,7 @@ from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
 from trainer.data import Example, load_source
+from trainer.distill import distil_half
 from trainer.errors import DataError, SettingsError
 from trainer.herding import herding_order
 from trainer.reference_texts import read_reference_texts
@@ -281,3 +282,18 @@ def test_drift_reference_covers_every_domain_served(chain):
     assert counts == [len(texts[2][d]) for d in reference.domains]
     assert report(v3)["reference_sizes"] == dict(zip(reference.domains, counts))
     assert "quality" in report(v3) and "majority_baseline" in report(v3)["quality"]
+
+
+def test_held_out_distillation_uses_only_the_distillable_half_unlabelled(chain, tmp_path):
+    v1 = chain[0]
+    r = run_adapt(dataclasses.replace(TINY, distill_held_out=True), v1, "movie", tmp_path / "v2")
+    half = [t for t in read_reference_texts(v1)["nyt"] if distil_half(t)]
+    d = r["distillation"]
+    assert d["unlabelled_rows"] == len(half) > 0
+    assert d["rows"] == r["training_set"]["replay"] + len(half)
+    n = 64 + r["training_set"]["replay"] + len(half)  # one pass over labelled + unlabelled rows
+    assert r["examples_processed"] == n + round(n / 3)
+    # the unlabelled rows carry no label into the class weights or the training-set counts
+    assert sum(r["training_set"]["class_counts"].values()) == 64 + r["training_set"]["replay"]
+    with pytest.raises(SettingsError, match="distill_rows must be one of"):
+        dataclasses.replace(TINY, distill_rows="some").validate()

@@ -1,0 +1,65 @@
+"""Which domains and texts the gate judges: both versions' lineages, the held-out half that adapt
+never distils on, and a refusal naming a domain it has no texts of."""
+
+import json
+import zipfile
+
+import pytest
+
+from trainer.data import load_source
+from trainer.distill import distil_half
+from trainer.errors import RolloutError
+from trainer.gate_evidence import gate_holdouts
+from trainer.lineage import source_record
+from trainer.reference_texts import REFERENCE_TEXTS_FILE
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def archive(path, domains, texts=None, sources=None):
+    """A stand-in .mar with only what the gate reads: report.json and the reference texts."""
+    records = {}
+    for d in domains if sources is None else sources:
+        test = load_source(d, 0)[d].test[:30]
+        records[d] = source_record(d, 0, 0.5, 30, test)
+    report = {"labels": LABELS, "domains_seen": list(domains), "domain": domains[-1],
+              "domain_sources": records}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("report.json", json.dumps(report))
+        if texts is not None:
+            z.writestr(REFERENCE_TEXTS_FILE, json.dumps(texts))
+    return path
+
+
+def held(domain, n=40):
+    return [ex.text for ex in load_source(domain, 0)[domain].val[:n]]
+
+
+def test_the_defaults_domains_are_old_domains_of_a_candidate_that_never_saw_them(tmp_path):
+    default = archive(tmp_path / "m.v1.mar", ["nyt"], {"nyt": held("nyt")})
+    candidate = archive(tmp_path / "m.v2.mar", ["tweets"], {"tweets": held("tweets")})
+    new, out, notes = gate_holdouts(candidate, default, 20)
+    assert new == "tweets" and list(out) == ["nyt", "tweets"]  # the new domain last
+    assert len(out["nyt"].labelled) == 20  # the default's lineage rebuilds nyt's test split
+    # only the held-out half adapt never distils on, and none of the new domain's
+    assert out["nyt"].unlabelled == [t for t in held("nyt") if not distil_half(t)]
+    assert 0 < len(out["nyt"].unlabelled) < 40 and out["tweets"].unlabelled == []
+    assert notes == []
+
+
+def test_a_domain_without_any_texts_is_refused_by_name(tmp_path):
+    default = archive(tmp_path / "m.v1.mar", ["amazon", "nyt"], {"nyt": held("nyt")},
+                      sources=["nyt"])  # amazon: no test split recorded, no held-out texts
+    candidate = archive(tmp_path / "m.v2.mar", ["tweets"])
+    with pytest.raises(RolloutError, match="no texts of domain 'amazon'"):
+        gate_holdouts(candidate, default, 20)
+
+
+def test_held_out_texts_alone_or_a_labelled_test_alone_are_used_and_said(tmp_path):
+    default = archive(tmp_path / "m.v1.mar", ["amazon", "nyt"], {"amazon": held("amazon")},
+                      sources=["nyt"])
+    candidate = archive(tmp_path / "m.v2.mar", ["tweets"])
+    _, out, notes = gate_holdouts(candidate, default, 20)
+    assert out["amazon"].labelled == [] and out["amazon"].unlabelled
+    assert any(n.startswith("amazon: no labelled test split") for n in notes)
+    assert any(n.startswith("nyt: neither archive carries held-out texts") for n in notes)
