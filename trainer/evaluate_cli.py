@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.churn import churn_by_domain
 from trainer.data import DOMAINS, load_source
 from trainer.errors import DataError
-from trainer.evaluate import evaluate_domains
+from trainer.evaluate import answers_by_domain, evaluate_domains
 from trainer.lineage import test_splits
+from trainer.reference_texts import read_reference_texts
 from trainer.rundir import load_run
 
 
@@ -38,17 +40,37 @@ def resolve(names: Sequence[str], report: Mapping[str, Any]) -> dict[str, dict[s
     return out
 
 
-def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128) -> dict[str, Any]:
+def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128,
+                 against: Path | None = None) -> dict[str, Any]:
+    """`against` (an earlier version's run dir): churn per domain, on the test split and on the
+    held-out texts this run carries, of this run's answers against that one's."""
     model, tokenizer, labels, report = load_run(run_dir)
     names = list(names) or list(report.get("domains_seen", []))
     if not names:
         raise DataError(f"{run_dir}: no domains named and the run records none; use --domains")
     tests = test_splits(resolve(names, report), labels)
-    result = evaluate_domains(model, tokenizer, tests, labels, max_length)
+    result = evaluate_domains(model, tokenizer, tests, labels, max_length, with_predictions=True)
+    after = result.pop("predictions")
+    churn = None
+    if against is not None:
+        held = {d: t for d, t in read_reference_texts(run_dir).items() if d in tests}
+        old_model, old_tokenizer, old_labels, _ = load_run(against)
+        if old_labels != labels:
+            raise DataError(f"--against {against}: labels {old_labels} differ from {labels}")
+        before = answers_by_domain(old_model, old_tokenizer,
+                                   {d: [ex.text for ex in t] for d, t in tests.items()},
+                                   max_length)
+        churn = churn_by_domain(before, after, tests, labels,
+                                answers_by_domain(old_model, old_tokenizer, held, max_length),
+                                answers_by_domain(model, tokenizer, held, max_length))
     for domain, s in result["by_domain"].items():
+        c = churn[domain]["test"] if churn else None
         print(f"{domain:<12} n={s['n']:>5}  accuracy {s['accuracy']:.4f}  "
-              f"macro-F1 {s['macro_f1']:.4f}", file=sys.stderr)
-    return {"run": str(run_dir), **result}
+              f"macro-F1 {s['macro_f1']:.4f}" + (
+                  f"  vs {Path(against).name}: changed {100 * c['disagreement']:.1f} %, "
+                  f"right -> wrong {100 * c['negative_flip_rate']:.1f} %, wrong -> right "
+                  f"{100 * c['positive_flip_rate']:.1f} %" if c else ""), file=sys.stderr)
+    return {"run": str(run_dir), **result, **({"churn": churn} if churn else {})}
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -58,6 +80,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="comma-separated domains seen by the run, built-in domains or data files "
                         "(default: every domain the run has seen)")
     p.add_argument("--max-length", type=int, default=128, help="tokens kept per text (default: 128)")
+    p.add_argument("--against", type=Path,
+                   help="an earlier run dir (e.g. vN): also report the churn of this run's "
+                        "answers against it per domain (answers changed, right -> wrong, "
+                        "wrong -> right; and changed on the held-out texts)")
     p.set_defaults(func=lambda args: (run_evaluate(
         Path(args.run), [d.strip() for d in args.domains.split(",") if d.strip()],
-        args.max_length), 0))
+        args.max_length, args.against), 0))

@@ -21,9 +21,9 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     run("continual.py", tmp_path)
     result = json.loads((tmp_path / "continual-quick.json").read_text())
     rows = list(result["aggregate"])
-    assert [r[0] for r in rows[:8]] == list("12345678")
-    assert set(rows[8:]) == {"3 seq. LoRA, no replay (K=5)",
-                             "7 LoRA + herding + balancing (default) (K=5)"}
+    assert [r[0] for r in rows[:9]] == list("123456789")
+    assert set(rows[9:]) == {"3 seq. LoRA, no replay (K=5)",
+                             "7 LoRA + herding + balancing + distillation (default) (K=5)"}
     assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 3
     for name, agg in result["aggregate"].items():
         matrix = agg["mean_matrix"]
@@ -37,8 +37,12 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     assert mean["4 EWC (LoRA)"]["compute_vs_joint"] > mean["3 seq. LoRA, no replay"]["compute_vs_joint"]
     assert all(lam in (1e2, 1e4) for lam in result["settings"]["ewc_lambda"])
     md = (tmp_path / "continual-quick.md").read_text()
-    # main table 1 + 8 rows, few-shot 1 + 2, seed claims 1 + 6
-    assert md.count("\n| ") == (1 + 8) + (1 + 2) + (1 + 6), md
+    # main table 1 + 9 rows, few-shot 1 + 2, seed claims 1 + 6
+    assert md.count("\n| ") == (1 + 9) + (1 + 2) + (1 + 6), md
+    m9, m7 = (mean[n] for n in ("9 row 7 without distillation (previous default)",
+                                "7 LoRA + herding + balancing + distillation (default)"))
+    assert m9["negative_flips"] is not None and 0 <= m7["disagreement"] <= 1
+    assert mean["8 full retraining (joint)"]["negative_flips"] is None  # not chained: no churn
     assert "Goals for row 7" in md and md.startswith("Source model (v1, nyt): test macro-F1")
     assert (tmp_path / "continual-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("continual-") and p.is_dir()]

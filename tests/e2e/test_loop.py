@@ -44,6 +44,11 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
                                "inconclusive" if any(r.startswith("INCONCLUSIVE ") for r in
                                                      step["rules"]) and not any(
                                    r.startswith("FAIL ") for r in step["rules"]) else "rejected")
+    # nyt, which v1 serves, is judged on its held-out texts: disagreement evidence, churn reported
+    nyt = next(r for r in step["rules"] if " nyt (old)" in r)
+    assert "disagreement evidence" in nyt, nyt
+    assert set(step["churn"]["nyt"]) == {"test", "unlabelled"} and step["gate_labels"] >= 0
+    assert step["serving_after"] == summary["final_version"]
     # the labeller's file: 48 herded texts of the captured tweets traffic (its train split)
     tweets = load_source("tweets", 0)["tweets"]
     assert step["labelling"]["captured"] == 150 and step["labelling"]["labelled"] == 48

@@ -249,6 +249,13 @@ def test_cli_evaluate_and_adapt(chain, tmp_path):
     out = json.loads(proc.stdout)
     assert {d: s["accuracy"] for d, s in out["by_domain"].items()} == {
         d: s["accuracy"] for d, s in report(v2)["test_by_domain"].items()}
+    # --against v1: the same churn adapt measured against v1 when it wrote v2
+    proc = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--run", str(v2),
+                           "--max-length", "32", "--domains", "nyt", "--against", str(chain[0])],
+                          capture_output=True, text=True, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["churn"] == report(v2)["churn"]
+    assert "right -> wrong" in proc.stderr
     broken = tmp_path / "v2"
     shutil.copytree(v2, broken)
     (broken / BUFFER_FILE).write_text("{}")
