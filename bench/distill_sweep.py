@@ -40,7 +40,10 @@ CONFIGS = {NONE: {"distill": 0.0},
                                   "distill_held_out": True},
            "all+held-out w1": {"distill": 1.0, "distill_rows": "all", "distill_held_out": True},
            "agree+held-out w3": {"distill": 3.0, "distill_rows": "agree",
-                                 "distill_held_out": True}}
+                                 "distill_held_out": True},
+           "none, keep 0.5": {"distill": 0.0, "keep": 0.5},
+           "replay w1, keep 0.5": {"distill": 1.0, "distill_rows": "replay", "keep": 0.5},
+           "replay w1, keep 0.3": {"distill": 1.0, "distill_rows": "replay", "keep": 0.3}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path) -> Path:
@@ -114,7 +117,7 @@ def markdown(result: dict) -> str:
              f"({', '.join(result['new_domains'])}), seeds {result['seeds']}; means over "
              "domains and seeds, in points. Chosen: the fewest old-domain disagreements among "
              "configs keeping >= 90 % of the undistilled mean new-domain gain.", "",
-             "| config (rows, weight) | old: disagreement | old: negative flips (worst) "
+             "| config (distilled rows, weight; keep) | old: disagreement | old: negative flips (worst) "
              "| old: positive flips "
              "| old: accuracy change | new: gain | examples processed |",
              "|---|---:|---:|---:|---:|---:|---:|"]

@@ -36,7 +36,7 @@ from trainer.evaluate import answers_by_domain, evaluate, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
-from trainer.lora import apply_lora, merge, parameter_counts
+from trainer.lora import apply_lora, interpolate, merge, parameter_counts
 from trainer.quality import assess, exit_code, warning_line
 from trainer.reference import calibrate
 from trainer.reference_texts import (
@@ -87,6 +87,8 @@ class AdaptSettings(FitSettings):
     distill_temperature: float = setting(2.0, "softmax temperature of the distillation")
     distill_held_out: bool = setting(False, "also distil on half of the old domains' held-out "
                                             "texts (unlabelled; the gate uses the other half)")
+    keep: float = setting(1.0, "share of the step's weight change kept (WiSE-FT interpolation "
+                               "towards vN after merging); 1 = all of it")
 
     def validate(self) -> None:
         problems = self.fit_problems()
@@ -103,6 +105,8 @@ class AdaptSettings(FitSettings):
             problems.append("replay_ratio needs replay and excludes balanced_sampler")
         if self.reherd and self.selection == "none":
             problems.append("reherd needs a selection other than none")
+        if not 0 < self.keep <= 1:
+            problems.append(f"keep must be in (0, 1], got {self.keep}")
         if self.distill < 0 or self.distill_temperature <= 0:
             problems.append(f"distill must be >= 0 and distill_temperature > 0, got "
                             f"{self.distill} and {self.distill_temperature}")
@@ -209,6 +213,8 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
     (computed from the model before training) pulls its rows towards the old answers.
     """
     seed_everything(s.seed)
+    before = ({n: p.detach().clone() for n, p in model.named_parameters()}
+              if s.keep < 1 else {})
     if not s.full_finetune:
         model = apply_lora(model, s.lora_r, s.lora_alpha, s.lora_dropout, s.target_modules)
     penalty = regulariser(model) if regulariser else None
@@ -235,7 +241,7 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
                  sampler=epoch_order(train, n_replay, s), warmup=s.lr_warmup,
                  patience=s.patience, precision=s.precision, penalty=penalty,
                  distillation=distillation)
-    merged = model if s.full_finetune else merge(model)
+    merged = interpolate(model if s.full_finetune else merge(model), before, s.keep)
     return merged, result, counts, None if weights is None else weights.tolist()
 
 

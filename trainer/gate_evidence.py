@@ -203,7 +203,8 @@ def scores(a: Answers) -> tuple[dict[str, Any], dict[str, Any]]:
     out = []
     for answers, ms in ((a.old, a.old_ms), (a.new, a.new_ms)):
         correct = [answers[i] == a.truth[i] for i in range(n)]
-        out.append({"n": n, "accuracy": round(sum(correct) / max(1, n), 4), "correct": correct,
+        out.append({"n": n, "accuracy": round(sum(correct) / n, 4) if n else None,
+                    "correct": correct,
                     "texts": len(a.texts), "errors": sum(x is None for x in answers),
                     **median_p95_ms(ms)})
     return out[0], out[1]

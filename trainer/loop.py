@@ -185,7 +185,7 @@ def step_table(summary: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---:|---:|"]
     for i, s in enumerate(summary["steps"], start=1):
         acc = ", ".join(f"{d} {s['before'][d]:.3f}→{s['after'][d]:.3f}"
-                        for d in s.get("after", {}))
+                        for d in s.get("after", {}) if s["after"][d] is not None)
         gate = (f"{s.get('outcome', 'promoted' if s.get('promoted') else 'rejected')} "
                 f"v{s['to_version']}" if "to_version" in s else "no adapt")
         churn = ", ".join(f"{d} {100 * c['test']['disagreement']:.1f} % / "

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
@@ -111,3 +112,17 @@ def parameter_counts(model: Any) -> dict[str, Any]:
 def merge(peft_model: Any) -> Any:
     """Fold the adapter into the base weights; safe_merge refuses NaN weights."""
     return peft_model.merge_and_unload(safe_merge=True)
+
+
+@torch.no_grad()
+def interpolate(model: Any, before: dict[str, torch.Tensor], keep: float) -> Any:
+    """Keep `keep` of the step's weight change: w = w_before + keep * (w - w_before), on every
+    parameter (WiSE-FT, Wortsman et al. CVPR 2022, on the merged weights). Answers the new data
+    says little about stay closer to the previous version's."""
+    if keep >= 1:
+        return model
+    for name, p in model.named_parameters():
+        if name not in before:
+            raise KeyError(f"interpolate: {name} has no weight before the step")
+        p.copy_(before[name] + keep * (p - before[name]))
+    return model

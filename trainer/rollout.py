@@ -259,8 +259,8 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
         state_file.unlink(missing_ok=True)
     outcome, before = state["outcome"], state["previous_default"]
     promoted = outcome == PASS
-    table = "\n".join(f"{d:<8} default v{before} {state['old'][d]['accuracy']:.3f}   "
-                      f"new v{version} {state['new'][d]['accuracy']:.3f}" for d in state["new"])
+    table = "\n".join(f"{d:<8} default v{before} {_acc(state['old'][d])}   "
+                      f"new v{version} {_acc(state['new'][d])}" for d in state["new"])
     ending = {PASS: f"promoted v{version} to default",
               FAIL: f"rejected v{version}; v{before} stays default",
               INCONCLUSIVE: f"inconclusive: the holdout cannot decide; v{before} stays default "
@@ -281,6 +281,10 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
 
 
 OUTCOMES = {PASS: "promoted", FAIL: "rejected", INCONCLUSIVE: "inconclusive"}
+
+
+def _acc(scores: dict[str, Any]) -> str:
+    return f"{scores['accuracy']:.3f} on {scores['n']} labelled" if scores["n"] else "no labels"
 
 
 def _summary(scores: dict[str, dict]) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from handlers.errors import IntegrityError
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import MANIFEST_NAME, verify_manifest
 from trainer import lineage
-from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt
+from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt, train_step
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
 from trainer.data import Example, load_source
@@ -304,3 +304,20 @@ def test_held_out_distillation_uses_only_the_distillable_half_unlabelled(chain, 
     assert sum(r["training_set"]["class_counts"].values()) == 64 + r["training_set"]["replay"]
     with pytest.raises(SettingsError, match="distill_rows must be one of"):
         dataclasses.replace(TINY, distill_rows="some").validate()
+
+
+def test_keep_interpolates_the_merged_weights_towards_vn(chain):
+    """keep=0.5 lands halfway between vN and the keep=1 result, on every weight."""
+    v1 = chain[0]
+    model, tokenizer, labels, _ = load_run(v1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train = load_source("movie", 0)["movie"].train[:32]
+    full, *_ = train_step(model, tokenizer, train, [], labels, TINY)
+    half, *_ = train_step(load_run(v1)[0], tokenizer, train, [], labels,
+                          dataclasses.replace(TINY, keep=0.5))
+    for name, p in half.named_parameters():
+        expected = before[name] + 0.5 * (dict(full.named_parameters())[name] - before[name])
+        assert torch.allclose(p, expected, atol=1e-5), name
+    assert any(not torch.equal(p, before[n]) for n, p in half.named_parameters())
+    with pytest.raises(SettingsError, match="keep must be in"):
+        dataclasses.replace(TINY, keep=0.0).validate()
