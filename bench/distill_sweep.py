@@ -43,7 +43,12 @@ CONFIGS = {NONE: {"distill": 0.0},
                                  "distill_held_out": True},
            "none, keep 0.5": {"distill": 0.0, "keep": 0.5},
            "replay w1, keep 0.5": {"distill": 1.0, "distill_rows": "replay", "keep": 0.5},
-           "replay w1, keep 0.3": {"distill": 1.0, "distill_rows": "replay", "keep": 0.3}}
+           "replay w1, keep 0.3": {"distill": 1.0, "distill_rows": "replay", "keep": 0.3},
+           "none, lr 3e-4": {"distill": 0.0, "lr": 3e-4},
+           "replay+held-out w3, lr 3e-4": {"distill": 3.0, "distill_rows": "replay",
+                                           "distill_held_out": True, "lr": 3e-4},
+           "replay+held-out w3, lr 1e-4": {"distill": 3.0, "distill_rows": "replay",
+                                           "distill_held_out": True, "lr": 1e-4}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path) -> Path:

@@ -12,8 +12,9 @@ fraction of the cost). Which rows get the term:
 Old-domain texts the teacher never trained on carry its function where replay exemplars (which
 it memorised) cannot: with `held_out`, half of every old domain's held-out texts (those the run
 dir keeps for the drift reference) join the step as unlabelled rows, distilled only. Which half
-is fixed by a hash of the text (`distil_half`); the rollout gate measures disagreement only on
-the other half and on the test splits, so training to agree never biases its evidence.
+is fixed by a hash of the text (`distil_half`); the rollout gate then measures that candidate's
+disagreement only on the other half and on the test splits, so training to agree never biases
+its evidence.
 """
 
 import hashlib

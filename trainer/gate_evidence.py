@@ -5,8 +5,9 @@ candidate's lineage. The candidate's newest domain must improve; every other is 
 that may lose at most the margin, whatever the candidate's own lineage says.
 
 Texts per domain: the labelled test split (capped at --holdout) and the unlabelled held-out texts
-both archives carry for the drift reference, the half `adapt` never distils on
-(`trainer.distill.distil_half`).
+both archives carry for the drift reference. A candidate trained to agree with its parent on half
+of them (`adapt --distill-held-out`) is judged on the other half only
+(`trainer.distill.distil_half`), so its training never biases the evidence.
 Both versions answer all of them through their versioned URLs. An old domain with unlabelled
 texts is decided on disagreement evidence (trainer.gate): first on the share alone; if that
 cannot settle it, the labeller is asked for labels on texts where the versions disagree (at
@@ -117,6 +118,7 @@ def gate_holdouts(candidate: Path, default: Path | None, size: int
     either version for which neither labelled nor unlabelled texts can be found."""
     report, texts = archive_report(candidate)
     new = new_domain_of(report)
+    distilled = bool((report.get("distillation") or {}).get("unlabelled_rows"))
     reports = [(report, texts)]
     if default is not None:
         reports.append(archive_report(default))
@@ -131,7 +133,7 @@ def gate_holdouts(candidate: Path, default: Path | None, size: int
         seen, unlabelled = {ex.text for ex in labelled.get(d, [])}, []
         for _, t in reports:
             for text in t.get(d, []) if d != new else []:
-                if text not in seen and not distil_half(text):
+                if text not in seen and not (distilled and distil_half(text)):
                     seen.add(text)
                     unlabelled.append(text)
         if d not in labelled and not unlabelled:

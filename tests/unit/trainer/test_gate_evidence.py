@@ -16,14 +16,16 @@ from trainer.reference_texts import REFERENCE_TEXTS_FILE
 LABELS = ["negative", "neutral", "positive"]
 
 
-def archive(path, domains, texts=None, sources=None):
-    """A stand-in .mar with only what the gate reads: report.json and the reference texts."""
+def archive(path, domains, texts=None, sources=None, distilled=0):
+    """A stand-in .mar with only what the gate reads: report.json and the reference texts;
+    `distilled` held-out rows in its own training step."""
     records = {}
     for d in domains if sources is None else sources:
         test = load_source(d, 0)[d].test[:30]
         records[d] = source_record(d, 0, 0.5, 30, test)
     report = {"labels": LABELS, "domains_seen": list(domains), "domain": domains[-1],
-              "domain_sources": records}
+              "domain_sources": records,
+              "distillation": {"unlabelled_rows": distilled} if distilled else None}
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("report.json", json.dumps(report))
         if texts is not None:
@@ -41,10 +43,14 @@ def test_the_defaults_domains_are_old_domains_of_a_candidate_that_never_saw_them
     new, out, notes = gate_holdouts(candidate, default, 20)
     assert new == "tweets" and list(out) == ["nyt", "tweets"]  # the new domain last
     assert len(out["nyt"].labelled) == 20  # the default's lineage rebuilds nyt's test split
-    # only the held-out half adapt never distils on, and none of the new domain's
-    assert out["nyt"].unlabelled == [t for t in held("nyt") if not distil_half(t)]
-    assert 0 < len(out["nyt"].unlabelled) < 40 and out["tweets"].unlabelled == []
+    # every held-out text of the old domain, none of the new domain's
+    assert out["nyt"].unlabelled == held("nyt") and out["tweets"].unlabelled == []
     assert notes == []
+    # a candidate distilled on held-out texts: only the half it never trained on
+    candidate = archive(tmp_path / "m.v3.mar", ["tweets"], distilled=17)
+    _, out, _ = gate_holdouts(candidate, default, 20)
+    assert out["nyt"].unlabelled == [t for t in held("nyt") if not distil_half(t)]
+    assert 0 < len(out["nyt"].unlabelled) < 40
 
 
 def test_a_domain_without_any_texts_is_refused_by_name(tmp_path):
