@@ -31,7 +31,7 @@ from trainer.evaluate import predict_ids  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
-NONE = "none (before)"
+NONE = "no distillation (default)"
 CONFIGS = {NONE: {"distill": 0.0},
            "replay w1": {"distill": 1.0, "distill_rows": "replay"},
            "replay+held-out w1": {"distill": 1.0, "distill_rows": "replay",

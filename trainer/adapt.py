@@ -80,8 +80,10 @@ class AdaptSettings(FitSettings):
     max_eval: int = setting(0, "cap on the new domain's val and test examples (0 = all); kept for "
                                "every later step so the matrix compares like with like")
     seed: int = setting(0, "seed for the new domain's splits, LoRA init, order and selection")
-    distill: float = setting(1.0, "weight of the distillation from vN (its soft targets) that "
-                                  "keeps old answers; 0 = off (bench/results/distill-sweep.md)")
+    distill: float = setting(0.0, "weight of the distillation from vN (its soft targets) meant "
+                                  "to keep old answers; 0 = off: on validation it cost as much "
+                                  "new-domain gain as it saved churn (bench/results/"
+                                  "distill-sweep.md)")
     distill_rows: str = setting("replay", "rows distilled: replay (old exemplars) | agree "
                                           "(those vN gets right) | all (new domain's too)")
     distill_temperature: float = setting(2.0, "softmax temperature of the distillation")

@@ -23,7 +23,7 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     rows = list(result["aggregate"])
     assert [r[0] for r in rows[:9]] == list("123456789")
     assert set(rows[9:]) == {"3 seq. LoRA, no replay (K=5)",
-                             "7 LoRA + herding + balancing + distillation (default) (K=5)"}
+                             "7 LoRA + herding + balancing (default) (K=5)"}
     assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 3
     for name, agg in result["aggregate"].items():
         matrix = agg["mean_matrix"]
@@ -39,8 +39,8 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     md = (tmp_path / "continual-quick.md").read_text()
     # main table 1 + 9 rows, few-shot 1 + 2, seed claims 1 + 6
     assert md.count("\n| ") == (1 + 9) + (1 + 2) + (1 + 6), md
-    m9, m7 = (mean[n] for n in ("9 row 7 without distillation (previous default)",
-                                "7 LoRA + herding + balancing + distillation (default)"))
+    m9, m7 = (mean[n] for n in ("9 row 7 + distillation from vN (replay + held-out, weight 3)",
+                                "7 LoRA + herding + balancing (default)"))
     assert m9["negative_flips"] is not None and 0 <= m7["disagreement"] <= 1
     assert mean["8 full retraining (joint)"]["negative_flips"] is None  # not chained: no churn
     assert "Goals for row 7" in md and md.startswith("Source model (v1, nyt): test macro-F1")
