@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", default="movie,amazon,tweets")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--cache", type=Path, help="keep each candidate's answers here (resumable)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     g = GateSettings()
@@ -203,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads((v1 / "report.json").read_text())["domains_seen"][0]
         for new in args.new.split(","):
             for kind in args.kinds.split(","):
-                cand = build(kind, v1, new, work / f"{new}-{kind}", work, base, args.quick)
-                ev = evidence(v1, cand, old, new, args.quick)
+                hit = args.cache / f"{new}-{kind}.json" if args.cache and not args.quick else None
+                if hit is not None and hit.is_file():
+                    ev = Evidence(**json.loads(hit.read_text()))
+                else:
+                    cand = build(kind, v1, new, work / f"{new}-{kind}", work, base, args.quick)
+                    ev = evidence(v1, cand, old, new, args.quick)
+                    if hit is not None:
+                        atomic_write_json(hit, dataclasses.asdict(ev))
                 rows.append({"new_domain": new, "kind": kind,
                              "study": study(ev, args.trials, g)})
                 print(f"{new} {kind}: {rows[-1]['study']['promoted']} whole "

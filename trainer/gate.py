@@ -5,10 +5,12 @@ Two kinds of evidence:
 - paired: labelled holdout sentences, the paired difference's interval (pairing removes the
   sentences both versions get right or wrong);
 - disagreement: where two versions give the same answer their accuracy is the same, so the
-  change is share(disagree) x (P(new right | disagree) - P(old right | disagree)). The share
-  comes from many UNLABELLED texts, the conditional from labels on disagreements only (active
-  testing: spend labels where the decision is made). With no labels the conditional is only
-  known to lie in [-1, 1], so a small enough share proves an old-domain rule by itself.
+  change is the mean over texts of (new right) - (old right), which is 0 wherever they agree.
+  Many UNLABELLED texts fix where that is (and the share alone bounds the change: |change| <=
+  share, so a small enough share proves an old-domain rule without a label); labels are only
+  needed on disagreements, and a random sample of them, weighted by its inverse sampling rate,
+  estimates the rest (active testing, Kossen et al. ICML 2021: spend labels where the
+  decision is made).
 A rule the evidence cannot settle is INCONCLUSIVE (the default stays), with what would settle it.
 """
 
@@ -106,61 +108,52 @@ def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
 
 @dataclass
 class Disagreement:
-    """new - old accuracy bounded from unlabelled texts and labelled disagreements. Each of the
-    two estimates is bounded at 1 - (1 - confidence) / 2 (Bonferroni), so `low` and `high` hold
-    together at `confidence` whatever the labels say."""
+    """new - old accuracy over `texts` texts, from where the versions disagree. Two looks, each
+    at 1 - (1 - confidence) / 2 (Bonferroni), so their intersection holds at `confidence`:
+    the share alone (|change| <= share) and, with enough labels, the weighted paired mean."""
     texts: int  # texts both versions answered
     disagree: int
     labelled: int  # labelled disagreements
     share: float
     share_low: float
     share_high: float
-    delta: float | None  # mean of (new right) - (old right) on labelled disagreements
-    delta_low: float  # -1 without enough labels
-    delta_high: float  # +1 without enough labels
-    sd: float | None  # of the per-disagreement difference, where labels bound it
+    change: float | None  # estimated new - old accuracy (None: too few labels)
+    sd: float | None  # of the per-text weighted difference
     low: float
     high: float
 
 
-def disagreement(texts: int, disagree: int, new_right: int, old_right: int, labelled: int,
+def disagreement(texts: int, disagree: int, diffs: Sequence[int], weights: Sequence[float],
                  confidence: float, min_labelled: int = MIN_LABELLED) -> Disagreement:
-    """`new_right`/`old_right` count the labelled disagreements each version answers right (at
-    most one of them can be right on a disagreement). Fewer than `min_labelled` labels leave
-    the conditional unbounded ([-1, 1]): then only a small share can decide."""
-    if not (0 <= disagree <= texts and texts >= 1 and 0 <= labelled <= disagree
-            and new_right >= 0 and old_right >= 0 and new_right + old_right <= labelled):
-        raise ValueError(f"inconsistent counts: texts={texts} disagree={disagree} "
-                         f"labelled={labelled} new_right={new_right} old_right={old_right}")
+    """`diffs`: (new right) - (old right), -1, 0 or 1, of each labelled disagreement, and
+    `weights` its inverse chance of having been labelled (1 where every disagreement of its
+    part has a label; M/m where m of M were labelled at random). The weighted per-text mean is
+    an unbiased estimate of the change (active testing's importance weights); with fewer than
+    `min_labelled` labels only the share decides."""
+    if not (0 <= disagree <= texts and texts >= 1 and len(diffs) == len(weights) <= disagree
+            and all(d in (-1, 0, 1) for d in diffs) and all(w >= 1 for w in weights)):
+        raise ValueError(f"inconsistent evidence: texts={texts} disagree={disagree} "
+                         f"labelled={len(diffs)} weights={len(weights)}")
     each = 1 - (1 - confidence) / 2
     s_low, s_high = clopper_pearson(disagree, texts, each)
-    delta, d_low, d_high, sd = None, -1.0, 1.0, None
-    if labelled:
-        delta = (new_right - old_right) / labelled
-    if labelled >= min_labelled and delta is not None:
-        second = (new_right + old_right) / labelled
-        sd = math.sqrt(max(0.0, second - delta * delta))
-        half = float(norm.ppf(each)) * sd / math.sqrt(labelled)
-        d_low, d_high = max(-1.0, delta - half), min(1.0, delta + half)
-    # s * d is increasing in s when d >= 0 and decreasing when d < 0.
-    low = (s_low if d_low >= 0 else s_high) * d_low
-    high = (s_high if d_high >= 0 else s_low) * d_high
-    return Disagreement(texts, disagree, labelled, disagree / texts, s_low, s_high, delta,
-                        d_low, d_high, sd, low, high)
+    low, high, change, sd = -s_high, s_high, None, None
+    if len(diffs) >= min_labelled:
+        z = [d * w for d, w in zip(diffs, weights)]
+        change = sum(z) / texts
+        sd = math.sqrt(max(0.0, sum(x * x for x in z) / texts - change * change))
+        half = float(norm.ppf(each)) * sd / math.sqrt(texts)
+        low, high = max(low, change - half), min(high, change + half)
+    return Disagreement(texts, disagree, len(diffs), disagree / texts, s_low, s_high, change,
+                        sd, low, high)
 
 
-def labels_to_settle(d: Disagreement, margin: float, confidence: float) -> int | None:
-    """Labelled disagreements at which an estimate like this one would clear -margin (None:
-    more than the texts disagree on, or no number at all: more unlabelled texts are needed).
-    With no labels yet the guess is a conditional of 0 with the widest spread."""
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
-    delta = d.delta if d.delta is not None else 0.0
-    sd = d.sd if d.sd is not None else 1.0
-    gap = delta + margin / max(d.share_high, 1e-12)  # how far delta sits above what must hold
-    if gap <= 0:
+def texts_to_settle(d: Disagreement, margin: float, confidence: float) -> int | None:
+    """Texts (all their disagreements labelled) at which an estimate of this spread would clear
+    -margin; None when the estimate sits at or below it."""
+    if d.change is None or d.sd is None or d.change <= -margin:
         return None
-    n = max(MIN_LABELLED, math.ceil((z * sd / gap) ** 2))
-    return n if n <= d.disagree else None
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    return max(d.texts, math.ceil((z * d.sd / (d.change + margin)) ** 2))
 
 
 def not_worse_by_disagreement(d: Disagreement, margin: float) -> str:

@@ -8,13 +8,14 @@ Texts per domain: the labelled test split (capped at --holdout) and the unlabell
 both archives carry for the drift reference. A candidate trained to agree with its parent on half
 of them (`adapt --distill-held-out`) is judged on the other half only
 (`trainer.distill.distil_half`), so its training never biases the evidence.
+
 Both versions answer all of them through their versioned URLs. An old domain with unlabelled
 texts is decided on disagreement evidence (trainer.gate): first on the share alone; if that
-cannot settle it, the labeller is asked for labels on texts where the versions disagree (at
-most --max-labels, picked at random), and the rule is decided once more with those labels and
-the test split's. Asking only after the share-only look keeps the confidence: both looks share
-the share's bound, and only the second bounds the conditional. A domain without unlabelled texts
-falls back to the paired test on its labelled split.
+cannot settle it, the labeller is asked for labels on held-out texts where the versions
+disagree (at most --max-labels, picked at random), and the rule is decided on the share's
+bound and the labelled estimate's together, each at half the error rate, so asking after the
+first look keeps the confidence. A domain without unlabelled texts falls back to the paired
+test on its labelled split.
 """
 
 import json
@@ -33,15 +34,16 @@ from trainer.errors import DataError, RolloutError
 from trainer.gate import (
     FAIL,
     INCONCLUSIVE,
+    MIN_LABELLED,
     PASS,
     Disagreement,
     better,
     disagreement,
-    labels_to_settle,
     needed,
     not_worse,
     not_worse_by_disagreement,
     paired,
+    texts_to_settle,
     verdict,
 )
 from trainer.holdout import ask_all
@@ -177,10 +179,17 @@ def answer_all(client: Any, model: str, versions: tuple[str, str], held: dict[st
 
 
 def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagreement:
+    """The labelled part's disagreements all carry labels (weight 1); of the unlabelled part's,
+    those the labeller answered stand for all of them (weight M / m)."""
     dis = [i for i in range(len(a.texts)) if a.old[i] != a.new[i]]
-    lab = [i for i in dis if a.truth[i] is not None] if with_labels else []
-    return disagreement(len(a.texts), len(dis), sum(a.new[i] == a.truth[i] for i in lab),
-                        sum(a.old[i] == a.truth[i] for i in lab), len(lab), confidence)
+    diffs, weights = [], []
+    if with_labels:
+        rest = [i for i in dis if i >= a.labelled_part]
+        answered = [i for i in rest if a.truth[i] is not None]
+        for i in [i for i in dis if i < a.labelled_part] + answered:
+            diffs.append(int(a.new[i] == a.truth[i]) - int(a.old[i] == a.truth[i]))
+            weights.append(1.0 if i < a.labelled_part else len(rest) / len(answered))
+    return disagreement(len(a.texts), len(dis), diffs, weights, confidence)
 
 
 def ask_labeller(domain: str, a: Answers, labeller: Labeller | None, max_labels: int,
@@ -233,19 +242,22 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
         d = disagreement_of(a, confidence, with_labels=True)
         how = (f"{d.labelled} labelled disagreements ({d.labelled - a.answered} of the test "
                f"split, {a.answered} answered by the labeller of {len(a.asked)} asked): new "
-               f"right on {_right(a, 'new')}, old right on {_right(a, 'old')}, conditional "
-               f"bounds [{d.delta_low:+.2f}, {d.delta_high:+.2f}]")
+               f"right on {_right(a, 'new')}, old right on {_right(a, 'old')}"
+               + (f", estimated change {100 * d.change:+.1f} points" if d.change is not None
+                  else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
     outcome = not_worse_by_disagreement(d, margin)
     line = (f"{domain} (old): change >= {-100 * margin:+.1f} points; disagreement evidence: the "
-            f"versions disagree on {d.disagree} of {d.texts} texts ({100 * d.share:.1f} %, "
-            f"{pct} bounds with the split confidence [{100 * d.share_low:.1f}, "
-            f"{100 * d.share_high:.1f}] %); {how}; change bounds [{100 * d.low:+.1f}, "
-            f"{100 * d.high:+.1f}] points")
+            f"versions disagree on {d.disagree} of {d.texts} texts ({100 * d.share:.1f} %, at "
+            f"most {100 * d.share_high:.1f} %); {how}; {pct} bounds on the change "
+            f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] points")
     if outcome == INCONCLUSIVE:
-        n = labels_to_settle(d, margin, confidence)
-        line += ("; more unlabelled texts of this domain are needed (labels alone cannot "
-                 "settle it)" if n is None
-                 else f"; about {n} labelled disagreements would settle it (--max-labels)")
+        open_ = d.disagree - d.labelled
+        n = texts_to_settle(d, margin, confidence)
+        line += (f"; labels on the other {open_} disagreements may settle it (--max-labels, "
+                 "--labels)" if open_ and (a.answered < len(a.asked) or len(a.asked) < open_)
+                 else "; no number of texts settles it (the estimate sits on the bound)"
+                 if n is None else f"; about {n} texts of this domain, their disagreements "
+                 "labelled, would settle it")
     return outcome, line, to_label
 
 

@@ -11,11 +11,11 @@ from trainer.gate import (
     better,
     clopper_pearson,
     disagreement,
-    labels_to_settle,
     needed,
     not_worse,
     not_worse_by_disagreement,
     paired,
+    texts_to_settle,
     verdict,
 )
 from trainer.gate_evidence import Answers, judge
@@ -76,36 +76,47 @@ def test_clopper_pearson_bounds_are_the_exact_binomial_ones():
 
 
 def test_disagreement_bound_arithmetic():
-    # 10 of 1278 texts disagree, no labels: the change lies in [-share_high, +share_high], with
-    # the share bounded at 97.5 % (the confidence is split between share and conditional)
-    d = disagreement(1278, 10, 0, 0, 0, 0.95)
+    # 10 of 1278 texts disagree, no labels: the change lies within +-share, the share bounded
+    # at 97.5 % (the error rate is split between the share and the labelled estimate)
+    d = disagreement(1278, 10, [], [], 0.95)
     assert d.share_high == pytest.approx(clopper_pearson(10, 1278, 0.975)[1])
-    assert (d.delta_low, d.delta_high) == (-1.0, 1.0)
-    assert (d.low, d.high) == pytest.approx((-d.share_high, d.share_high))
+    assert d.change is None and (d.low, d.high) == pytest.approx((-d.share_high, d.share_high))
     assert not_worse_by_disagreement(d, 0.02) == PASS  # 1.4 % at most: proves a 2-point rule
-    # 60 labelled disagreements: new right on 20, old right on 30, both wrong on 10
-    d = disagreement(1278, 60, 20, 30, 60, 0.95)
-    delta, second = -10 / 60, 50 / 60
-    half = 1.959964 * (second - delta ** 2) ** 0.5 / 60 ** 0.5
-    assert (d.delta_low, d.delta_high) == pytest.approx((delta - half, delta + half), rel=1e-5)
-    assert d.low == pytest.approx(d.share_high * d.delta_low)  # conditional < 0: largest share
-    assert d.high == pytest.approx(d.share_high * d.delta_high)  # conditional > 0: largest share
-    neg = disagreement(1000, 200, 0, 150, 150, 0.95)  # clearly worse: both bounds negative
-    assert neg.high == pytest.approx(neg.share_low * neg.delta_high)
-    with pytest.raises(ValueError, match="inconsistent counts"):
-        disagreement(100, 5, 3, 3, 5, 0.95)  # both right on a disagreement is impossible
+    # 60 disagreements, all labelled: new right on 20, old right on 30, both wrong on 10
+    diffs = [1] * 20 + [-1] * 30 + [0] * 10
+    d = disagreement(1278, 60, diffs, [1.0] * 60, 0.95)
+    mean = -10 / 1278
+    sd = (50 / 1278 - mean ** 2) ** 0.5
+    half = 1.959964 * sd / 1278 ** 0.5
+    assert d.change == pytest.approx(mean)
+    assert (d.low, d.high) == pytest.approx((mean - half, mean + half), rel=1e-5)
+    # 30 of 60 labelled at random: each stands for two, the same estimate, a wider interval
+    half_sample = disagreement(1278, 60, [1] * 10 + [-1] * 15 + [0] * 5, [2.0] * 30, 0.95)
+    assert half_sample.change == pytest.approx(mean)
+    assert half_sample.high - half_sample.low > d.high - d.low
+    # the share's bound still holds: a wide labelled interval is cut to +-share_high
+    wide = disagreement(100, 25, [-1] * 20 + [1] * 5, [1.0] * 25, 0.95)
+    assert wide.low >= -wide.share_high - 1e-12
+    with pytest.raises(ValueError, match="inconsistent evidence"):
+        disagreement(100, 5, [1] * 6, [1.0] * 6, 0.95)  # more labels than disagreements
 
 
 def test_disagreement_rule_truth_table():
-    rule = lambda *a: not_worse_by_disagreement(disagreement(*a, 0.95), 0.02)  # noqa: E731
+    def rule(texts, disagree, new_right, old_right, labelled):
+        diffs = [1] * new_right + [-1] * old_right + [0] * (labelled - new_right - old_right)
+        return not_worse_by_disagreement(
+            disagreement(texts, disagree, diffs, [1.0] * labelled, 0.95), 0.02)
     assert rule(1278, 10, 0, 0, 0) == PASS  # rare disagreement: no labels needed
     assert rule(1278, 115, 0, 0, 0) == INCONCLUSIVE  # frequent, unlabelled: never FAIL
-    assert rule(1278, 115, 0, 0, 10) == INCONCLUSIVE  # too few labels to bound the conditional
+    assert rule(1278, 115, 0, 0, 10) == INCONCLUSIVE  # too few labels to bound the estimate
     assert rule(1278, 60, 30, 20, 60) == PASS  # the new version is right more often
     assert rule(1278, 300, 20, 200, 300) == FAIL  # right -> wrong on most disagreements
-    d = disagreement(1278, 115, 0, 0, 0, 0.95)
-    assert labels_to_settle(d, 0.02, 0.95) >= 20
-    assert labels_to_settle(disagreement(1278, 600, 0, 0, 0, 0.95), 0.02, 0.95) is None
+    d = disagreement(1278, 115, [1] * 40 + [-1] * 60 + [0] * 15, [1.0] * 115, 0.95)  # -1.6
+    assert not_worse_by_disagreement(d, 0.02) == INCONCLUSIVE
+    n = texts_to_settle(d, 0.02, 0.95)
+    assert n > 1278  # at that size an estimate of this spread clears the margin
+    assert texts_to_settle(disagreement(1278, 300, [-1] * 300, [1.0] * 300, 0.95), 0.02,
+                           0.95) is None
 
 
 def domain(texts, labels, old, new, labelled):
