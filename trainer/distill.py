@@ -17,7 +17,6 @@ disagreement only on the other half and on the test splits, so training to agree
 its evidence.
 """
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Example
+from trainer.reference_texts import distil_half
 
 ROWS = ("replay", "agree", "all")
 FORWARD_COST = 1 / 3  # a forward-only pass, in training examples (forward + backward ~ 3 forwards)
@@ -53,11 +53,6 @@ class Distillation:
         log_p = F.log_softmax(student[keep.to(student.device)] / t, dim=-1)
         kl = F.kl_div(log_p, target, log_target=True, reduction="sum")
         return self.weight * t * t * kl / batch_size * float(size)
-
-
-def distil_half(text: str) -> bool:
-    """True for the held-out texts adapt may distil on; the gate uses only the others."""
-    return hashlib.sha256(text.encode()).digest()[0] % 2 == 0
 
 
 def unlabelled_rows(held_out: Mapping[str, Sequence[str]], domains: Sequence[str]

@@ -7,7 +7,7 @@ that may lose at most the margin, whatever the candidate's own lineage says.
 Texts per domain: the labelled test split (capped at --holdout) and the unlabelled held-out texts
 both archives carry for the drift reference. A candidate trained to agree with its parent on half
 of them (`adapt --distill-held-out`) is judged on the other half only
-(`trainer.distill.distil_half`), so its training never biases the evidence.
+(`trainer.reference_texts.distil_half`), so its training never biases the evidence.
 
 Both versions answer all of them through their versioned URLs. An old domain with unlabelled
 texts is decided on disagreement evidence (trainer.gate): first on the share alone; if that
@@ -29,7 +29,6 @@ from typing import Any
 
 from trainer.churn import churn
 from trainer.data import Example
-from trainer.distill import distil_half
 from trainer.errors import DataError, RolloutError
 from trainer.gate import (
     FAIL,
@@ -49,7 +48,7 @@ from trainer.gate import (
 from trainer.holdout import ask_all
 from trainer.latency import median_p95_ms
 from trainer.lineage import test_splits
-from trainer.reference_texts import REFERENCE_TEXTS_FILE
+from trainer.reference_texts import REFERENCE_TEXTS_FILE, distil_half
 
 # (domain, texts) -> {text: label} for the texts it can label; the loop's labeller, or a file.
 Labeller = Callable[[str, list[str]], dict[str, str]]

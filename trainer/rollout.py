@@ -20,13 +20,13 @@ import yaml
 from handlers.manifest import sha256_file
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
+from trainer.artifacts import atomic_write_bytes
 from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.config import check, setting
 from trainer.errors import ClientError, RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS
 from trainer.gate_evidence import Labeller, answer_all, file_labeller, gate_holdouts, judge
 from trainer.quality import refuse_weak
-from trainer.sample import write_rows
 from trainer.serving_record import read_record, restore, write_record
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -232,8 +232,9 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             judged = judge(answers, new_domain, g, labeller)
             outcome = judged["outcome"]
             if outcome == INCONCLUSIVE and judged["to_label"] and to_label is not None:
-                write_rows(to_label, [{"text": t, "label": "", "domain": d}
-                                      for d, texts in judged["to_label"].items() for t in texts])
+                atomic_write_bytes(to_label, "".join(
+                    json.dumps({"text": t, "label": "", "domain": d}, ensure_ascii=False) + "\n"
+                    for d, texts in judged["to_label"].items() for t in texts).encode())
                 judged["to_label_file"] = str(to_label)
             _after("gate")
             advance("set-default" if outcome == PASS else "unregister", outcome=outcome,

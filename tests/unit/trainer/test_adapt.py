@@ -21,10 +21,9 @@ from trainer.adapt import AdaptSettings, epoch_order, new_domain, run_adapt, tra
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.balance import class_counts, effective_number_weights
 from trainer.data import Example, load_source
-from trainer.distill import distil_half
 from trainer.errors import DataError, SettingsError
 from trainer.herding import herding_order
-from trainer.reference_texts import read_reference_texts
+from trainer.reference_texts import distil_half, read_reference_texts
 from trainer.replay_buffer import BUFFER_FILE, embeddings, read_buffer
 from trainer.rundir import load_run
 

@@ -7,11 +7,10 @@ import zipfile
 import pytest
 
 from trainer.data import load_source
-from trainer.distill import distil_half
 from trainer.errors import RolloutError
 from trainer.gate_evidence import gate_holdouts
 from trainer.lineage import source_record
-from trainer.reference_texts import REFERENCE_TEXTS_FILE
+from trainer.reference_texts import REFERENCE_TEXTS_FILE, distil_half
 
 LABELS = ["negative", "neutral", "positive"]
 
