@@ -149,11 +149,13 @@ def disagreement(texts: int, disagree: int, diffs: Sequence[int], weights: Seque
 
 def texts_to_settle(d: Disagreement, margin: float, confidence: float) -> int | None:
     """Texts (all their disagreements labelled) at which an estimate of this spread would clear
-    -margin; None when the estimate sits at or below it."""
+    -margin; None when the estimate sits at or below it (or so close that no realistic number,
+    over 100 times the texts at hand, would)."""
     if d.change is None or d.sd is None or d.change <= -margin:
         return None
     z = float(norm.ppf(1 - (1 - confidence) / 2))
-    return max(d.texts, math.ceil((z * d.sd / (d.change + margin)) ** 2))
+    n = max(d.texts, math.ceil((z * d.sd / (d.change + margin)) ** 2))
+    return n if n <= 100 * d.texts else None
 
 
 def not_worse_by_disagreement(d: Disagreement, margin: float) -> str:
