@@ -15,7 +15,7 @@ A rule the evidence cannot settle is INCONCLUSIVE (the default stays), with what
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy.stats import beta, norm
@@ -77,21 +77,6 @@ def verdict(outcomes: Sequence[str]) -> str:
     if FAIL in outcomes:
         return FAIL
     return INCONCLUSIVE if INCONCLUSIVE in outcomes else PASS
-
-
-def accuracy_rules(old: Mapping[str, Sequence[bool]], new: Mapping[str, Sequence[bool]],
-                   new_domain: str, confidence: float, max_old_drop: float,
-                   min_new_gain: float) -> dict[str, tuple[str, Paired, float]]:
-    """Per domain: (outcome, paired difference, the bound it was held to). The new domain must
-    be better by more than `min_new_gain`; every other loses at most `max_old_drop`."""
-    rules = {}
-    for domain in new:
-        p = paired(old[domain], new[domain], confidence)
-        if domain == new_domain:
-            rules[domain] = (better(p, min_new_gain), p, min_new_gain)
-        else:
-            rules[domain] = (not_worse(p, max_old_drop), p, -max_old_drop)
-    return rules
 
 
 MIN_LABELLED = 20  # labelled disagreements before their mean is bounded (normal approximation)

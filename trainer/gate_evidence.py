@@ -254,8 +254,8 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
         n = texts_to_settle(d, margin, confidence)
         line += (f"; labels on the other {open_} disagreements may settle it (--max-labels, "
                  "--labels)" if open_ and (a.answered < len(a.asked) or len(a.asked) < open_)
-                 else "; no realistic number of texts settles it (the estimate sits on the "
-                 "bound)"
+                 else "; no realistic number of texts settles it (the estimate sits at or "
+                 "below the bound)"
                  if n is None else f"; about {n} texts of this domain, their disagreements "
                  "labelled, would settle it")
     return outcome, line, to_label
