@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Example
+from trainer.evaluate import logits_of
 from trainer.reference_texts import distil_half
 
 ROWS = ("replay", "agree", "all")
@@ -60,25 +61,6 @@ def unlabelled_rows(held_out: Mapping[str, Sequence[str]], domains: Sequence[str
     """The distillable half of the old domains' held-out texts, as rows without a label."""
     return [Example(t, None, d) for d in domains for t in held_out.get(d, [])  # type: ignore[arg-type]
             if distil_half(t)]
-
-
-@torch.inference_mode()
-def logits_of(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-              batch_size: int = 64) -> torch.Tensor:
-    """float32 logits, in input order (length-sorted batches keep padding small)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[torch.Tensor | None] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt").to(device)
-        for i, row in zip(idx, model(**batch).logits.float().cpu()):
-            out[i] = row
-    model.train(was_training)
-    return torch.stack(out) if out else torch.empty(0)  # type: ignore[arg-type]
 
 
 def from_teacher(teacher: Any, tokenizer: Any, train: Sequence[Example], n_replay: int,

@@ -10,22 +10,28 @@ from trainer.data import Example
 
 
 @torch.inference_mode()
-def predict_ids(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
-                max_length: int = 128) -> list[int]:
-    """Batched argmax predictions; texts sorted by length so padding stays small."""
+def logits_of(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 128,
+              batch_size: int = 64) -> torch.Tensor:
+    """float32 logits in input order; texts sorted by length so padding stays small."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    preds = [0] * len(texts)
+    out: list[torch.Tensor | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)
-        for i, p in zip(idx, model(**batch).logits.argmax(-1).tolist()):
-            preds[i] = p
+        for i, row in zip(idx, model(**batch).logits.float().cpu()):
+            out[i] = row
     model.train(was_training)
-    return preds
+    return torch.stack(out) if out else torch.empty(0)  # type: ignore[arg-type]
+
+
+def predict_ids(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
+                max_length: int = 128) -> list[int]:
+    """Batched argmax predictions."""
+    return logits_of(model, tokenizer, texts, max_length, batch_size).argmax(-1).tolist()
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
