@@ -3,6 +3,8 @@ background, merged across all workers of the model version for describe and `tra
 
 import atexit
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,25 @@ def class_shares(classes: np.ndarray, labels: list[str]) -> dict[str, float]:
     return {label: round(int(c) / total, 4) for label, c in zip(labels, counts)}
 
 
+def remove_on_sigterm(remove: Callable[[], None]) -> None:
+    """A stopping server SIGTERMs its workers, and SIGTERM's default action skips atexit: the
+    window (and any captured text) would outlive the server. Remove it, then end as SIGTERM
+    would have (or as the handler installed before ours decides)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        remove()
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 class TrafficMonitor:
     def __init__(self, reference: Reference, directory: Path, capacity: int,
                  persist_every_s: float, drift: DriftSettings, worker_id: str,
@@ -40,6 +61,7 @@ class TrafficMonitor:
         self.reference = reference
         self.reference_input = reference.as_test_input()  # novelty calibration fitted once
         self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # served texts: owner only
         self.path = self.directory / f"{worker_id}{SUFFIX}"
         self.capacity = capacity
         self.drift = drift
@@ -60,6 +82,7 @@ class TrafficMonitor:
                                         name="traffic-monitor")
         self._thread.start()
         atexit.register(self.remove)  # a clean exit leaves no window behind
+        remove_on_sigterm(self.remove)  # and so does a stop: TorchServe's, or `serve stop`
 
     def observe(self, pooled: np.ndarray, probs: np.ndarray, tokens: np.ndarray,
                 texts: list[str] | None = None) -> None:

@@ -38,6 +38,10 @@ class ClientError(RuntimeError):
         self.status = status
 
 
+class AuthorizationError(ClientError):
+    """The server refused the key: the wrong key file, or another server than meant."""
+
+
 class RolloutError(ValueError):
     """A rollout that cannot start or continue; nothing further is changed on the server."""
 

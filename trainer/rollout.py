@@ -21,7 +21,7 @@ from handlers.manifest import sha256_file
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
 from trainer.artifacts import atomic_write_bytes
-from trainer.client import TorchServeClient, add_server_arguments, client_from_args
+from trainer.client import TorchServeClient, add_server_arguments, client_from_args, server_from_args
 from trainer.config import check, setting
 from trainer.errors import ClientError, RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS
@@ -332,7 +332,10 @@ def _run_restore(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 def _trusted(args: argparse.Namespace) -> dict[str, Any] | None:
-    return load_trusted_keys(args.trusted_keys) if args.trusted_keys else None
+    """--trusted-keys, else the keys the recorded server's workers trust: checking here first
+    names a bad signature before TorchServe's bare "Failed to start workers"."""
+    paths = args.trusted_keys or server_from_args(args).trusted_keys
+    return load_trusted_keys(paths) if paths else None
 
 
 def trust_arg(p: argparse.ArgumentParser) -> None:

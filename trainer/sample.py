@@ -30,6 +30,8 @@ def stats_dir_of(client: TorchServeClient, model: str, version: str | None) -> t
     try:
         meta, stats = served_stats(client, model, version)
     except ClientError as e:
+        if e.status != 404:  # an authorization failure or a server error says so itself
+            raise
         raise DataError(f"model {model!r}{f' v{version}' if version else ''} is not registered "
                         f"on {client.management_url} ({e})") from e
     if not stats.get("capture_per_worker"):

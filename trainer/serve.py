@@ -6,7 +6,6 @@ model store, and records what it started in WORKDIR/server.json; `status` and `s
 """
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -16,19 +15,10 @@ from typing import Any
 
 from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
-from trainer.client import TorchServeClient
+from trainer.client import SERVER_RECORD, TorchServeClient, read_server_record
 from trainer.errors import ClientError, ServeError
 from trainer.rollout import read_archive, trust_arg
-from trainer.server import TorchServe
-
-STATE = "server.json"
-
-
-def _state(workdir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((workdir / STATE).read_text())
-    except (OSError, ValueError):
-        return None
+from trainer.server import TorchServe, remove_scratch
 
 
 def _alive(pid: int) -> bool:
@@ -44,13 +34,13 @@ def _alive(pid: int) -> bool:
 def _client(state: dict[str, Any]) -> TorchServeClient:
     key = Path(state["key_file"])
     return TorchServeClient(state["inference_url"], state["management_url"],
-                            key if state["token_auth"] else None)
+                            key if state["token_auth"] else None, log=Path(state["log"]))
 
 
 def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
           register: list[str], trusted_keys: str) -> dict[str, Any]:
     workdir = Path(workdir).resolve()
-    old = _state(workdir)
+    old = read_server_record(workdir)
     if old and _alive(old["pid"]):
         raise ServeError(f"a TorchServe started from {workdir} is running (pid {old['pid']}); "
                          "`trainer serve stop` first")
@@ -72,20 +62,24 @@ def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
              "key_file": str(server.key_file), "token_auth": server.token_auth,
              "log": str(server.log_path), "model_store": str(Path(model_store).resolve()),
              "trusted_keys": trusted_keys or None, "started_at": time.time()}
-    atomic_write_json(workdir / STATE, state)
     client = _client(state)
-    for info in archives:
-        client.register(f"{info['name']}.v{info['version']}.mar", info["name"])
+    try:
+        for info in archives:
+            client.register(f"{info['name']}.v{info['version']}.mar", info["name"])
+    except BaseException:  # a refused archive: no half-started server left behind
+        server.stop()
+        raise
+    atomic_write_json(workdir / SERVER_RECORD, state)
     server.proc = None  # left running on purpose: `serve stop` ends it
     return {**state, "registered": [f"{a['name']} v{a['version']}" for a in archives]}
 
 
 def status(workdir: Path) -> tuple[dict[str, Any], int]:
     workdir = Path(workdir).resolve()
-    state = _state(workdir)
+    state = read_server_record(workdir)
     if state is None:
         return {"running": False, "workdir": str(workdir),
-                "reason": f"no {STATE}: nothing started from here by `trainer serve start`"}, 1
+                "reason": f"no {SERVER_RECORD}: nothing started from here by `trainer serve start`"}, 1
     if not _alive(state["pid"]):
         return {**state, "running": False, "reason": f"pid {state['pid']} is gone"}, 1
     client = _client(state)
@@ -99,9 +93,9 @@ def status(workdir: Path) -> tuple[dict[str, Any], int]:
 
 def stop(workdir: Path, timeout: float = 30.0) -> dict[str, Any]:
     workdir = Path(workdir).resolve()
-    state = _state(workdir)
+    state = read_server_record(workdir)
     if state is None:
-        raise ServeError(f"{workdir / STATE}: no server started from here")
+        raise ServeError(f"{workdir / SERVER_RECORD}: no server started from here")
     pid = state["pid"]
     stopped = _alive(pid)
     if stopped:
@@ -111,7 +105,8 @@ def stop(workdir: Path, timeout: float = 30.0) -> dict[str, Any]:
             time.sleep(0.2)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
-    (workdir / STATE).unlink(missing_ok=True)
+    remove_scratch(workdir)
+    (workdir / SERVER_RECORD).unlink(missing_ok=True)
     return {"stopped": stopped, "pid": pid, "workdir": str(workdir)}
 
 

@@ -33,6 +33,13 @@ def write_properties(path: Path, props: dict[str, str]) -> None:
     Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
 
+def remove_scratch(workdir: Path) -> None:
+    """The stopped server's scratch: sockets, and the default stats directory with its windows
+    and captured texts, which must not outlive the server (workers remove their own on SIGTERM;
+    this also covers workers that had to be killed)."""
+    shutil.rmtree(Path(workdir) / "tmp", ignore_errors=True)
+
+
 class TorchServe:
     """A TorchServe process run with --foreground from `workdir` (where key_file.json lands).
 
@@ -153,11 +160,16 @@ class TorchServe:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        try:  # workers left in the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # workers removing their windows on SIGTERM
+        try:
+            while time.monotonic() < deadline:
+                os.killpg(self.proc.pid, 0)
+                time.sleep(0.05)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left in the group
         except ProcessLookupError:
             pass
         self.proc = None
+        remove_scratch(self.workdir)
 
     def __enter__(self) -> "TorchServe":
         return self.start()

@@ -45,6 +45,9 @@ def test_sample_returns_captured_traffic_to_label(server, client, model_store, m
             bad = tmp_path / f"{model}-{n}.jsonl"
             proc = sample(server, model, n, bad)
             assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-            assert len(proc.stderr.strip().splitlines()) == 1 and not bad.exists()
+            said = proc.stderr.strip().splitlines()  # which server, then one error line
+            assert said[0] == f"TorchServe: management {server.management_url} (from the URL " \
+                              "flags)"
+            assert len(said) == 2 and not bad.exists()
     finally:
         client.unregister("capt")

@@ -15,22 +15,33 @@ import requests
 
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.keys import keygen
+from trainer.server import TorchServe
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def trainer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """As a user runs it: the stats directory is the server's default, not the test session's."""
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTSERVE_STATS_DIR"}
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=600, env={**env, "PYTHONPATH": str(ROOT)})
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    """Files under `root` that hold `text`, as UTF-8 or as numpy's UTF-32 string arrays."""
+    needles = (text.encode(), text.encode("utf-32-le"))
+    return [p for p in root.rglob("*") if p.is_file()
+            and any(n in p.read_bytes() for n in needles)]
 
 
 def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
     store = tmp_path / "model_store"
     keygen(tmp_path / "keys" / "release")
-    build_archive(minilm_run, "sentiment", "1", store, ArchiveSettings(), allow_weak=True,
-                  sign_key=tmp_path / "keys" / "release.key")
+    build_archive(minilm_run, "sentiment", "1", store, ArchiveSettings(capture=5),
+                  allow_weak=True, sign_key=tmp_path / "keys" / "release.key")
     config = str(ROOT / "config.properties")
+    secret = "my account number is 99-1234 and the service was slow"
     bad = trainer("serve", "start", "--config", config, "--register", "nope.v1.mar",
                   cwd=tmp_path)
     assert bad.returncode == 2 and "nope.v1.mar: no such archive" in bad.stderr
@@ -55,17 +66,57 @@ def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
         # The README's call: plain text, inference key from key_file.json.
         key = json.loads(key_file.read_text())["inference"]["key"]
         resp = requests.post(f"{state['inference_url']}/predictions/sentiment",
-                             data=b"what a lovely day",
+                             data=secret.encode(),
                              headers={"Authorization": f"Bearer {key}",
                                       "Content-Type": "text/plain"}, timeout=60)
         assert resp.status_code == 200 and resp.json()["label"]
+        # Captured while it runs: under the server's tmp dir, readable by its owner only.
+        deadline = time.time() + 30
+        while not files_holding(tmp_path / ".torchserve", secret) and time.time() < deadline:
+            time.sleep(0.5)
+        held = files_holding(tmp_path / ".torchserve", secret)
+        assert [p.parent.relative_to(tmp_path) for p in held] == \
+            [Path(".torchserve/tmp/driftserve/sentiment/v1")]
+        assert held[0].stat().st_mode & 0o777 == 0o600
+        assert held[0].parent.stat().st_mode & 0o777 == 0o700
+
+        # Another TorchServe on the default ports: client verbs given no URL still talk to the
+        # server this directory's `serve start` recorded, and say which one.
+        with TorchServe(tmp_path / "other", store, ROOT / "config.properties") as other:
+            rollback = trainer("rollback", "--model", "sentiment", cwd=tmp_path)
+            assert rollback.returncode == 2, rollback.stderr
+            assert f"TorchServe: management {state['management_url']}" in rollback.stderr
+            assert "no version to roll back to (registered: 1; default v1)" in rollback.stderr
+            # Our key sent to the other server is refused, and said to be refused.
+            sample = trainer("sample", "--model", "sentiment", "--out", "picks.jsonl",
+                             "--management-url", other.management_url,
+                             "--key-file", str(key_file), cwd=tmp_path)
+            assert sample.returncode == 2 and "error: authorization failed" in sample.stderr
+            assert other.management_url in sample.stderr and "not registered" not in sample.stderr
     finally:
         stopped = trainer("serve", "stop", cwd=tmp_path)
     assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
+    assert files_holding(tmp_path, secret) == []  # nothing of the traffic survives a stop
     with pytest.raises(ProcessLookupError):
         os.killpg(state["pid"], 0)
     gone = trainer("serve", "status", cwd=tmp_path)
     assert gone.returncode == 1 and json.loads(gone.stdout)["running"] is False
+
+
+def test_a_refused_registration_names_the_workers_reason_and_leaves_no_server(minilm_run,
+                                                                          tmp_path):
+    store = tmp_path / "model_store"
+    keygen(tmp_path / "keys" / "release")
+    build_archive(minilm_run, "unsigned", "1", store, ArchiveSettings(), allow_weak=True)
+    started = trainer("serve", "start", "--config", str(ROOT / "config.properties"),
+                      "--free-ports", "--trusted-keys", "keys/release.pub",
+                      "--register", "unsigned.v1.mar", cwd=tmp_path)
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "unsigned.v1.mar: the worker refused it: SignatureError: " in started.stderr
+    assert "unsigned archive (driftserve.signature.json missing)" in started.stderr
+    assert not (tmp_path / ".torchserve" / "server.json").exists()
+    status = trainer("serve", "status", cwd=tmp_path)
+    assert status.returncode == 1
 
 
 def test_sigterm_to_a_trainer_verb_stops_the_torchserve_it_started(tmp_path):
