@@ -29,7 +29,7 @@ from trainer.balance import (
 )
 from trainer.churn import churn_by_domain
 from trainer.config import check, setting
-from trainer.data import SPLIT, Example, Splits, default_domain, load_source
+from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_source
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
 from trainer.evaluate import answers_by_domain, evaluate, evaluate_domains
@@ -134,18 +134,19 @@ class NewDomain:
 
 
 def new_domain(source: str, s: AdaptSettings, labels: Sequence[str], seen: Sequence[str],
-               test_data: str | None = None) -> NewDomain:
+               test_data: str | None = None, name: str | None = None) -> NewDomain:
     """With `test_data` none of `source` is held out for the test, and the test texts join the
-    drift reference (a file of labelled traffic is usually too small to hold out enough)."""
+    drift reference (a file of labelled traffic is usually too small to hold out enough).
+    `name`: the domain of rows that name none (default: the file's stem)."""
     shares = (SPLIT[0], 0.0) if test_data else SPLIT
-    splits = load_source(source, s.seed, s.label_threshold, tuple(labels), shares)
+    home = default_domain(source, name)
+    splits = load_source(source, s.seed, s.label_threshold, tuple(labels), shares, home)
     if len(splits) != 1:
         raise DataError(f"{source}: adapt takes one new domain per step, got {sorted(splits)}")
     (domain, split), = splits.items()
-    how: dict[str, Any] = {}
+    how: dict[str, Any] = {} if source in DOMAINS else {"domain_default": home}
     if test_data:
-        tests, how = load_test_data(test_data, s.seed, s.label_threshold, tuple(labels),
-                                    default_domain(source))
+        tests, how = load_test_data(test_data, s.seed, s.label_threshold, tuple(labels), home)
         if domain not in tests:
             raise DataError(f"--test-data {test_data}: no rows of domain {domain!r} (it has "
                             f"{sorted(tests)}); give rows a \"domain\" field to match {source}")
@@ -264,7 +265,7 @@ def calibrate_step(model: Any, tokenizer: Any, val_new: list[Example], labels: l
 
 
 def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
-              test_data: str | None = None) -> dict[str, Any]:
+              test_data: str | None = None, domain: str | None = None) -> dict[str, Any]:
     """Every check (manifest, labels, domains, test splits) runs before anything is written."""
     started = time.time()
     source_run, out = Path(source_run), Path(out)
@@ -276,7 +277,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                         f"it predates `adapt` -- retrain it with `trainer train`")
     buffer = read_buffer(source_run)
     seen = list(prev["domains_seen"])
-    new = new_domain(data, s, labels, seen, test_data)
+    new = new_domain(data, s, labels, seen, test_data, domain)
     domain, train_new, val_new, test_new, held_new = (new.name, new.train, new.val, new.test,
                                                       new.held_out)
     if not test_new or len(held_new) < 2:
@@ -390,6 +391,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source_run", required=True, help="run directory vN")
     p.add_argument("--data", required=True,
                    help="new domain: built-in name (nyt, movie, amazon, tweets) or .jsonl/.csv")
+    p.add_argument("--domain", help="the new domain's name, for rows of --data/--test-data that "
+                                    "name none (default: the file's name without suffix)")
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
     p.add_argument("--test-data", help="the new domain's test set: a file, or a built-in "
                                        "domain's test split (default: a share of --data)")
@@ -400,7 +403,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_adapt(config.from_args(AdaptSettings, args), Path(args.source_run),
-                           args.data, Path(args.out), args.test_data)
+                           args.data, Path(args.out), args.test_data, args.domain)
         return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

@@ -167,9 +167,17 @@ def stratified_split(examples: list[Example], seed: int,
     return Splits(train, val, test)
 
 
-def default_domain(source: str) -> str:
-    """The domain of rows that name none: the built-in name, or the file's stem."""
-    return source if source in VADER_FILES else Path(source).stem
+def default_domain(source: str, domain: str | None = None) -> str:
+    """The domain of rows that name none: the built-in name, else `--domain`, else the file's
+    stem."""
+    if source in VADER_FILES:
+        if domain and domain != source:
+            raise DataError(f"--domain {domain}: {source} is a built-in domain and keeps its "
+                            "name; --domain names the rows of a file")
+        return source
+    if domain is not None and not domain.strip():
+        raise DataError("--domain: empty name")
+    return domain.strip() if domain else Path(source).stem
 
 
 def by_domain(examples: list[Example]) -> dict[str, list[Example]]:
@@ -194,10 +202,11 @@ def load_examples(source: str, threshold: float = 0.5, labels: tuple[str, ...] |
 
 def load_source(source: str, seed: int, threshold: float = 0.5,
                 labels: tuple[str, ...] | None = LABELS,
-                fractions: tuple[float, float] = SPLIT) -> dict[str, Splits]:
+                fractions: tuple[float, float] = SPLIT,
+                domain: str | None = None) -> dict[str, Splits]:
     """A built-in domain name or a JSONL/CSV path -> seeded splits per domain."""
     return {d: stratified_split(exs, seed, fractions)
-            for d, exs in by_domain(load_examples(source, threshold, labels)).items()}
+            for d, exs in by_domain(load_examples(source, threshold, labels, domain)).items()}
 
 
 def labels_in(examples: list[Example]) -> list[str]:

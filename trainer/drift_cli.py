@@ -110,13 +110,14 @@ def load_reference(path: Path) -> Reference:
 
 def summary_line(result: dict[str, Any]) -> str:
     verdict = "DRIFT" if result["is_drift"] else "no drift"
-    why = result["rule"] or ("window too small" if result["not_enough_requests"] else "—")
+    why = result["rule"] or ("window too small" if result["not_enough_requests"] else "")
     mix = result.get("served_mix") or {}  # absent from servers running an older handler
     served = f", served mix {', '.join(f'{d} {s:.0%}' for d, s in mix.items())}" \
         if len(mix) > 1 else ""
     ks = f", max KS {result['max_ks']:.3f}" if "max_ks" in result else ""
     replicas = f" of {result['replicas']} replicas" if "replicas" in result else ""
-    return f"{verdict}: window {result['window_size']} requests{replicas}{ks}{served}; {why}"
+    return (f"{verdict}: window {result['window_size']} requests{replicas}{ks}{served}"
+            + (f"; {why}" if why else ""))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

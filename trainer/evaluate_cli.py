@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from trainer.churn import churn_by_domain
-from trainer.data import DOMAINS, load_source
+from trainer.data import DOMAINS, SPLIT, default_domain
 from trainer.errors import DataError
 from trainer.evaluate import answers_by_domain, evaluate_domains
 from trainer.lineage import test_splits
 from trainer.reference_texts import read_reference_texts
 from trainer.rundir import load_run
+from trainer.splits import load_test_data
 
 
 def resolve(names: Sequence[str], report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Domain names the run has seen use their recorded source; others are built-in names or
-    data files, split with the run's seed and label threshold."""
+    """Domain names the run has seen use their recorded test split; a built-in domain is its
+    own test split (split with the run's seed); a data file is scored whole, every row."""
     known = report.get("domain_sources", {})
     settings = report.get("settings", {})
     seed, threshold = settings.get("seed", 0), settings.get("label_threshold", 0.5)
@@ -31,13 +32,24 @@ def resolve(names: Sequence[str], report: Mapping[str, Any]) -> dict[str, dict[s
         if name in known:
             out[name] = dict(known[name])
         elif name in DOMAINS or Path(name).is_file():
-            for domain in load_source(name, seed, threshold, tuple(report["labels"])):
-                out[domain] = {"source": name, "seed": seed, "label_threshold": threshold,
-                               "max_eval": 0}
+            rows, how = load_test_data(name, seed, threshold, tuple(report["labels"]),
+                                       default_domain(name))
+            for domain in rows:
+                out[domain] = {**how, "seed": seed, "label_threshold": threshold, "max_eval": 0}
         else:
             raise DataError(f"{name!r} is neither a domain this run has seen "
                             f"({', '.join(known) or 'none'}), a built-in domain, nor a file")
     return out
+
+
+def scored_rows(source: Mapping[str, Any]) -> str:
+    """Which rows of the source were scored, in words."""
+    name = Path(source["source"]).name
+    if source.get("whole"):
+        return f"every row of {name}"
+    share = round(100 * source.get("fractions", SPLIT)[1])
+    cap = f", its first {source['max_eval']}" if source.get("max_eval") else ""
+    return f"the {share} % test split of {name}, seed {source['seed']}{cap}"
 
 
 def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128,
@@ -48,7 +60,8 @@ def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128
     names = list(names) or list(report.get("domains_seen", []))
     if not names:
         raise DataError(f"{run_dir}: no domains named and the run records none; use --domains")
-    tests = test_splits(resolve(names, report), labels)
+    sources = resolve(names, report)
+    tests = test_splits(sources, labels)
     result = evaluate_domains(model, tokenizer, tests, labels, max_length, with_predictions=True)
     after = result.pop("predictions")
     churn = None
@@ -64,8 +77,9 @@ def run_evaluate(run_dir: Path, names: Sequence[str] = (), max_length: int = 128
                                 answers_by_domain(old_model, old_tokenizer, held, max_length),
                                 answers_by_domain(model, tokenizer, held, max_length))
     for domain, s in result["by_domain"].items():
+        s["scored"] = scored_rows(sources[domain])
         c = churn[domain]["test"] if churn else None
-        print(f"{domain:<12} n={s['n']:>5}  accuracy {s['accuracy']:.4f}  "
+        print(f"{domain:<12} n={s['n']:>5} ({s['scored']})  accuracy {s['accuracy']:.4f}  "
               f"macro-F1 {s['macro_f1']:.4f}" + (
                   f"  vs {Path(against).name}: changed {100 * c['disagreement']:.1f} %, "
                   f"right -> wrong {100 * c['negative_flip_rate']:.1f} %, wrong -> right "

@@ -61,10 +61,13 @@ def without_test_rows(rows: list[Example], test: list[Example], data: str,
 
 def load_training_data(source: str, seed: int, threshold: float, labels: list[str] | None,
                        val_data: str | None = None, test_data: str | None = None,
-                       fractions: tuple[float, float] = SPLIT) -> TrainingData:
-    """Read and check every input before training; a bad row or label stops here."""
+                       fractions: tuple[float, float] = SPLIT,
+                       domain: str | None = None) -> TrainingData:
+    """Read and check every input before training; a bad row or label stops here. `domain`
+    names the rows of the files that name none (default: each file's stem)."""
     wanted = tuple(labels) if labels else None
-    rows = load_examples(source, threshold, wanted)
+    home = default_domain(source, domain)
+    rows = load_examples(source, threshold, wanted, home)
     found = labels_in(rows)
     if wanted:
         missing = [label for label in wanted if label not in found]
@@ -74,7 +77,6 @@ def load_training_data(source: str, seed: int, threshold: float, labels: list[st
     labels = list(wanted) if wanted else found
     if len(labels) < 2:
         raise DataError(f"{source}: needs at least 2 classes to learn, found only {labels}")
-    home = default_domain(source)
     own = {"val": load_examples(val_data, threshold, tuple(labels), home)} if val_data else {}
     test_record: dict[str, Any] = {}
     if test_data:

@@ -110,11 +110,13 @@ def reference_texts(splits: dict[str, Splits], per_domain: int) -> dict[str, lis
 
 
 def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = False,
-              val_data: str | None = None, test_data: str | None = None) -> dict[str, Any]:
+              val_data: str | None = None, test_data: str | None = None,
+              domain: str | None = None) -> dict[str, Any]:
     """Load and check all data first (a bad row stops before anything is written), then train."""
     started = time.time()
     data = load_training_data(source, settings.seed, settings.label_threshold, settings.labels,
-                              val_data, test_data, (settings.val_fraction, settings.test_fraction))
+                              val_data, test_data, (settings.val_fraction, settings.test_fraction),
+                              domain)
     labels, splits = data.labels, data.splits
     train = [ex for s in splits.values() for ex in s.train]
     splits = {d: Splits(s.train, cap(s.val, settings.max_eval), cap(s.test, settings.max_eval))
@@ -218,6 +220,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", help="your own validation file (default: a share of --data)")
     p.add_argument("--test-data", help="your own test file, or a built-in domain's test split "
                                         "(default: a share of --data)")
+    p.add_argument("--domain", help="domain name of the rows of --data/--val-data/--test-data "
+                                    "that name none (default: each file's name without suffix)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--reuse", action="store_true",
                    help="skip training when --out was built from the same inputs")
@@ -228,7 +232,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_train(config.from_args(TrainSettings, args), args.data, Path(args.out),
-                           args.reuse, args.val_data, args.test_data)
+                           args.reuse, args.val_data, args.test_data, args.domain)
         return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

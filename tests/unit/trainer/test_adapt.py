@@ -263,6 +263,19 @@ def test_cli_evaluate_and_adapt(chain, tmp_path):
     assert not (tmp_path / "v3").exists()
 
 
+def test_evaluate_scores_a_given_file_whole_and_says_which_rows(chain, tmp_path):
+    from trainer.data import load_vader
+    from trainer.evaluate_cli import run_evaluate
+
+    rows = load_vader("movie")[:40]
+    path = tmp_path / "reviews_test.jsonl"
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
+    out = run_evaluate(chain[1], [str(path), "nyt"], max_length=32)
+    scored = out["by_domain"]["reviews_test"]
+    assert scored["n"] == 40 and scored["scored"] == "every row of reviews_test.jsonl"
+    assert out["by_domain"]["nyt"]["scored"].startswith("the 15 % test split of nyt, seed 0")
+
+
 @pytest.mark.parametrize(("verb", "flag"), [("adapt", "--selection"), ("evaluate", "--domains")])
 def test_verbs_are_registered_with_help(verb, flag, capsys):
     from trainer.__main__ import parser

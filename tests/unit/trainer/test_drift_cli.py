@@ -40,4 +40,6 @@ def test_stats_dir_is_matched_to_the_served_mix(tmp_path):
     assert (tmp_path / "stats" / f"w1{SUFFIX}").exists()
     assert result["reference_domains"] == {"nyt": 300, "movie": 300}
     assert result["served_mix"]["nyt"] > 0.95 and not result["is_drift"], result["fired"]
-    assert "served mix nyt" in summary_line(result)
+    line = summary_line(result)
+    assert line.startswith("no drift: window 200 requests") and "served mix nyt" in line
+    assert not line.endswith(("; —", "; "))  # nothing fired: no reason to append

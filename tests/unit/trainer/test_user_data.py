@@ -201,3 +201,25 @@ def test_a_bad_base_model_path_names_itself(quick, two_class_rows, tmp_path):
                                                 r"Hugging Face model directory"):
         run_train(settings, str(data), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_domain_flag_names_the_rows_of_every_file(quick, two_class_rows, tmp_path):
+    """reviews_train.jsonl and reviews_test.jsonl are one domain, `reviews`, not two file
+    names; adapt's new domain is named the same way, and both rebuild from the record."""
+    from trainer.adapt import AdaptSettings, run_adapt
+
+    data = write_jsonl(tmp_path / "reviews_train.jsonl", two_class_rows[:90])
+    test = write_jsonl(tmp_path / "reviews_test.jsonl", two_class_rows[90:])
+    report = run_train(quick, str(data), tmp_path / "v1", test_data=str(test), domain="reviews")
+    assert report["domains_seen"] == ["reviews"] and report["metrics"]["test"]["n"] == 30
+    posts = [{"text": ex.text, "label": "good" if ex.label == "positive" else "bad"}
+             for ex in load_vader("tweets") if ex.label != "neutral"][:90]
+    new = write_jsonl(tmp_path / "posts_2026-12.jsonl", posts)
+    settings = AdaptSettings(epochs=1, min_steps=0, patience=0,
+                             batch_size=16, max_length=32, memory=20)
+    adapted = run_adapt(settings, tmp_path / "v1", str(new), tmp_path / "v2", domain="posts")
+    assert adapted["domains_seen"] == ["reviews", "posts"]
+    rebuilt = lineage.test_splits(adapted["domain_sources"], adapted["labels"])
+    assert sorted(rebuilt) == ["posts", "reviews"] and len(rebuilt["reviews"]) == 30
+    with pytest.raises(DataError, match="--domain web: nyt is a built-in domain"):
+        run_train(quick, "nyt", tmp_path / "v9", domain="web")
