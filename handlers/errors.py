@@ -5,7 +5,7 @@ decode with the error's `status` (torchserve_handler.py); raised while loading, 
 and ConfigError fail the model load instead:
 
   BadRequest            400  the request itself is wrong; only it fails
-  UnsupportedMediaType  415  a form-encoded body
+  UnsupportedMediaType  415  a form-encoded body, or a Content-Type neither text nor JSON
   PayloadTooLarge       413  text over the configured limit
   IntegrityError        500  model files differ from their manifest (load refused)
   SignatureError        500  archive unsigned, untrusted, or differs from its signature

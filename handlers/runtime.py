@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from handlers.drift import DriftSettings
-from handlers.errors import BadRequest, ConfigError, PayloadTooLarge
+from handlers.errors import BadRequest, ConfigError, PayloadTooLarge, UnsupportedMediaType
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
@@ -163,8 +163,20 @@ def load_adapter(model_dir: Path, dtype: torch.dtype, merge: bool) -> Any:
     return model.merge_and_unload(safe_merge=True) if merge else model
 
 
+def check_media_type(content_type: str | None) -> None:
+    """Text and JSON are what a classifier of text can read; raw bytes (octet-stream) are taken
+    as UTF-8 text. Anything else (XML, an image) is refused, not guessed at."""
+    base = (content_type or "").split(";")[0].strip().lower()
+    if not base or base.startswith("text/") or base.endswith(("/json", "+json")) \
+            or base == "application/octet-stream":
+        return
+    raise UnsupportedMediaType(f"Content-Type {base} is not supported; send text/plain, or "
+                               "application/json with {\"text\": \"...\"}")
+
+
 def decode_request(body: Any, content_type: str | None, max_chars: int) -> str:
     """One request body -> its text. Raise a 4xx error that names the problem."""
+    check_media_type(content_type)
     if body is None:
         raise BadRequest("empty request body; send plain text or JSON {\"text\": \"...\"}")
     claims_json = bool(content_type) and "json" in content_type.lower()

@@ -32,7 +32,7 @@ from trainer.config import check, setting
 from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_source
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
-from trainer.evaluate import answers_by_domain, evaluate, evaluate_domains
+from trainer.evaluate import answers_by_domain, evaluate_domains
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
@@ -323,9 +323,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                                s.max_length, s.reherd)
                    if s.selection != "none" else ReplayBuffer())
     f1 = scored["pooled"]["per_class_f1"].values()
-    judged_on = val_new or step_train
-    quality = assess(evaluate(merged, tokenizer, judged_on, labels, s.max_length), step_train,
-                     judged_on, labels, s.weak_margin)
+    quality = assess(scored["by_domain"][domain], step_train, test_new, labels, s.weak_margin,
+                     f"{domain} test")  # the test split: validation picked the epoch
     reference = build_reference_for(merged, tokenizer, held_out, s.drift_components, s.max_length)
     report = {
         "kind": "adapt",

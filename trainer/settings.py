@@ -32,8 +32,9 @@ class FitSettings:
     precision: str = setting("fp32", "fp32 | bf16: bf16 autocasts training's forward passes "
                                      "(about 2x faster on a CPU with AVX-512 BF16); the saved "
                                      "model stays fp32")
-    weak_margin: float = setting(0.1, "validation macro-F1 must beat always answering the "
-                                      "majority class by this much, or the run is marked weak")
+    weak_margin: float = setting(0.1, "test macro-F1 must beat chance (answers shuffled against "
+                                      "the labels) and always answering the majority class by "
+                                      "this much, or the run is marked weak")
     lora_r: int = setting(8, "LoRA rank")
     lora_alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = setting(0.1, "dropout on the LoRA input")

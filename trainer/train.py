@@ -155,14 +155,14 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     merged = merge(model)
-    metrics = {
-        name: evaluate(merged, tokenizer, part, labels, settings.max_length)
-        for name, part in (("train", train), ("val", val),
-                           ("test", [ex for s in splits.values() for ex in s.test]))
-        if part
-    }
-    quality = assess(metrics.get("val", metrics["train"]), train, val or train, labels,
-                     settings.weak_margin)
+    test = [ex for s in splits.values() for ex in s.test]
+    metrics = {name: evaluate(merged, tokenizer, part, labels, settings.max_length)
+               for name, part in (("train", train), ("val", val), ("test", test)) if part}
+    # Judged on the test split: validation picked the epoch, so its score is the best of many
+    # looks, and a model trained on noise can look better than chance there.
+    judged, rows = next((name, part) for name, part in (("test", test), ("val", val),
+                                                         ("train", train)) if part)
+    quality = assess(metrics[judged], train, rows, labels, settings.weak_margin, judged)
     per_domain = {d: evaluate(merged, tokenizer, s.test, labels, settings.max_length)
                   for d, s in splits.items() if s.test and len(splits) > 1}
     # The start of the adapt chain: a replay buffer and a one-row accuracy matrix.

@@ -24,6 +24,8 @@ BAD_REQUESTS = [  # (body, content type, status, words in the message)
     (b"what a lovely day", "application/x-www-form-urlencoded", 415,
      "send -H 'Content-Type: text/plain' --data-binary"),
     (b"text=what+a+lovely+day", "application/x-www-form-urlencoded", 415, "form-encoded body"),
+    (b"<text>what a lovely day</text>", "application/xml", 415,
+     "Content-Type application/xml is not supported"),
 ]
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.errors import BadRequest, HandlerError, PayloadTooLarge
+from handlers.errors import BadRequest, HandlerError, PayloadTooLarge, UnsupportedMediaType
 from handlers.runtime import decode_request
 
 
@@ -17,6 +17,8 @@ from handlers.runtime import decode_request
     (b'{"text": "json bytes"}', "application/json", "json bytes"),
     (b'{"text": "json without header"}', None, "json without header"),
     (b"{not json but plain text", "text/plain", "{not json but plain text"),
+    (b"raw bytes", "application/octet-stream", "raw bytes"),
+    (b'{"text": "a vendor json type"}', "application/vnd.api+json", "a vendor json type"),
     ("caf\u00e9 \u2764", None, "caf\u00e9 \u2764"),
 ])
 def test_good_bodies(body, content_type, text):
@@ -36,6 +38,9 @@ def test_good_bodies(body, content_type, text):
     (b"[1, 2]", "application/json", BadRequest, "got JSON list"),
     ({"text": ""}, "application/json", BadRequest, "empty"),
     (b"x" * 101, "text/plain", PayloadTooLarge, "101 characters; the limit is 100"),
+    (b"<text>hi</text>", "application/xml", UnsupportedMediaType,
+     "Content-Type application/xml is not supported"),
+    (b"\x89PNG", "image/png; q=1", UnsupportedMediaType, "image/png is not supported"),
 ])
 def test_bad_bodies_name_the_problem(body, content_type, error, words):
     with pytest.raises(error) as info:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -223,3 +224,58 @@ def test_domain_flag_names_the_rows_of_every_file(quick, two_class_rows, tmp_pat
     assert sorted(rebuilt) == ["posts", "reviews"] and len(rebuilt["reviews"]) == 30
     with pytest.raises(DataError, match="--domain web: nyt is a built-in domain"):
         run_train(quick, "nyt", tmp_path / "v9", domain="web")
+
+
+@pytest.mark.parametrize("rows", [300, 900, 3000])
+def test_shuffled_labels_make_a_weak_model(quick, rows, tmp_path):
+    """The user's file with its labels shuffled: nothing to learn, and train says so."""
+    import random
+
+    texts = [ex for ex in load_vader("tweets") if ex.label != "neutral"][:rows]
+    labels = [("good" if ex.label == "positive" else "bad") for ex in texts]
+    random.Random(rows).shuffle(labels)
+    data = write_jsonl(tmp_path / "shuffled.jsonl",
+                       [{"text": ex.text, "label": label} for ex, label in zip(texts, labels)])
+    report = run_train(dataclasses.replace(quick, epochs=2), str(data), tmp_path / "run")
+    q = report["quality"]
+    assert q["weak"] is True, q
+    assert q["judged_on"] == {"split": "test", "rows": report["split"]["sizes"]["test"]}
+
+
+def test_answers_that_ignore_the_text_pass_the_guard_at_most_5_percent_of_the_time():
+    """What a model trained on shuffled labels does: answers independent of the truth, with
+    both classes predicted. The majority-class bar alone passed most of them (macro-F1 about
+    0.5 against 0.37 + 0.1); the chance bar at 95 % confidence passes at most 5 %."""
+    from trainer.evaluate import scores
+
+    rng = np.random.default_rng(0)
+    labels = ["bad", "good"]
+    for n in (45, 135, 450):  # the test split of a 300, 900 and 3,000-row file
+        passed = old_bar = 0
+        trials = 100
+        for _ in range(trials):
+            truth = (rng.random(n) < 0.55).astype(int)
+            answers = (rng.random(n) < 0.5).astype(int)
+            rows = [ex(labels[t]) for t in truth]
+            s = scores(truth.tolist(), answers.tolist(), labels)
+            q = assess(s, rows, rows, labels, margin=0.1, split="test")
+            passed += not q["weak"]
+            old_bar += s["macro_f1"] >= q["majority_baseline"]["macro_f1"] + 0.1
+        assert passed <= 0.05 * trials, (n, passed)
+        assert old_bar >= 0.5 * trials, (n, old_bar)  # the guard this replaces
+
+
+def test_every_defaults_bench_cell_that_met_its_goal_stays_not_weak(tmp_path):
+    """bench/results/defaults.json, judged by the new guard on each cell's own test split, with
+    the answers' class shares at their worst case for the chance bar (equal to the truth's)."""
+    from bench.defaults import ROOT, cell_data
+
+    results = json.loads((ROOT / "bench" / "results" / "defaults.json").read_text())["results"]
+    met = [r for r in results if r["meets_goal"]]
+    assert len(met) >= 20
+    for r in met:
+        _, _, train, test = cell_data(r, tmp_path)
+        support = {label: sum(e.label == label for e in test) for label in r["labels"]}
+        s = {"macro_f1": r["macro_f1"], "predicted": support, "per_class_f1": r["per_class_f1"]}
+        q = assess(s, train, test, r["labels"], margin=0.1, split="test")
+        assert not q["weak"], (r["domain"], r["rows"], r["classes"], r["seed"], q["reasons"])
