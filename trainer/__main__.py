@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,7 +31,23 @@ def parser(verb: str | None = None) -> argparse.ArgumentParser:
     modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
     for module in modules:
         importlib.import_module(module).register(verbs)
+    for sub in verbs.choices.values():
+        sub.add_argument("--verbose", action="store_true",
+                         help="also show the libraries' own logs, warnings and progress bars")
     return p
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Before transformers is imported: its load report (the new head is MISSING, as it must
+    be), deprecation warnings and progress bars say nothing a user can act on, and progress
+    bars written to a file or a CI log are kilobytes of carriage returns."""
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def stop_on_sigterm() -> None:
@@ -41,6 +58,7 @@ def stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_libraries("--verbose" in argv)
     args = parser(argv[0] if argv else None).parse_args(argv)
     if args.verb not in DATA_PARALLEL:
         return _finish(*_run(args.func, args))

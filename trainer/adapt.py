@@ -37,7 +37,7 @@ from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
 from trainer.lora import apply_lora, interpolate, merge, parameter_counts
-from trainer.quality import assess, exit_code, warning_line
+from trainer.quality import assess, exit_code, scores_line, warning_line
 from trainer.reference import calibrate
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
@@ -382,6 +382,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                  "held-out texts" if "unlabelled" in c else ""), file=sys.stderr)
     if quality["weak"]:
         print(warning_line(quality, "adapt"), file=sys.stderr)
+    print(scores_line("adapt", out, scored["by_domain"], quality), file=sys.stderr)
     return report
 
 

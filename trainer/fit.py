@@ -108,7 +108,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         weights = weights.to(device) if weights is not None else None
         total = 0.0
         batches = _batches(len(train), batch_size, generator, sampler)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, disable=not progress,
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr,
+                   disable=not progress or not sys.stderr.isatty(),  # else: the epoch line
                    leave=False)
         for idx in bar:
             mine = distributed.shard(idx, rank, size)

@@ -4,6 +4,7 @@ every class get predicted? Said in one line, recorded in the report."""
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,14 @@ def assess(val_scores: dict[str, Any], train: Sequence[Example], val: Sequence[E
 def exit_code(report: dict[str, Any], allow_weak: bool) -> int:
     """train/adapt: EXIT_WEAK for a weak run unless the user said --allow-weak."""
     return EXIT_WEAK if report.get("quality", {}).get("weak") and not allow_weak else EXIT_OK
+
+
+def scores_line(verb: str, out: Path, by_domain: Mapping[str, Mapping[str, Any]],
+                quality: Mapping[str, Any]) -> str:
+    """The one human line train and adapt end with: where the run went, its test scores."""
+    scored = ", ".join(f"{d} accuracy {s['accuracy']:.3f} macro-F1 {s['macro_f1']:.3f} "
+                       f"(n={s['n']})" for d, s in by_domain.items())
+    return f"{verb} wrote {out}: test {scored}" + ("; WEAK (see above)" if quality["weak"] else "")
 
 
 def warning_line(quality: dict[str, Any], verb: str) -> str:

@@ -17,7 +17,7 @@ from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
 from trainer.client import SERVER_RECORD, TorchServeClient, read_server_record
 from trainer.errors import ClientError, ServeError
-from trainer.rollout import read_archive, trust_arg
+from trainer.rollout import read_archive, trust_arg, versions
 from trainer.server import TorchServe, remove_scratch
 
 
@@ -85,9 +85,15 @@ def status(workdir: Path) -> tuple[dict[str, Any], int]:
     client = _client(state)
     try:
         health = client.ping()
-        models = {m["modelName"]: m["modelUrl"] for m in client.models()["models"]}
+        models = {}
+        for m in client.models()["models"]:
+            registered, default = versions(client, m["modelName"])
+            models[m["modelName"]] = {"versions": registered, "default": default}
     except ClientError as e:
         return {**state, "running": False, "reason": str(e)}, 1
+    for name, m in models.items():
+        print(f"{name}: v{', v'.join(m['versions'])} registered; default v{m['default']}",
+              file=sys.stderr)
     return {**state, "running": True, "health": health, "models": models}, 0
 
 

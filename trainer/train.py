@@ -23,7 +23,7 @@ from trainer.fit import fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record
 from trainer.lora import apply_lora, default_base_model, load_classifier, merge, parameter_counts
-from trainer.quality import assess, exit_code, warning_line
+from trainer.quality import assess, exit_code, scores_line, warning_line
 from trainer.reference import calibrate
 from trainer.reference_texts import (
     REFERENCE_TEXTS_FILE,
@@ -209,6 +209,8 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
         REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})
     if quality["weak"]:
         print(warning_line(quality, "train"), file=sys.stderr)
+    print(scores_line("train", out, {d: per_domain.get(d, metrics.get("test")) for d in test_acc},
+                      quality), file=sys.stderr)
     return report
 
 

@@ -61,7 +61,9 @@ def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
 
         status = trainer("serve", "status", cwd=tmp_path)
         assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["models"] == {"sentiment": "sentiment.v1.mar"}
+        assert json.loads(status.stdout)["models"] == {"sentiment": {"versions": ["1"],
+                                                                     "default": "1"}}
+        assert "sentiment: v1 registered; default v1" in status.stderr
 
         # The README's call: plain text, inference key from key_file.json.
         key = json.loads(key_file.read_text())["inference"]["key"]

@@ -105,6 +105,12 @@ def test_weak_run_exits_3_is_written_marked_and_refused_by_archive(two_class_row
     assert proc.returncode == EXIT_WEAK, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("WEAK MODEL")]
     assert len(lines) == 1 and "macro-F1" in lines[0] and "--allow-weak" in lines[0]
+    # stderr is a pipe, not a terminal: no progress bars, no library noise, one line per
+    # epoch, and a last line with the test scores.
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr
+    assert "LOAD REPORT" not in proc.stderr and "Warning" not in proc.stderr
+    assert proc.stderr.count("epoch 1: loss") == 1
+    assert proc.stderr.splitlines()[-1].startswith(f"train wrote {out}: test mine accuracy ")
     report = json.loads(proc.stdout)
     assert report["quality"]["weak"] is True and (out / "report.json").is_file()
     store = tmp_path / "store"
