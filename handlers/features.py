@@ -107,8 +107,12 @@ class Reference:
 
     @classmethod
     def load(cls, path: Path) -> "Reference":
+        return cls.from_bytes(Path(path).read_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Reference":
         """A file written before domains were stored loads as one domain, DEFAULT_DOMAIN."""
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(data)
         domains = raw["domains"] if "domains" in raw else [DEFAULT_DOMAIN]
         index = raw["domain_index"] if "domain_index" in raw else None
         return cls(raw["labels"], raw["names"], Projection.from_json(raw["projection"]),

@@ -172,7 +172,7 @@ def merge_windows(directory: Path, capacity: int, server: str | None = None) -> 
 
 def captured(directory: Path, server: str | None = None) -> dict[str, Any]:
     """Every window's captured texts with their rows (the last rows of each window)."""
-    texts, rows, classes, names = [], [], [], None
+    texts, rows, classes, times, names = [], [], [], [], None
     for w in live_windows(directory, server):
         k = len(w["texts"])
         if not k:
@@ -183,10 +183,12 @@ def captured(directory: Path, server: str | None = None) -> dict[str, Any]:
         texts += [str(t) for t in w["texts"]]
         rows.append(w["features"][-k:])
         classes.append(w["classes"][-k:])
+        times.append(w["times"][-k:])
     width = len(names or [])
     return {"names": names or [], "texts": texts,
             "features": np.concatenate(rows) if rows else np.zeros((0, width), np.float32),
-            "classes": np.concatenate(classes) if classes else np.zeros(0, np.int16)}
+            "classes": np.concatenate(classes) if classes else np.zeros(0, np.int16),
+            "times": np.concatenate(times) if times else np.zeros(0, np.float64)}
 
 
 def summarize(names: list[str], features: np.ndarray) -> dict[str, dict[str, float]]:

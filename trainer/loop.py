@@ -98,15 +98,19 @@ def ground_truth(threshold: float) -> dict[str, str]:
 
 
 def label_captured(client: TorchServeClient, model: str, domain: str, n: int,
-                   truth: dict[str, str], out: Path) -> dict[str, Any]:
-    """`trainer sample` then the labeller: N herded texts of the captured traffic, labelled."""
+                   truth: dict[str, str], out: Path, model_store: Path,
+                   threshold: float) -> dict[str, Any]:
+    """`trainer sample` then the labeller: N texts of the drifted traffic, labelled. Also
+    measured: the share of the picks that really are the new domain's."""
     time.sleep(PERSIST_S)  # every worker writes its window (and capture) once a second
-    rows, have = sample_served(client, model, None, n)
+    rows, how = sample_served(client, model, None, n, model_store=model_store)
     write_rows(out / "to_label.jsonl", rows)
     labelled = label_from_truth(rows, domain, truth)
     write_rows(out / "labelled.jsonl", labelled)
-    return {"captured": have, "sampled": len(rows), "labelled": len(labelled),
-            "labelled_file": str(out / "labelled.jsonl"),
+    new_texts = {ex.text for ex in load_examples(domain, threshold)}
+    return {"captured": how["captured"], "sampled": len(rows), "labelled": len(labelled),
+            "labelled_file": str(out / "labelled.jsonl"), "predicted": how["predicted"],
+            "new_domain_share": round(sum(r["text"] in new_texts for r in rows) / len(rows), 4),
             "labels": dict(sorted(Counter(r["label"] for r in labelled).items()))}
 
 
@@ -151,8 +155,10 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                     client.predict(name, text)  # more of the new traffic, for the labeller
                 latest += 1
                 out = Path(demo.runs) / name / f"v{latest}"
-                step["labelling"] = label_captured(client, name, domain, loop.label, truth,
-                                                   Path(loop.report_dir) / f"step{len(steps) + 1}")
+                step["labelling"] = label_captured(
+                    client, name, domain, loop.label, truth,
+                    Path(loop.report_dir) / f"step{len(steps) + 1}", Path(demo.model_store),
+                    train.label_threshold)
                 run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
                           test_data=domain)
                 new_mar = build_archive(out, name, str(latest), Path(demo.model_store),

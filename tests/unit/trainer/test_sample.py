@@ -37,7 +37,8 @@ def test_sample_writes_rows_to_label_and_adapt_refuses_them_unlabelled(stats, ti
                                                                        capsys):
     directory, _ = stats
     out = tmp_path / "to_label.jsonl"
-    assert main(["sample", "--stats-dir", str(directory), "--n", "3", "--out", str(out)]) == 0
+    assert main(["sample", "--stats-dir", str(directory), "--n", "3", "--out", str(out),
+                 "--reference", str(tiny_run)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and len({r["text"] for r in rows}) == 3
     assert {r["text"] for r in rows} <= set(TEXTS[-5:])
@@ -54,7 +55,12 @@ def test_bad_sample_requests_say_what_is_wrong_and_write_nothing(stats, tmp_path
     directory, _ = stats
     out = tmp_path / "x.jsonl"
     for args, message in (
-            (["--stats-dir", str(directory), "--n", "6"], "only 5 texts are captured"),
+            (["--stats-dir", str(directory), "--n", "6", "--select", "all"],
+             "only 5 texts are captured"),
+            (["--stats-dir", str(directory), "--n", "2", "--select", "all", "--newest", "1"],
+             "only 1 texts are captured among the newest 1"),
+            (["--stats-dir", str(directory), "--n", "2"], "--select drifted needs the served "
+                                                          "version's drift reference"),
             (["--stats-dir", str(tmp_path / "nope"), "--n", "1"], "no such directory"),
             (["--n", "1"], "give --model (ask TorchServe) or --stats-dir"),
             (["--model", "m", "--n", "1", "--key-file", str(tmp_path / "k"),
@@ -67,3 +73,11 @@ def test_bad_sample_requests_say_what_is_wrong_and_write_nothing(stats, tmp_path
 def test_capture_is_bounded_by_the_window():
     with pytest.raises(ConfigError, match="capture must be an integer in \\[0, window=10\\]"):
         RuntimeSettings(window=10, capture=11).validate()
+
+
+def test_picks_are_spread_evenly_over_the_predicted_classes():
+    from trainer.sample import balanced_quota
+
+    assert balanced_quota({0: 70, 1: 8, 2: 40}, 30) == {0: 11, 1: 8, 2: 11}
+    assert balanced_quota({0: 5, 1: 5}, 10) == {0: 5, 1: 5}
+    assert balanced_quota({0: 100, 1: 100, 2: 100}, 7) == {0: 3, 1: 2, 2: 2}
