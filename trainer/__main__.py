@@ -1,4 +1,5 @@
-"""`python -m trainer <verb>`: JSON for machines on stdout, tables and progress on stderr."""
+"""`driftserve <verb>` (or `python -m trainer <verb>`): JSON for machines on stdout, tables and
+progress on stderr."""
 
 import argparse
 import importlib
@@ -7,6 +8,7 @@ import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,7 +28,8 @@ DATA_PARALLEL = {"train", "adapt"}  # the verbs torchrun and Ray Train run on ev
 
 def parser(verb: str | None = None) -> argparse.ArgumentParser:
     """Every verb, or (given a known `verb`) just the module that registers it."""
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    prog = "driftserve" if Path(sys.argv[0]).name == "driftserve" else "python -m trainer"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     verbs = p.add_subparsers(dest="verb", required=True)
     modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
     for module in modules:
@@ -91,6 +94,11 @@ def _finish(result: object, code: int) -> int:
     return code
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `driftserve` command: the same verbs and flags as `python -m trainer`."""
     stop_on_sigterm()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 """Typed errors of the trainer CLI, and the exit code each maps to (the serving side's errors,
 with their HTTP statuses, are in handlers/errors.py).
 
-`python -m trainer <verb>` exits with:
+`driftserve <verb>` (`python -m trainer <verb>`) exits with:
   0  success;
   2  an expected error (EXPECTED_ERRORS): a user's mistake (bad data, settings, archive, server
      answer), printed as one `error: ...` line on stderr, no traceback;

@@ -143,7 +143,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
             print(f"TorchServe is up (pid {out['pid']}) at {out['inference_url']}; "
                   f"keys in {out['key_file']} (send the inference key as "
                   f"'Authorization: Bearer KEY'); log: {out['log']}\n"
-                  f"stop it with: python -m trainer serve stop --workdir {args.workdir}",
+                  f"stop it with: driftserve serve stop --workdir {args.workdir}",
                   file=sys.stderr)
             return out, 0
         if args.action == "status":

@@ -28,6 +28,14 @@ def trainer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**env, "PYTHONPATH": str(ROOT)})
 
 
+def driftserve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The console script `pip install` put beside this Python (pyproject's [project.scripts])."""
+    exe = Path(sys.executable).parent / "driftserve"
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTSERVE_STATS_DIR"}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
 def files_holding(root: Path, text: str) -> list[Path]:
     """Files under `root` that hold `text`, as UTF-8 or as numpy's UTF-32 string arrays."""
     needles = (text.encode(), text.encode("utf-32-le"))
@@ -59,7 +67,7 @@ def test_start_status_plain_text_call_and_stop(minilm_run, tmp_path):
         again = trainer("serve", "start", "--config", config, "--free-ports", cwd=tmp_path)
         assert again.returncode == 2 and "is running" in again.stderr
 
-        status = trainer("serve", "status", cwd=tmp_path)
+        status = driftserve("serve", "status", cwd=tmp_path)  # the installed command
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["models"] == {"sentiment": {"versions": ["1"],
                                                                      "default": "1"}}
