@@ -77,7 +77,7 @@ class TorchServeClient:
             raise AuthorizationError(
                 f"authorization failed: TorchServe at {base} refused the {kind} key"
                 f"{f' from {self.key_file}' if self.key_file else ' (none sent)'}; is that "
-                "file the key file of this server?", resp.status_code)
+                f"file the key file of this server? ({_message(resp)})", resp.status_code)
         if resp.status_code >= 400:
             raise ClientError(f"{method} {path} -> {resp.status_code}: {_message(resp)}",
                               resp.status_code)
