@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +25,14 @@ from trainer.client import TorchServeClient, add_server_arguments, client_from_a
 from trainer.config import check, setting
 from trainer.errors import ClientError, RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS
-from trainer.gate_evidence import Labeller, answer_all, file_labeller, gate_holdouts, judge
+from trainer.gate_evidence import (
+    Labeller,
+    answer_all,
+    file_labeller,
+    gate_holdouts,
+    judge,
+    read_traffic,
+)
 from trainer.quality import refuse_weak
 from trainer.serving_record import read_record, restore, write_record
 
@@ -162,12 +169,14 @@ def _after(step: str) -> None:
 
 def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             allow_weak: bool = False, trusted: dict[str, Any] | None = None,
-            labeller: Labeller | None = None, to_label: Path | None = None) -> dict[str, Any]:
+            labeller: Labeller | None = None, to_label: Path | None = None,
+            traffic: Sequence[str] = ()) -> dict[str, Any]:
     """register -> warm -> gate -> set-default -> prune (or -> unregister). The state file names
     the next step (and, after the gate, its decision) before it runs, and every step is safe to
     repeat, so a rerun after a kill at any point finishes the same rollout. `labeller` answers
     the gate's label requests on disagreements; those it leaves open go to `to_label` when the
-    gate cannot decide without them."""
+    gate cannot decide without them. `traffic`: texts the default served before the drift, more
+    evidence on what already worked (trainer.gate_evidence.add_traffic)."""
     info = read_archive(mar)
     if info["name"] != model:
         raise RolloutError(f"{mar.name} is an archive of model {info['name']!r}, not of --model "
@@ -212,7 +221,7 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             raise RolloutError(f"the default v{state['previous_default']}'s archive "
                                f"{default_mar.name} is not in {mar.parent}: the gate cannot tell "
                                "which domains it serves")
-        new_domain, held, notes = gate_holdouts(mar, default_mar, g.holdout)
+        new_domain, held, notes = gate_holdouts(mar, default_mar, g.holdout, traffic)
         for note in notes:
             print(f"gate: {note}", file=sys.stderr)
         if state["step"] == "register":
@@ -362,6 +371,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path,
                    help="labelled texts (JSONL/CSV: text, label) the gate may use where the "
                         "versions disagree on held-out texts (e.g. a labelled --to-label file)")
+    p.add_argument("--traffic", type=Path,
+                   help="JSONL of texts the default served before the drift (e.g. `driftserve "
+                        "sample --select before-drift`): more unlabelled evidence on the old "
+                        "domain(s); only a \"text\" field is read")
     p.add_argument("--to-label", type=Path, default=Path("gate_to_label.jsonl"),
                    help="where the texts the gate wants labelled go when it cannot decide "
                         "without them (default: gate_to_label.jsonl)")
@@ -373,8 +386,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         labeller = None
         if args.labels:
             labeller = file_labeller(args.labels, read_archive(mar)["report"]["labels"])
+        traffic = read_traffic(args.traffic) if args.traffic else ()
         result = rollout(client_from_args(args), mar, args.model, config.from_args(GateSettings, args),
-                         args.allow_weak, _trusted(args), labeller, args.to_label)
+                         args.allow_weak, _trusted(args), labeller, args.to_label, traffic)
         return result, {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED,
                         "inconclusive": EXIT_INCONCLUSIVE}[result["outcome"]]
 

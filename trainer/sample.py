@@ -42,7 +42,7 @@ from trainer.drift_cli import load_reference, served_stats
 from trainer.errors import ClientError, DataError, SettingsError
 from trainer.herding import herding_order
 
-SELECT = ("drifted", "all")
+SELECT = ("drifted", "before-drift", "all")
 MIN_TAIL = 20  # the shortest tail judged: KS on fewer rows says little
 
 
@@ -101,9 +101,11 @@ def balanced_quota(available: dict[int, int], n: int) -> dict[int, int]:
 
 
 def pick(traffic: dict[str, Any], n: int, labels: list[str], reference: Reference | None = None,
-         newest: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+         newest: int = 0, before: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows to label, how they were chosen). With `reference`, from the drifted tail (when it
-    is shorter than n, the next newest rows fill up, said)."""
+    is shorter than n, the next newest rows fill up, said); with `before` too, from the rows
+    before it instead, as gate evidence on what already worked: herded over all of them, not
+    balanced by class, so they stay spread like the traffic they stand for."""
     have = len(traffic["texts"])
     if n < 1:
         raise SettingsError(f"--n must be >= 1, got {n}")
@@ -115,7 +117,14 @@ def pick(traffic: dict[str, Any], n: int, labels: list[str], reference: Referenc
                         f"{' among the newest ' + str(newest) if newest else ''}; ask for at "
                         f"most {len(pool)} (--n)")
     how: dict[str, Any] = {"captured": have, "considered": len(pool)}
-    if reference is not None:
+    if reference is not None and before:
+        tail, found = drifted_tail(traffic, reference, pool)
+        how.update(found)
+        pool = pool[:len(pool) - len(tail)]
+        if n > len(pool):
+            raise DataError(f"only {len(pool)} captured texts came before the drifted tail (the "
+                            f"newest {len(tail)}); ask for at most {len(pool)} (--n)")
+    elif reference is not None:
         tail, found = drifted_tail(traffic, reference, pool)
         how.update(found)
         if len(tail) < n:
@@ -126,10 +135,11 @@ def pick(traffic: dict[str, Any], n: int, labels: list[str], reference: Referenc
     pcs = [i for i, name in enumerate(traffic["names"]) if name.startswith("pc")]
     conf = traffic["names"].index("confidence")
     classes = np.asarray(traffic["classes"], dtype=int)
-    available = {int(c): int((classes[pool] == c).sum()) for c in np.unique(classes[pool])}
+    available = ({-1: len(pool)} if before else
+                 {int(c): int((classes[pool] == c).sum()) for c in np.unique(classes[pool])})
     chosen: list[int] = []
     for c, k in balanced_quota(available, n).items():
-        members = pool[classes[pool] == c]
+        members = pool if c == -1 else pool[classes[pool] == c]
         feats = torch.from_numpy(np.ascontiguousarray(traffic["features"][members][:, pcs]))
         chosen += members[herding_order(feats, k).numpy()].tolist() if k else []
     rows = [{"text": traffic["texts"][i], "label": "",
@@ -164,7 +174,7 @@ def sample_served(client: TorchServeClient, model: str, version: str | None, n: 
         raise DataError(f"{directory}: the server's statistics are not on this host; run "
                         "`trainer sample` where TorchServe runs, or copy the directory "
                         "and pass --stats-dir")
-    if select == "drifted" and reference is None:
+    if select != "all" and reference is None:
         reference = archived_reference(model_store, model, served)
     return choose(captured(directory), n, labels, select, newest, reference)
 
@@ -173,10 +183,11 @@ def choose(traffic: dict[str, Any], n: int, labels: list[str], select: str, newe
            reference: Reference | None) -> tuple[list[dict[str, Any]], dict]:
     if select not in SELECT:
         raise SettingsError(f"--select must be one of {SELECT}, got {select!r}")
-    if select == "drifted" and reference is None:
-        raise SettingsError("--select drifted needs the served version's drift reference: "
+    if select != "all" and reference is None:
+        raise SettingsError(f"--select {select} needs the served version's drift reference: "
                             "--reference RUN_DIR (or --select all)")
-    rows, how = pick(traffic, n, labels, reference if select == "drifted" else None, newest)
+    rows, how = pick(traffic, n, labels, reference if select != "all" else None, newest,
+                     before=select == "before-drift")
     how["predicted"] = dict(sorted(Counter(r["predicted"] for r in rows).items()))
     return rows, how
 
@@ -196,10 +207,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                                   args.select, args.newest, reference, store)
     out = Path(args.out)
     write_rows(out, rows)
+    part = "before the drifted tail" if args.select == "before-drift" else "from the drifted tail"
     print(f"wrote {len(rows)} rows to {out}: predicted {how['predicted']}"
-          + (f"; from the drifted tail, the newest {how['drifted_tail']} of "
-             f"{how['considered']} captured texts (max KS {how['tail_ks']:.3f} against the "
-             "reference)" if "drifted_tail" in how else ""), file=sys.stderr)
+          + (f"; {part} (the newest {how['drifted_tail']} of {how['considered']} captured "
+             f"texts, max KS {how['tail_ks']:.3f} against the reference)"
+             if "drifted_tail" in how else ""), file=sys.stderr)
     return {"out": str(out), "rows": len(rows), **how}, 0
 
 
@@ -213,7 +225,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                                                 "predicted, confidence")
     p.add_argument("--select", choices=SELECT, default="drifted",
                    help="drifted: the newest captured texts that depart from the served "
-                        "version's reference (default); all: every captured text")
+                        "version's reference (default), to label; before-drift: the texts "
+                        "before them, for `rollout --traffic`; all: every captured text")
     p.add_argument("--newest", type=int, default=0,
                    help="only the newest N captured texts (default: 0, all)")
     p.add_argument("--reference", help="the served version's run dir or drift_reference.json "

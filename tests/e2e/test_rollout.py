@@ -148,13 +148,16 @@ def test_the_gate_judges_the_defaults_domains_whatever_the_candidates_lineage(se
                                                                             archives, minilm_run):
     """A candidate whose lineage names only movie is still judged on nyt, which the default
     serves: on the held-out texts the default's archive carries and nyt's labelled test."""
+    traffic = [ex.text for ex in load_source("nyt", 0)["nyt"].train[:30]]  # served before
     result = rollout(rollme, archives / f"{MODEL}.v{OTHER_DOMAIN_VERSION}.mar", MODEL,
-                     GateSettings(min_new_gain=-1.0, **FAST), allow_weak=True)
+                     GateSettings(min_new_gain=-1.0, **FAST), allow_weak=True, traffic=traffic)
     assert result["outcome"] == "rejected" and result["new_domain"] == "movie", result["rules"]
     nyt = next(r for r in result["rules"] if " nyt (old)" in r)
     assert nyt.startswith("FAIL nyt (old)") and "disagreement evidence" in nyt, nyt
-    # every held-out text the default's archive carries (the candidate distilled on none)
-    assert result["churn"]["nyt"]["unlabelled"]["n"] == len(read_reference_texts(minilm_run)["nyt"])
+    # every held-out text the default's archive carries (the candidate distilled on none), and
+    # the traffic the default served, which joins nyt: v1 serves nyt alone
+    assert result["churn"]["nyt"]["unlabelled"]["n"] == \
+        len(read_reference_texts(minilm_run)["nyt"]) + len(traffic)
     assert result["churn"]["nyt"]["test"]["negative_flip_rate"] > 0.1
     assert versions(rollme, MODEL) == (["1", "2"], "2")
 

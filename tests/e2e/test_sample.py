@@ -68,7 +68,7 @@ def test_sample_picks_the_drifted_traffic_when_capture_ran_from_the_start(
         for text in old + new:
             client.predict("since", text)
         shares = {}
-        for select in ("drifted", "all"):
+        for select in ("drifted", "all", "before-drift"):
             out = tmp_path / f"{select}.jsonl"
             proc = subprocess.run(
                 [sys.executable, "-m", "trainer", "sample", "--model", "since", "--n", "40",
@@ -83,5 +83,6 @@ def test_sample_picks_the_drifted_traffic_when_capture_ran_from_the_start(
             shares[select] = sum(r["text"] in set(new) for r in rows) / len(rows)
         print(f"share of picks from the new domain: {shares}")
         assert shares["drifted"] >= 0.9, shares
+        assert shares["before-drift"] <= 0.1, shares  # the old traffic, for rollout --traffic
     finally:
         client.unregister("since")

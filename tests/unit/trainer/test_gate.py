@@ -188,3 +188,28 @@ def test_a_domain_without_held_out_texts_falls_back_to_the_paired_test():
     movie.new_ms = [10.0] * 300
     out = judge({"nyt": nyt, "movie": movie}, "movie", g, None)
     assert out["outcome"] == INCONCLUSIVE and "labelled sentences would settle it" in out["rules"][0]
+
+
+def test_an_equal_candidate_needs_texts_not_labels_and_traffic_supplies_them():
+    """A candidate that changes 9 % of an old domain's answers and is right on exactly half of
+    those (it keeps the domain's accuracy): with every disagreement labelled, 260 texts (a test
+    split and held-out texts) cannot bound a 2-point loss, and the gate names the number of
+    texts that would; with the traffic served before the drift added (1,000 texts) it can."""
+    def old_domain(n):
+        texts, truth = [f"r{i}" for i in range(n)], ["pos"] * n
+        old, new = list(truth), list(truth)
+        for j, i in enumerate(range(0, n, 11)):
+            (old if j % 2 == 0 else new)[i] = "neg"
+        return domain(texts, truth, old, new, 200)
+
+    gain_old, gain_new = answers(200, 100, 5, 80)
+    lab = lambda xs: ["pos" if x else "neg" for x in xs]  # noqa: E731
+    posts = domain([f"p{i}" for i in range(200)], ["pos"] * 200, lab(gain_old), lab(gain_new),
+                   200)
+    g = GateSettings()
+    labeller = lambda d, ts: dict.fromkeys(ts, "pos")  # noqa: E731
+    out = judge({"reviews": old_domain(260), "posts": posts}, "posts", g, labeller)
+    assert out["outcome"] == INCONCLUSIVE and "estimated change +0.0" in out["rules"][0]
+    assert "about 887 texts of this domain" in out["rules"][0], out["rules"][0]
+    out = judge({"reviews": old_domain(1000), "posts": posts}, "posts", g, labeller)
+    assert out["outcome"] == PASS and out["labels_answered"]["reviews"] == 72, out["rules"]

@@ -68,3 +68,37 @@ def test_held_out_texts_alone_or_a_labelled_test_alone_are_used_and_said(tmp_pat
     assert out["amazon"].labelled == [] and out["amazon"].unlabelled
     assert any(n.startswith("amazon: no labelled test split") for n in notes)
     assert any(n.startswith("nyt: neither archive carries held-out texts") for n in notes)
+
+
+def test_traffic_before_the_drift_joins_the_one_old_domain_or_is_judged_on_its_own(tmp_path):
+    from trainer.gate_evidence import TRAFFIC
+
+    traffic = [ex.text for ex in load_source("nyt", 0)["nyt"].train[:50]]
+    default = archive(tmp_path / "m.v1.mar", ["nyt"], {"nyt": held("nyt")})
+    candidate = archive(tmp_path / "m.v2.mar", ["nyt", "tweets"], {"nyt": held("nyt")})
+    _, out, notes = gate_holdouts(candidate, default, 20, traffic + held("nyt")[:5])
+    assert list(out) == ["nyt", "tweets"]  # no extra rule: more texts of what v1 serves
+    assert out["nyt"].unlabelled == held("nyt") + traffic  # texts already held count once
+    assert notes == ["nyt: + 50 texts of the traffic served before the drift"]
+    # a default serving two domains: the traffic is a mixture, judged as one more old domain
+    default = archive(tmp_path / "m.v3.mar", ["nyt", "movie"],
+                      {"nyt": held("nyt"), "movie": held("movie")})
+    candidate = archive(tmp_path / "m.v4.mar", ["nyt", "movie", "tweets"])
+    _, out, notes = gate_holdouts(candidate, default, 20, traffic)
+    assert list(out) == ["nyt", "movie", TRAFFIC, "tweets"]
+    assert out[TRAFFIC].labelled == [] and out[TRAFFIC].unlabelled == traffic
+    assert out["nyt"].unlabelled == held("nyt") and "one more old domain" in notes[-1]
+
+
+def test_read_traffic_takes_sampled_rows_and_names_a_bad_line(tmp_path):
+    from trainer.errors import DataError
+    from trainer.gate_evidence import read_traffic
+
+    good = tmp_path / "before.jsonl"
+    good.write_text('{"text": "a calm day", "label": "", "predicted": "neutral"}\n\n'
+                    '{"text": " the rain again "}\n')
+    assert read_traffic(good) == ["a calm day", "the rain again"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"label": "x"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' is missing or empty"):
+        read_traffic(bad)
