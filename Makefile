@@ -68,6 +68,7 @@ bench-gpu:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: setup lint
 	@bash scripts/check_prometheus.sh
