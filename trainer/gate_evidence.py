@@ -234,12 +234,22 @@ def answer_all(client: Any, model: str, versions: tuple[str, str], held: dict[st
     return out
 
 
+def labels_complete(a: Answers) -> bool:
+    """Every unlabelled-part disagreement is labelled, or stands in a random subset (`asked`)
+    that is labelled whole. A labeller that answers only some of what it was asked (a labels
+    file from an earlier round) answers a subset that is not random: weighting it up would
+    bias the estimate, so such labels are not used until the rest are answered."""
+    rest = [i for i in range(a.labelled_part, len(a.texts)) if a.old[i] != a.new[i]]
+    return not rest or (bool(a.asked) and all(a.truth[i] is not None for i in a.asked))
+
+
 def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagreement:
     """The labelled part's disagreements all carry labels (weight 1); of the unlabelled part's,
-    those the labeller answered stand for all of them (weight M / m)."""
+    the random subset the labeller answered whole stands for all of them (weight M / m).
+    Without that (see labels_complete), only the share decides."""
     dis = [i for i in range(len(a.texts)) if a.old[i] != a.new[i]]
     diffs, weights = [], []
-    if with_labels:
+    if with_labels and labels_complete(a):
         rest = [i for i in dis if i >= a.labelled_part]
         answered = [i for i in rest if a.truth[i] is not None]
         for i in [i for i in dis if i < a.labelled_part] + answered:
@@ -301,6 +311,10 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
                f"right on {_right(a, 'new')}, old right on {_right(a, 'old')}"
                + (f", estimated change {100 * d.change:+.1f} points" if d.change is not None
                   else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
+        if not labels_complete(a):
+            how = (f"{a.answered} of the {len(a.asked)} disagreements asked were labelled; a "
+                   "part of them is not a random sample of the disagreements, so only the share "
+                   "decides until the rest are labelled")
     outcome = not_worse_by_disagreement(d, margin)
     line = (f"{domain} (old): change >= {-100 * margin:+.1f} points; disagreement evidence: the "
             f"versions disagree on {d.disagree} of {d.texts} texts ({100 * d.share:.1f} %, at "

@@ -213,3 +213,29 @@ def test_an_equal_candidate_needs_texts_not_labels_and_traffic_supplies_them():
     assert "about 887 texts of this domain" in out["rules"][0], out["rules"][0]
     out = judge({"reviews": old_domain(1000), "posts": posts}, "posts", g, labeller)
     assert out["outcome"] == PASS and out["labels_answered"]["reviews"] == 72, out["rules"]
+
+
+def test_labels_for_only_part_of_what_was_asked_are_not_weighted_up():
+    """A labels file that happens to hold only the disagreements where the candidate is right
+    (say, an earlier round's): weighting those up would call a worse candidate better. Until
+    every asked disagreement is labelled, the share alone decides, and the rest are asked for."""
+    n, labelled = 1000, 200
+    texts, truth = [f"t{i}" for i in range(n)], ["pos"] * n
+    old, new = list(truth), list(truth)
+    for j, i in enumerate(range(0, n, 8)):  # 12.5 % disagree; new right on 1 in 4 of them
+        (old if j % 4 == 0 else new)[i] = "neg"
+    gain_old, gain_new = answers(200, 100, 5, 80)
+    lab = lambda xs: ["pos" if x else "neg" for x in xs]  # noqa: E731
+    posts = domain([f"p{i}" for i in range(200)], ["pos"] * 200, lab(gain_old), lab(gain_new),
+                   200)
+    only_where_new_is_right = lambda d, ts: {t: "pos" for t in ts  # noqa: E731
+                                             if new[int(t[1:])] == "pos"}
+    out = judge({"nyt": domain(texts, truth, old, new, labelled), "posts": posts}, "posts",
+                GateSettings(), only_where_new_is_right)
+    assert out["outcome"] == INCONCLUSIVE, out["rules"]
+    assert "not a random sample" in out["rules"][0], out["rules"][0]
+    assert len(out["to_label"]["nyt"]) == out["labels_asked"]["nyt"] - out["labels_answered"]["nyt"]
+    everything = lambda d, ts: dict.fromkeys(ts, "pos")  # noqa: E731
+    out = judge({"nyt": domain(texts, truth, old, new, labelled), "posts": posts}, "posts",
+                GateSettings(), everything)
+    assert out["outcome"] == FAIL, out["rules"]  # labelled whole: new is worse, and it shows
