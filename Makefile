@@ -72,7 +72,7 @@ lint: setup
 
 test: setup lint
 	@bash scripts/check_prometheus.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf runs model_store/*.mar logs .torchserve key_file.json
