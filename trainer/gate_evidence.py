@@ -30,7 +30,7 @@ import random
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +245,10 @@ def labels_complete(a: Answers) -> bool:
 
 def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagreement:
     """The labelled part's disagreements all carry labels (weight 1); of the unlabelled part's,
-    the random subset the labeller answered whole stands for all of them (weight M / m).
-    Without that (see labels_complete), only the share decides."""
+    the random subset the labeller answered whole stands for all of them (weight M / m), and the
+    estimate is over every text. Without that (see labels_complete) the labelled part, itself a
+    random sample of the domain, gives the estimate over its own texts; the share is always
+    over every text."""
     dis = [i for i in range(len(a.texts)) if a.old[i] != a.new[i]]
     diffs, weights = [], []
     if with_labels and labels_complete(a):
@@ -255,6 +257,14 @@ def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagre
         for i in [i for i in dis if i < a.labelled_part] + answered:
             diffs.append(int(a.new[i] == a.truth[i]) - int(a.old[i] == a.truth[i]))
             weights.append(1.0 if i < a.labelled_part else len(rest) / len(answered))
+    elif with_labels and a.labelled_part:
+        whole = disagreement(len(a.texts), len(dis), [], [], confidence)
+        part_dis = [i for i in dis if i < a.labelled_part]
+        part = disagreement(a.labelled_part, len(part_dis),
+                            [int(a.new[i] == a.truth[i]) - int(a.old[i] == a.truth[i])
+                             for i in part_dis], [1.0] * len(part_dis), confidence)
+        return replace(whole, labelled=part.labelled, change=part.change, sd=part.sd,
+                       low=max(whole.low, part.low), high=min(whole.high, part.high))
     return disagreement(len(a.texts), len(dis), diffs, weights, confidence)
 
 
@@ -312,9 +322,14 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
                + (f", estimated change {100 * d.change:+.1f} points" if d.change is not None
                   else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
         if not labels_complete(a):
-            how = (f"{a.answered} of the {len(a.asked)} disagreements asked were labelled; a "
-                   "part of them is not a random sample of the disagreements, so only the share "
-                   "decides until the rest are labelled")
+            how = (f"{a.answered} of the {len(a.asked)} held-out disagreements asked were "
+                   "labelled, not a random sample of them, so they are not used until the rest "
+                   f"are: the test split's own {d.labelled} labelled disagreements decide, new "
+                   f"right on {_right(a, 'new', a.labelled_part)}, old right on "
+                   f"{_right(a, 'old', a.labelled_part)}"
+                   + (f", estimated change {100 * d.change:+.1f} points"
+                      if d.change is not None
+                      else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
     outcome = not_worse_by_disagreement(d, margin)
     line = (f"{domain} (old): change >= {-100 * margin:+.1f} points; disagreement evidence: the "
             f"versions disagree on {d.disagree} of {d.texts} texts ({100 * d.share:.1f} %, at "
@@ -332,10 +347,10 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
     return outcome, line, to_label
 
 
-def _right(a: Answers, which: str) -> int:
+def _right(a: Answers, which: str, upto: int | None = None) -> int:
     answers = a.new if which == "new" else a.old
     return sum(a.old[i] != a.new[i] and a.truth[i] is not None and answers[i] == a.truth[i]
-               for i in range(len(a.texts)))
+               for i in range(len(a.texts) if upto is None else upto))
 
 
 def paired_rule(domain: str, a: Answers, bound: float, is_new: bool, confidence: float
