@@ -180,6 +180,7 @@ class ServerTarget:
     source: str
     trusted_keys: str = ""  # what the server's workers were started trusting (its record)
     log: Path | None = None
+    model_store: Path | None = None  # the store it was started with (its record)
 
     def client(self) -> TorchServeClient:
         return TorchServeClient(self.inference_url, self.management_url, self.key_file,
@@ -212,7 +213,9 @@ def server_from_args(args: argparse.Namespace) -> ServerTarget:
             key = args.key_file or (Path(record["key_file"]) if record["token_auth"] else None)
             return ServerTarget(record["inference_url"], record["management_url"], key,
                                 f"the server record {Path(args.workdir) / SERVER_RECORD}",
-                                record.get("trusted_keys") or "", Path(record["log"]))
+                                record.get("trusted_keys") or "", Path(record["log"]),
+                                Path(record["model_store"]) if record.get("model_store")
+                                else None)
     management = args.management_url or DEFAULT_MANAGEMENT_URL
     inference = (getattr(args, "inference_url", None) or
                  (DEFAULT_INFERENCE_URL if hasattr(args, "inference_url") else management))
@@ -221,9 +224,14 @@ def server_from_args(args: argparse.Namespace) -> ServerTarget:
     return ServerTarget(inference, management, args.key_file or Path("key_file.json"), source)
 
 
-def client_from_args(args: argparse.Namespace) -> TorchServeClient:
-    """The client for add_server_arguments' flags; says on stderr which server it is."""
+def target_from_args(args: argparse.Namespace) -> ServerTarget:
+    """server_from_args, said on stderr before the first call."""
     target = server_from_args(args)
     print(f"TorchServe: management {target.management_url} (from {target.source})",
           file=sys.stderr)
-    return target.client()
+    return target
+
+
+def client_from_args(args: argparse.Namespace) -> TorchServeClient:
+    """The client for add_server_arguments' flags; says on stderr which server it is."""
+    return target_from_args(args).client()

@@ -13,8 +13,10 @@ features a tweet is as close to the nyt reference as an nyt sentence is (measure
 
 Each row carries the served label and confidence as a hint and an empty "label" to fill in;
 `trainer adapt --data FILE` takes the labelled file back (a row whose label is still empty
-stops it, naming the line). `--select all` samples every captured text; `--newest N` only the
-newest N.
+stops it, naming the line). `--select before-drift` picks from the texts before the tail
+instead, herded but not balanced by class: the old traffic, as evidence for the rollout gate
+(`rollout --traffic`). `--select all` samples every captured text; `--newest N` only the newest
+N.
 """
 
 import argparse
@@ -32,12 +34,7 @@ from scipy.stats import ks_2samp
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.stats import captured
 from trainer.artifacts import atomic_write_bytes
-from trainer.client import (
-    TorchServeClient,
-    add_server_arguments,
-    client_from_args,
-    read_server_record,
-)
+from trainer.client import TorchServeClient, add_server_arguments, target_from_args
 from trainer.drift_cli import load_reference, served_stats
 from trainer.errors import ClientError, DataError, SettingsError
 from trainer.herding import herding_order
@@ -201,9 +198,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         rows, how = choose(captured(directory), args.n, labels, args.select, args.newest,
                            reference)
     else:
-        record = read_server_record(args.workdir) or {}
-        store = Path(args.model_store or record.get("model_store") or "model_store")
-        rows, how = sample_served(client_from_args(args), args.model, args.version, args.n,
+        target = target_from_args(args)
+        store = Path(args.model_store or target.model_store or "model_store")
+        rows, how = sample_served(target.client(), args.model, args.version, args.n,
                                   args.select, args.newest, reference, store)
     out = Path(args.out)
     write_rows(out, rows)

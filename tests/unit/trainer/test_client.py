@@ -18,7 +18,8 @@ def write_record(workdir: Path) -> dict:
     record = {"pid": 1, "inference_url": "http://127.0.0.1:9180",
               "management_url": "http://127.0.0.1:9181", "metrics_url": "http://127.0.0.1:9182",
               "key_file": str(workdir / "key_file.json"), "token_auth": True,
-              "log": str(workdir / "torchserve.log"), "trusted_keys": "/keys/release.pub"}
+              "log": str(workdir / "torchserve.log"), "trusted_keys": "/keys/release.pub",
+              "model_store": "/srv/model_store"}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "server.json").write_text(json.dumps(record))
     return record
@@ -32,6 +33,7 @@ def test_the_record_of_workdir_wins_over_the_default_ports(tmp_path):
     assert target.key_file == Path(record["key_file"])
     assert target.trusted_keys == "/keys/release.pub"
     assert target.log == Path(record["log"]) and "server.json" in target.source
+    assert target.model_store == Path("/srv/model_store")  # where sample finds the archive
     # A verb with no inference flag (drift) still finds the record's management address.
     drift = server_from_args(parse("--workdir", str(tmp_path / "ts"), inference=False))
     assert drift.management_url == record["management_url"]
