@@ -68,7 +68,7 @@ bench-gpu:
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo --no-cache
 
 test: setup lint
 	@bash scripts/check_prometheus.sh
