@@ -187,6 +187,16 @@ class ServerTarget:
                                 log=self.log)
 
 
+def target_of_record(record: dict[str, Any], workdir: Path,
+                     key_file: Path | None = None) -> ServerTarget:
+    """The server `serve start` recorded in `workdir`; `key_file` overrides its key file."""
+    key = key_file or (Path(record["key_file"]) if record["token_auth"] else None)
+    return ServerTarget(record["inference_url"], record["management_url"], key,
+                        f"the server record {Path(workdir) / SERVER_RECORD}",
+                        record.get("trusted_keys") or "", Path(record["log"]),
+                        Path(record["model_store"]) if record.get("model_store") else None)
+
+
 def add_server_arguments(p: argparse.ArgumentParser, inference: bool = True) -> None:
     """Where a running TorchServe answers, as every verb that calls one takes it."""
     if inference:
@@ -210,12 +220,7 @@ def server_from_args(args: argparse.Namespace) -> ServerTarget:
     if not any(urls):
         record = read_server_record(args.workdir)
         if record is not None:
-            key = args.key_file or (Path(record["key_file"]) if record["token_auth"] else None)
-            return ServerTarget(record["inference_url"], record["management_url"], key,
-                                f"the server record {Path(args.workdir) / SERVER_RECORD}",
-                                record.get("trusted_keys") or "", Path(record["log"]),
-                                Path(record["model_store"]) if record.get("model_store")
-                                else None)
+            return target_of_record(record, args.workdir, args.key_file)
     management = args.management_url or DEFAULT_MANAGEMENT_URL
     inference = (getattr(args, "inference_url", None) or
                  (DEFAULT_INFERENCE_URL if hasattr(args, "inference_url") else management))

@@ -69,11 +69,12 @@ def drifted_tail(traffic: dict[str, Any], reference: Reference, order: np.ndarra
         raise DataError(f"the captured features {traffic['names']} do not match the reference's "
                         f"{reference.names}")
     ref = {n: reference.features[:, reference.names.index(n)] for n in names}
+    col = {n: traffic["names"].index(n) for n in names}
     m = len(reference.features)
     best = (-1.0, len(order), 0.0)
     for k in sorted({*range(min(MIN_TAIL, len(order)), len(order) + 1, step), len(order)}):
         tail = traffic["features"][order[-k:]]
-        d = max(ks_2samp(tail[:, traffic["names"].index(n)], ref[n]).statistic for n in names)
+        d = max(ks_2samp(tail[:, col[n]], ref[n]).statistic for n in names)
         best = max(best, (float(d * np.sqrt(k * m / (k + m))), k, float(d)))
     _, k, d = best
     return order[-k:], {"drifted_tail": k, "tail_ks": round(d, 4),
@@ -114,21 +115,20 @@ def pick(traffic: dict[str, Any], n: int, labels: list[str], reference: Referenc
                         f"{' among the newest ' + str(newest) if newest else ''}; ask for at "
                         f"most {len(pool)} (--n)")
     how: dict[str, Any] = {"captured": have, "considered": len(pool)}
-    if reference is not None and before:
+    if reference is not None:
         tail, found = drifted_tail(traffic, reference, pool)
         how.update(found)
-        pool = pool[:len(pool) - len(tail)]
-        if n > len(pool):
-            raise DataError(f"only {len(pool)} captured texts came before the drifted tail (the "
-                            f"newest {len(tail)}); ask for at most {len(pool)} (--n)")
-    elif reference is not None:
-        tail, found = drifted_tail(traffic, reference, pool)
-        how.update(found)
-        if len(tail) < n:
+        if before:
+            pool = pool[:len(pool) - len(tail)]
+            if n > len(pool):
+                raise DataError(f"only {len(pool)} captured texts came before the drifted tail "
+                                f"(the newest {len(tail)}); ask for at most {len(pool)} (--n)")
+        elif len(tail) < n:
             print(f"note: the drifted tail holds {len(tail)} texts; the {n - len(tail)} next "
                   "newest fill up the picks (they may be of the old traffic)", file=sys.stderr)
-            tail = pool[-n:]
-        pool = tail
+            pool = pool[-n:]
+        else:
+            pool = tail
     pcs = [i for i, name in enumerate(traffic["names"]) if name.startswith("pc")]
     conf = traffic["names"].index("confidence")
     classes = np.asarray(traffic["classes"], dtype=int)

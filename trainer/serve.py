@@ -15,7 +15,7 @@ from typing import Any
 
 from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
-from trainer.client import SERVER_RECORD, TorchServeClient, read_server_record
+from trainer.client import SERVER_RECORD, TorchServeClient, read_server_record, target_of_record
 from trainer.errors import ClientError, ServeError
 from trainer.rollout import read_archive, trust_arg, versions
 from trainer.server import TorchServe, remove_scratch
@@ -31,10 +31,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _client(state: dict[str, Any]) -> TorchServeClient:
-    key = Path(state["key_file"])
-    return TorchServeClient(state["inference_url"], state["management_url"],
-                            key if state["token_auth"] else None, log=Path(state["log"]))
+def _client(state: dict[str, Any], workdir: Path) -> TorchServeClient:
+    return target_of_record(state, workdir).client()
 
 
 def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
@@ -62,7 +60,7 @@ def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
              "key_file": str(server.key_file), "token_auth": server.token_auth,
              "log": str(server.log_path), "model_store": str(Path(model_store).resolve()),
              "trusted_keys": trusted_keys or None, "started_at": time.time()}
-    client = _client(state)
+    client = _client(state, workdir)
     try:
         for info in archives:
             client.register(f"{info['name']}.v{info['version']}.mar", info["name"])
@@ -82,7 +80,7 @@ def status(workdir: Path) -> tuple[dict[str, Any], int]:
                 "reason": f"no {SERVER_RECORD}: nothing started from here by `trainer serve start`"}, 1
     if not _alive(state["pid"]):
         return {**state, "running": False, "reason": f"pid {state['pid']} is gone"}, 1
-    client = _client(state)
+    client = _client(state, workdir)
     try:
         health = client.ping()
         models = {}
