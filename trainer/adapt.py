@@ -28,6 +28,7 @@ from trainer.balance import (
     make_balanced_sampler,
 )
 from trainer.churn import churn_by_domain
+from trainer.class_mix import Mix, describe, learnt_mix, replay_scale
 from trainer.config import check, setting
 from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_source
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
@@ -59,6 +60,7 @@ from trainer.splits import load_test_data, without_test_rows
 from trainer.train import reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
+REPLAY_MIXES = ("learnt", "buffer")
 
 
 @dataclass
@@ -91,6 +93,9 @@ class AdaptSettings(FitSettings):
                                             "texts (unlabelled; the gate uses the other half)")
     keep: float = setting(1.0, "share of the step's weight change kept (WiSE-FT interpolation "
                                "towards vN after merging); 1 = all of it")
+    replay_mix: str = setting("learnt", "class mix of each old domain's replay: learnt (scaled "
+                                        "to the mix the domain was learnt with, recorded in the "
+                                        "report) | buffer (every exemplar weighs the same)")
 
     def validate(self) -> None:
         problems = self.fit_problems()
@@ -112,6 +117,9 @@ class AdaptSettings(FitSettings):
         if self.distill < 0 or self.distill_temperature <= 0:
             problems.append(f"distill must be >= 0 and distill_temperature > 0, got "
                             f"{self.distill} and {self.distill_temperature}")
+        if self.replay_mix not in REPLAY_MIXES:
+            problems.append(f"replay_mix must be one of {', '.join(REPLAY_MIXES)}, "
+                            f"got {self.replay_mix!r}")
         if self.distill_rows not in ROWS:
             problems.append(f"distill_rows must be one of {', '.join(ROWS)}, "
                             f"got {self.distill_rows!r}")
@@ -207,13 +215,14 @@ def epoch_order(train: Sequence[Example], n_replay: int,
 def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
                labels: Sequence[str], s: AdaptSettings, n_replay: int = 0,
                regulariser: Callable[[Any], Callable[[], torch.Tensor]] | None = None,
-               distillation: Distillation | None = None
+               distillation: Distillation | None = None, mix: Mix | None = None
                ) -> tuple[Any, FitResult, dict[str, Any], list[float] | None]:
     """LoRA (or full) fine-tuning with the balancing options, then merge.
 
     Class weights count the whole training set of the step, never a batch. `regulariser(model)`
     (the model being trained) returns a penalty added to every step's loss; `distillation`
-    (computed from the model before training) pulls its rows towards the old answers.
+    (computed from the model before training) pulls its rows towards the old answers; `mix`
+    (the old domains' learnt class mixes) scales the replay rows to them.
     """
     seed_everything(s.seed)
     before = ({n: p.detach().clone() for n, p in model.named_parameters()}
@@ -243,7 +252,8 @@ def train_step(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequen
                  lr=s.lr, max_length=s.max_length, seed=s.seed, class_weights=class_weights,
                  sampler=epoch_order(train, n_replay, s), warmup=s.lr_warmup,
                  patience=s.patience, precision=s.precision, penalty=penalty,
-                 distillation=distillation)
+                 distillation=distillation,
+                 row_scale=replay_scale(train, n_replay, mix, labels, weights) if mix else None)
     merged = interpolate(model if s.full_finetune else merge(model), before, s.keep)
     return merged, result, counts, None if weights is None else weights.tolist()
 
@@ -262,6 +272,21 @@ def calibrate_step(model: Any, tokenizer: Any, val_new: list[Example], labels: l
         fit["temperature"] = Reference.load(source_run / REFERENCE_FILE).temperature
         fit["kept_from"] = str(source_run)
     return fit
+
+
+def replay_mix(prev: dict[str, Any], seen: Sequence[str], s: AdaptSettings, replaying: bool,
+               source_run: Path) -> Mix | None:
+    """The old domains' learnt class mixes the replay is scaled to, when that is asked for."""
+    if s.replay_mix != "learnt" or not replaying:
+        return None
+    mix = {d: m for d, m in prev.get("class_mix", {}).items() if d in seen}
+    if not mix:
+        print(f"note: {source_run}'s report records no class mix (made before it was kept); "
+              f"its replay keeps the buffer's own mix", file=sys.stderr)
+        return None
+    print(f"replay scaled to the class mix each old domain was learnt with: {describe(mix)}",
+          file=sys.stderr)
+    return mix
 
 
 def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
@@ -305,8 +330,10 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     fit_rows = step_train + extra
     teacher = from_teacher(model, tokenizer, fit_rows, len(replay), labels, s.distill_rows,
                            s.distill, s.distill_temperature, s.max_length)  # vN, before LoRA
+    mix = replay_mix(prev, seen, s, bool(replay), source_run)
     merged, result, counts, weights = train_step(model, tokenizer, fit_rows, val_new,
-                                                 labels, s, len(replay), distillation=teacher)
+                                                 labels, s, len(replay), distillation=teacher,
+                                                 mix=mix)
     examples_seen = result.examples_seen + (round(FORWARD_COST * len(fit_rows))
                                             if teacher is not None else 0)
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
@@ -344,6 +371,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
+        "class_mix": {**prev.get("class_mix", {}), **learnt_mix(train_new, labels, weights)},
+        "replay_mix": mix,
         "distillation": None if teacher is None else {
             "rows": int(teacher.mask.sum()), "unlabelled_rows": len(extra),
             "weight": s.distill, "temperature": s.distill_temperature,

@@ -55,17 +55,24 @@ def plan_epochs(n_train: int, batch_size: int, epochs: int, min_steps: int,
 
 
 def shard_loss(logits: torch.Tensor, targets: torch.Tensor, batch_targets: torch.Tensor,
-               weights: torch.Tensor | None, size: int, empty: bool = False) -> torch.Tensor:
+               weights: torch.Tensor | None, size: int, empty: bool = False,
+               scale: torch.Tensor | None = None,
+               batch_scale: torch.Tensor | None = None) -> torch.Tensor:
     """This rank's part of the class-weighted mean loss over the GLOBAL batch (`batch_targets`),
     times the world size because DDP averages gradients: the ranks' gradients then average to
     the single-process one. An empty slice (its rows only a stand-in) contributes zero. Rows
-    with target -1 (unlabelled, there for the distillation) take no part."""
-    keep, labelled = targets >= 0, batch_targets[batch_targets >= 0]
-    if not len(labelled):
+    with target -1 (unlabelled, there for the distillation) take no part. `scale` and
+    `batch_scale` (this rank's rows, the global batch's) multiply each row's weight."""
+    keep, labelled = targets >= 0, batch_targets >= 0
+    if not bool(labelled.any()):
         return logits.sum() * 0.0
     per_example = F.cross_entropy(logits[keep], targets[keep], weight=weights, reduction="none")
-    denominator = weights[labelled].sum() if weights is not None else len(labelled)
-    return per_example.sum() / denominator * (0.0 if empty else float(size))
+    mass = (weights[batch_targets[labelled]] if weights is not None
+            else torch.ones(int(labelled.sum()), device=logits.device))
+    if scale is not None and batch_scale is not None:
+        per_example = per_example * scale[keep]
+        mass = mass * batch_scale[labelled]
+    return per_example.sum() / mass.sum() * (0.0 if empty else float(size))
 
 
 def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Example],
@@ -74,7 +81,8 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
         sampler: Callable[[torch.Generator], Sequence[int]] | None = None,
         warmup: float = 0.0, patience: int = 0, progress: bool = True,
         precision: str = "fp32", penalty: Callable[[], torch.Tensor] | None = None,
-        distillation: Distillation | None = None) -> FitResult:
+        distillation: Distillation | None = None,
+        row_scale: Sequence[float] | None = None) -> FitResult:
     """Train the trainable parameters; restore the epoch with the best validation macro-F1.
 
     `class_weights(epoch)` gives the loss weights for that epoch (None: plain cross-entropy),
@@ -86,13 +94,15 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
     the distillation sees them. `precision` "bf16" autocasts the forward
     passes (training and validation); `penalty()` is added to each step's loss (a regulariser
     such as EWC's); `distillation` adds the pull towards the previous version's soft targets on
-    its rows.
+    its rows. `row_scale` multiplies each training row's loss weight (replay's class mix).
     """
     index = {label: i for i, label in enumerate(labels)}
     rank, size = distributed.world()
     device = distributed.device()
     model.to(device)
     targets = torch.tensor([index.get(ex.label, -1) for ex in train], device=device)
+    scales = (torch.tensor(list(row_scale), dtype=torch.float32, device=device)
+              if row_scale is not None else None)
     # One process: the model itself. Several: DDP averages gradients over the ranks' slices.
     forward = (torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None) if size > 1 else model)
@@ -119,7 +129,9 @@ def fit(model: Any, tokenizer: Any, train: Sequence[Example], val: Sequence[Exam
             with autocast(precision):
                 logits = forward(**batch).logits
             loss = shard_loss(logits.float(), targets[rows], targets[idx], weights, size,
-                              empty=not mine)
+                              empty=not mine,
+                              scale=None if scales is None else scales[rows],
+                              batch_scale=None if scales is None else scales[idx])
             if distillation is not None:
                 loss = loss + distillation.loss(logits.float(), rows, len(idx), size,
                                                 empty=not mine)

@@ -16,6 +16,7 @@ from handlers.features import REFERENCE_FILE
 from handlers.manifest import sha256_file, verify_manifest
 from trainer import config, distributed
 from trainer.balance import class_counts, effective_number_weights
+from trainer.class_mix import learnt_mix
 from trainer.config import check, setting
 from trainer.data import Splits, fingerprint
 from trainer.evaluate import evaluate
@@ -34,6 +35,9 @@ from trainer.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_
 from trainer.rundir import REPORT_FILE, save_run
 from trainer.settings import FitSettings
 from trainer.splits import load_training_data, say
+
+# Bumped when a run dir gains what `adapt` relies on (2: the class mix), so reuse retrains.
+REPORT_VERSION = 2
 
 
 @dataclass
@@ -89,7 +93,7 @@ def train_fingerprint(settings: TrainSettings, source: str, data_hash: str) -> s
     payload = {
         "settings": asdict(settings), "source": source, "data": data_hash,
         "base": [sha256_file(p) for p in weights + [base / "config.json"]],
-        "torch": torch.__version__,
+        "torch": torch.__version__, "report": REPORT_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -186,6 +190,7 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
         "best_epoch": result.best_epoch,
         "examples_processed": result.examples_seen,
         "class_weights": None if weights is None else weights.tolist(),
+        "class_mix": learnt_mix(train, labels, weights),
         "metrics": metrics,
         "quality": quality,
         "test_by_domain": per_domain,
