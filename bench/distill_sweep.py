@@ -9,8 +9,7 @@ VALIDATION splits only (the test splits stay for the continual bench and the gat
 domain its disagreement with vN, negative flips (vN right, candidate wrong) and positive flips,
 and its accuracy; on the new domain its gain over vN. The shipped default is the config with
 the fewest old-domain disagreements among those that keep at least 90 % of the undistilled
-recipe's mean new-domain gain (the previous default's, with the buffer's class mix). Writes
-distill-sweep.json and .md into --out.
+recipe's mean new-domain gain. Writes distill-sweep.json and .md into --out.
 """
 
 import argparse
@@ -33,32 +32,28 @@ from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
 NONE = "no distillation (default)"
-PREVIOUS = "no distillation, buffer mix (the previous default)"
-BUFFER = {"replay_mix": "buffer"}  # every exemplar weighs the same: the recipe before replay_mix
+LEARNT = {"replay_mix": "learnt"}  # each old domain's replay scaled to the mix it was learnt with
 CONFIGS = {NONE: {"distill": 0.0},
-           PREVIOUS: {"distill": 0.0, **BUFFER},
-           "replay w1": {"distill": 1.0, "distill_rows": "replay", **BUFFER},
+           "replay w1": {"distill": 1.0, "distill_rows": "replay"},
            "replay+held-out w1": {"distill": 1.0, "distill_rows": "replay",
-                                  "distill_held_out": True, **BUFFER},
+                                  "distill_held_out": True},
            "replay+held-out w3": {"distill": 3.0, "distill_rows": "replay",
-                                  "distill_held_out": True, **BUFFER},
-           "all+held-out w1": {"distill": 1.0, "distill_rows": "all", "distill_held_out": True,
-                               **BUFFER},
+                                  "distill_held_out": True},
+           "all+held-out w1": {"distill": 1.0, "distill_rows": "all", "distill_held_out": True},
            "agree+held-out w3": {"distill": 3.0, "distill_rows": "agree",
-                                 "distill_held_out": True, **BUFFER},
-           "none, keep 0.5": {"distill": 0.0, "keep": 0.5, **BUFFER},
-           "replay w1, keep 0.5": {"distill": 1.0, "distill_rows": "replay", "keep": 0.5,
-                                   **BUFFER},
-           "replay w1, keep 0.3": {"distill": 1.0, "distill_rows": "replay", "keep": 0.3,
-                                   **BUFFER},
-           "none, lr 3e-4": {"distill": 0.0, "lr": 3e-4, **BUFFER},
+                                 "distill_held_out": True},
+           "none, keep 0.5": {"distill": 0.0, "keep": 0.5},
+           "replay w1, keep 0.5": {"distill": 1.0, "distill_rows": "replay", "keep": 0.5},
+           "replay w1, keep 0.3": {"distill": 1.0, "distill_rows": "replay", "keep": 0.3},
+           "none, lr 3e-4": {"distill": 0.0, "lr": 3e-4},
            "replay+held-out w3, lr 3e-4": {"distill": 3.0, "distill_rows": "replay",
-                                           "distill_held_out": True, "lr": 3e-4, **BUFFER},
+                                           "distill_held_out": True, "lr": 3e-4},
            "replay+held-out w3, lr 1e-4": {"distill": 3.0, "distill_rows": "replay",
-                                           "distill_held_out": True, "lr": 1e-4, **BUFFER},
-           "replay w1, learnt mix": {"distill": 1.0, "distill_rows": "replay"},
+                                           "distill_held_out": True, "lr": 1e-4},
+           "none, learnt mix": {"distill": 0.0, **LEARNT},
+           "replay w1, learnt mix": {"distill": 1.0, "distill_rows": "replay", **LEARNT},
            "replay+held-out w3, learnt mix": {"distill": 3.0, "distill_rows": "replay",
-                                              "distill_held_out": True}}
+                                              "distill_held_out": True, **LEARNT}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path) -> Path:
@@ -79,12 +74,8 @@ def answers(run: Path, texts: list[str]) -> list[str]:
 def one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
         base_answers: dict, max_eval: int, extra: dict, cache: Path | None = None) -> dict:
     """One candidate's validation scores; cached under `cache` (a killed sweep resumes)."""
-    # The buffer mix was the only recipe before replay_mix, so its entries keep their old keys;
-    # a config that names no mix runs today's default, and says so in its key.
-    named = {k: v for k, v in knobs.items() if (k, v) != ("replay_mix", "buffer")}
-    default = [] if "replay_mix" in knobs else [{"replay_mix": AdaptSettings().replay_mix}]
-    key = hashlib.sha256(json.dumps([str(v1.resolve()), old, new, named, n, seed, max_eval,
-                                     extra, *default], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([str(v1.resolve()), old, new, knobs, n, seed, max_eval,
+                                     extra], sort_keys=True).encode()).hexdigest()[:16]
     hit = cache / f"{key}.json" if cache else None
     if hit is not None and hit.is_file():
         return json.loads(hit.read_text())
@@ -125,7 +116,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def choose(summary: dict[str, dict]) -> str:
-    base_gain = summary.get(PREVIOUS, summary[NONE])["new_gain"]
+    base_gain = summary[NONE]["new_gain"]
     keep = {c: s for c, s in summary.items() if s["new_gain"] >= 0.9 * base_gain}
     return min(keep or summary, key=lambda c: summary[c]["disagreement"])
 
@@ -135,9 +126,9 @@ def markdown(result: dict) -> str:
              f"`adapt --test-data` with {result['labels']} labelled texts of each new domain "
              f"({', '.join(result['new_domains'])}), seeds {result['seeds']}; means over "
              "domains and seeds, in points. Chosen: the fewest old-domain disagreements among "
-             "configs keeping >= 90 % of the previous default's mean new-domain gain. Replay "
-             "mix: buffer = every exemplar weighs the same; learnt (today's default) = each "
-             "old domain's replay scaled to the class mix it was learnt with.", "",
+             "configs keeping >= 90 % of the undistilled mean new-domain gain. Learnt mix: each "
+             "old domain's replay scaled to the class mix it was learnt with (otherwise every "
+             "exemplar weighs the same).", "",
              "| config (distilled rows, weight; keep) | old: disagreement | old: negative flips (worst) "
              "| old: positive flips "
              "| old: accuracy change | new: gain | examples processed |",

@@ -93,9 +93,10 @@ class AdaptSettings(FitSettings):
                                             "texts (unlabelled; the gate uses the other half)")
     keep: float = setting(1.0, "share of the step's weight change kept (WiSE-FT interpolation "
                                "towards vN after merging); 1 = all of it")
-    replay_mix: str = setting("learnt", "class mix of each old domain's replay: learnt (scaled "
-                                        "to the mix the domain was learnt with, recorded in the "
-                                        "report) | buffer (every exemplar weighs the same)")
+    replay_mix: str = setting("buffer", "class mix of each old domain's replay: buffer (every "
+                                        "exemplar weighs the same) | learnt (scaled to the mix "
+                                        "the domain was learnt with: fewer old answers changed, "
+                                        "less new-domain gain; bench/results/distill-sweep.md)")
 
     def validate(self) -> None:
         problems = self.fit_problems()

@@ -79,15 +79,16 @@ def test_a_step_scales_its_replay_to_the_mix_v1_recorded(tiny_run, tmp_path):
     assert set(v1["class_mix"]) == {"nyt"}
     assert sum(v1["class_mix"]["nyt"].values()) == pytest.approx(1.0, abs=1e-5)
     s = AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,
-                      max_train=48, max_eval=24, memory=30)
+                      max_train=48, max_eval=24, memory=30, replay_mix="learnt")
     v2 = run_adapt(s, tiny_run, "movie", tmp_path / "v2")
     assert v2["replay_mix"] == v1["class_mix"] and min(counts) > 0
     movie = new_domain("movie", s, LABELS, ["nyt"]).train  # what the step learnt movie from
     assert v2["class_mix"] == {"nyt": v1["class_mix"]["nyt"],  # what nyt was learnt with, kept
                                **learnt_mix(movie, LABELS, v2["class_weights"])}
     plain = run_adapt(AdaptSettings(**{**s.__dict__, "replay_mix": "buffer"}), tiny_run, "movie",
-                      tmp_path / "v2-buffer")
-    assert plain["replay_mix"] is None
+                      tmp_path / "v2-buffer")  # the default (bench/results/distill-sweep.md)
+    assert plain["replay_mix"] is None and plain["class_mix"] == v2["class_mix"]
+    assert AdaptSettings().replay_mix == "buffer"
     with pytest.raises(SettingsError, match="replay_mix must be one of learnt, buffer"):
         AdaptSettings(replay_mix="natural").validate()
 
