@@ -32,6 +32,7 @@ from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
 NONE = "no distillation (default)"
+UNLABELLED = "unlabelled"  # not a setting: that many more train texts, as `adapt --unlabelled`
 LEARNT = {"replay_mix": "learnt"}  # each old domain's replay scaled to the mix it was learnt with
 CONFIGS = {NONE: {"distill": 0.0},
            "replay w1": {"distill": 1.0, "distill_rows": "replay"},
@@ -53,15 +54,20 @@ CONFIGS = {NONE: {"distill": 0.0},
            "none, learnt mix": {"distill": 0.0, **LEARNT},
            "replay w1, learnt mix": {"distill": 1.0, "distill_rows": "replay", **LEARNT},
            "replay+held-out w3, learnt mix": {"distill": 3.0, "distill_rows": "replay",
-                                              "distill_held_out": True, **LEARNT}}
+                                              "distill_held_out": True, **LEARNT},
+           "self-training, 300 unlabelled": {"distill": 0.0, UNLABELLED: 300}}
 
 
-def labelled_file(domain: str, n: int, seed: int, out: Path) -> Path:
-    """n labelled texts of the new domain's train split, as a labeller would hand them back."""
+def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0) -> Path:
+    """n labelled texts of the new domain's train split, as a labeller would hand them back;
+    with `unlabelled`, the next that many texts go, without labels, to OUT.unlabelled.jsonl
+    (the captured traffic that was not sent for labelling)."""
     train = list(load_source(domain, seed)[domain].train)
     random.Random(seed).shuffle(train)
     out.write_text("".join(json.dumps({"text": ex.text, "label": ex.label, "domain": domain})
                            + "\n" for ex in train[:n]))
+    out.with_suffix(".unlabelled.jsonl").write_text("".join(
+        json.dumps({"text": ex.text, "label": ""}) + "\n" for ex in train[n:n + unlabelled]))
     return out
 
 
@@ -95,9 +101,11 @@ def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Pat
                              answers(v1, [ex.text for ex in val_new]))
     before_old, before_new = base_answers[key]
     out = work / f"{new}-{seed}-{abs(hash(json.dumps(knobs, sort_keys=True)))}"
-    data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl")
-    report = run_adapt(AdaptSettings(seed=seed, **{**extra, **knobs}), v1, str(data), out,
-                       test_data=new)
+    settings = {k: v for k, v in {**extra, **knobs}.items() if k != UNLABELLED}
+    data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl", knobs.get(UNLABELLED, 0))
+    report = run_adapt(AdaptSettings(seed=seed, **settings), v1, str(data), out, test_data=new,
+                       unlabelled=str(data.with_suffix(".unlabelled.jsonl"))
+                       if knobs.get(UNLABELLED) else None)
     after_old = answers(out, [ex.text for ex in val_old])
     after_new = answers(out, [ex.text for ex in val_new])
     truth_old, truth_new = [ex.label for ex in val_old], [ex.label for ex in val_new]
@@ -128,7 +136,8 @@ def markdown(result: dict) -> str:
              "domains and seeds, in points. Chosen: the fewest old-domain disagreements among "
              "configs keeping >= 90 % of the undistilled mean new-domain gain. Learnt mix: each "
              "old domain's replay scaled to the class mix it was learnt with (otherwise every "
-             "exemplar weighs the same).", "",
+             "exemplar weighs the same). Self-training: `--unlabelled` with that many more "
+             "texts of the new domain's train split, without their labels.", "",
              "| config (distilled rows, weight; keep) | old: disagreement | old: negative flips (worst) "
              "| old: positive flips "
              "| old: accuracy change | new: gain | examples processed |",

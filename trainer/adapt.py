@@ -33,7 +33,7 @@ from trainer.config import check, setting
 from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_source
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
-from trainer.evaluate import answers_by_domain, evaluate_domains
+from trainer.evaluate import answers_by_domain, evaluate_domains, predict_ids
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
@@ -55,6 +55,8 @@ from trainer.replay_buffer import (
     sizes_json,
 )
 from trainer.rundir import load_run, save_run
+from trainer.self_training import pseudo_label, read_unlabelled
+from trainer.self_training import report as self_training_report
 from trainer.settings import FitSettings
 from trainer.splits import load_test_data, without_test_rows
 from trainer.train import reference_texts
@@ -93,6 +95,9 @@ class AdaptSettings(FitSettings):
                                             "texts (unlabelled; the gate uses the other half)")
     keep: float = setting(1.0, "share of the step's weight change kept (WiSE-FT interpolation "
                                "towards vN after merging); 1 = all of it")
+    pseudo_share: float = setting(0.5, "with --unlabelled: share of the texts the first pass "
+                                       "predicts as each class, most confident first, that "
+                                       "join the second pass as pseudo-labels")
     replay_mix: str = setting("buffer", "class mix of each old domain's replay: buffer (every "
                                         "exemplar weighs the same) | learnt (scaled to the mix "
                                         "the domain was learnt with: fewer old answers changed, "
@@ -113,6 +118,8 @@ class AdaptSettings(FitSettings):
             problems.append("replay_ratio needs replay and excludes balanced_sampler")
         if self.reherd and self.selection == "none":
             problems.append("reherd needs a selection other than none")
+        if not 0 < self.pseudo_share <= 1:
+            problems.append(f"pseudo_share must be in (0, 1], got {self.pseudo_share}")
         if not 0 < self.keep <= 1:
             problems.append(f"keep must be in (0, 1], got {self.keep}")
         if self.distill < 0 or self.distill_temperature <= 0:
@@ -291,8 +298,10 @@ def replay_mix(prev: dict[str, Any], seen: Sequence[str], s: AdaptSettings, repl
 
 
 def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
-              test_data: str | None = None, domain: str | None = None) -> dict[str, Any]:
-    """Every check (manifest, labels, domains, test splits) runs before anything is written."""
+              test_data: str | None = None, domain: str | None = None,
+              unlabelled: str | None = None) -> dict[str, Any]:
+    """Every check (manifest, labels, domains, test splits) runs before anything is written.
+    `unlabelled`: texts of the new domain for self-training (trainer/self_training.py)."""
     started = time.time()
     source_run, out = Path(source_run), Path(out)
     if out.resolve() == source_run.resolve():
@@ -309,6 +318,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     if not test_new or len(held_new) < 2:
         raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 held-out "
                         f"texts for the drift reference")
+    texts = read_unlabelled(unlabelled, test_new, train_new) if unlabelled else []
     held_out = {**read_reference_texts(source_run), domain: held_new}
     missing = [d for d in seen if d not in held_out]
     if missing:
@@ -328,15 +338,33 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     before_unlabelled = answers_by_domain(model, tokenizer, old_texts, s.max_length)
     step_train = replay + train_new
     extra = unlabelled_rows(held_out, seen) if s.distill and s.distill_held_out else []
-    fit_rows = step_train + extra
-    teacher = from_teacher(model, tokenizer, fit_rows, len(replay), labels, s.distill_rows,
-                           s.distill, s.distill_temperature, s.max_length)  # vN, before LoRA
     mix = replay_mix(prev, seen, s, bool(replay), source_run)
-    merged, result, counts, weights = train_step(model, tokenizer, fit_rows, val_new,
-                                                 labels, s, len(replay), distillation=teacher,
-                                                 mix=mix)
-    examples_seen = result.examples_seen + (round(FORWARD_COST * len(fit_rows))
-                                            if teacher is not None else 0)
+
+    def one_pass(vn: Any, rows: list[Example]) -> tuple[Any, FitResult, dict[str, Any],
+                                                        list[float] | None, Distillation | None]:
+        teacher = from_teacher(vn, tokenizer, rows, len(replay), labels, s.distill_rows,
+                               s.distill, s.distill_temperature, s.max_length)  # before LoRA
+        return (*train_step(vn, tokenizer, rows, val_new, labels, s, len(replay),
+                            distillation=teacher, mix=mix), teacher)
+
+    def cost(result: FitResult, teacher: Distillation | None, rows: list[Example]) -> int:
+        return result.examples_seen + (round(FORWARD_COST * len(rows)) if teacher else 0)
+
+    fit_rows = step_train + extra
+    merged, result, counts, weights, teacher = one_pass(model, fit_rows)
+    examples_seen = cost(result, teacher, fit_rows)
+    self_training = None
+    if texts:  # a second pass from vN, the first pass's confident answers as labels
+        pseudo = pseudo_label(merged, tokenizer, texts, labels, domain, s.pseudo_share,
+                              s.max_length)
+        first = {"history": result.history, "best_epoch": result.best_epoch,
+                 "examples_processed": examples_seen}
+        fit_rows = step_train + pseudo.rows + extra
+        merged, result, counts, weights, teacher = one_pass(load_run(source_run)[0], fit_rows)
+        examples_seen += cost(result, teacher, fit_rows) + round(FORWARD_COST * len(texts))
+        self_training = {**self_training_report(
+            pseudo, predict_ids(merged, tokenizer, texts, max_length=s.max_length), labels,
+            len(texts), s.pseudo_share), "first_pass": first}
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length,
@@ -369,11 +397,13 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         "best_epoch": result.best_epoch,
         "quality": quality,
         "training_set": {"new": len(train_new), "replay": len(replay),
+                         "pseudo_labelled": len(fit_rows) - len(step_train) - len(extra),
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
         "class_mix": {**prev.get("class_mix", {}), **learnt_mix(train_new, labels, weights)},
         "replay_mix": mix,
+        "self_training": self_training,
         "distillation": None if teacher is None else {
             "rows": int(teacher.mask.sum()), "unlabelled_rows": len(extra),
             "weight": s.distill, "temperature": s.distill_temperature,
@@ -426,6 +456,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory vN+1 to write")
     p.add_argument("--test-data", help="the new domain's test set: a file, or a built-in "
                                        "domain's test split (default: a share of --data)")
+    p.add_argument("--unlabelled", help="texts of the new domain without labels (JSONL with "
+                                        "\"text\", e.g. the captured traffic `sample` did not "
+                                        "send for labelling): self-training's second pass")
     p.add_argument("--allow-weak", action="store_true",
                    help="exit 0 even when the model is weak (it is still marked weak)")
     config.add_arguments(p, AdaptSettings)
@@ -433,7 +466,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         report = run_adapt(config.from_args(AdaptSettings, args), Path(args.source_run),
-                           args.data, Path(args.out), args.test_data, args.domain)
+                           args.data, Path(args.out), args.test_data, args.domain,
+                           args.unlabelled)
         return report, exit_code(report, args.allow_weak)
 
     p.set_defaults(func=run)

@@ -147,6 +147,34 @@ def load_file(path: str | Path, labels: tuple[str, ...] | None = LABELS,
     return examples
 
 
+def read_texts(path: str | Path, flag: str, unlabelled: bool = False) -> list[str]:
+    """JSONL rows with a non-empty "text" (a `sample` file, the captured traffic). Other fields
+    are ignored, except that with `unlabelled` a row carrying a label is refused: labelled rows
+    belong in a labelled file, where their label is used."""
+    texts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{flag} {path}: cannot read it ({e})") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{lineno}: field 'text' is missing or empty")
+        if unlabelled and str(row.get("label") or "").strip():
+            raise DataError(f"{path}:{lineno}: has label {row['label']!r}; {flag} takes texts "
+                            f"without labels (labelled rows go in --data)")
+        texts.append(text.strip())
+    if not texts:
+        raise DataError(f"{flag} {path}: no texts")
+    return texts
+
+
 def stratified_split(examples: list[Example], seed: int,
                      fractions: tuple[float, float] = SPLIT) -> Splits:
     """Deterministic per-label shuffle, then val/test fractions from every label."""

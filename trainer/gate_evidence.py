@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.churn import churn
-from trainer.data import Example
+from trainer.data import Example, read_texts
 from trainer.errors import DataError, RolloutError
 from trainer.gate import (
     FAIL,
@@ -190,26 +190,8 @@ def add_traffic(held: dict[str, Holdout], new: str, served: Sequence[str],
 
 
 def read_traffic(path: Path) -> list[str]:
-    """JSONL rows with a non-empty "text" (other fields, e.g. an empty label, are ignored)."""
-    texts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"--traffic {path}: cannot read it ({e})") from e
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{lineno}: not JSON ({e})") from e
-        text = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: field 'text' is missing or empty")
-        texts.append(text.strip())
-    if not texts:
-        raise DataError(f"--traffic {path}: no texts")
-    return texts
+    """The texts the default served before the drift (a `sample` file; labels are ignored)."""
+    return read_texts(path, "--traffic")
 
 
 def answer_all(client: Any, model: str, versions: tuple[str, str], held: dict[str, Holdout],

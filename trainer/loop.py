@@ -42,6 +42,8 @@ class LoopSettings:
     stream: list[str] = setting(["movie", "amazon", "tweets"], "domains arriving after the source")
     label: int = setting(96, "captured texts picked (trainer sample) for labelling after an "
                              "alarm; the data set's labels stand in for the labeller")
+    unlabelled: bool = setting(False, "also give adapt the captured texts not picked for "
+                                      "labelling (--unlabelled: self-training)")
     collect: int = setting(300, "requests of the new domain replayed (the alarm's included) "
                                 "before sampling; the archive captures this many per worker")
     warmup: int = setting(100, "requests of the served version's own domain before each switch")
@@ -105,11 +107,13 @@ def label_captured(client: TorchServeClient, model: str, domain: str, n: int,
     time.sleep(PERSIST_S)  # every worker writes its window (and capture) once a second
     rows, how = sample_served(client, model, None, n, model_store=model_store)
     write_rows(out / "to_label.jsonl", rows)
+    write_rows(out / "unlabelled.jsonl", [{"text": t} for t in how["unpicked"]])
     labelled = label_from_truth(rows, domain, truth)
     write_rows(out / "labelled.jsonl", labelled)
     new_texts = {ex.text for ex in load_examples(domain, threshold)}
     return {"captured": how["captured"], "sampled": len(rows), "labelled": len(labelled),
-            "labelled_file": str(out / "labelled.jsonl"), "predicted": how["predicted"],
+            "labelled_file": str(out / "labelled.jsonl"), "unpicked": len(how["unpicked"]),
+            "unlabelled_file": str(out / "unlabelled.jsonl"), "predicted": how["predicted"],
             "new_domain_share": round(sum(r["text"] in new_texts for r in rows) / len(rows), 4),
             "labels": dict(sorted(Counter(r["label"] for r in labelled).items()))}
 
@@ -160,7 +164,8 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                     Path(loop.report_dir) / f"step{len(steps) + 1}", Path(demo.model_store),
                     train.label_threshold)
                 run_adapt(adapt, current, step["labelling"]["labelled_file"], out,
-                          test_data=domain)
+                          test_data=domain, unlabelled=step["labelling"]["unlabelled_file"]
+                          if loop.unlabelled and step["labelling"]["unpicked"] else None)
                 new_mar = build_archive(out, name, str(latest), Path(demo.model_store),
                                         archive, allow_weak=demo.allow_weak)
                 result = rollout(client, new_mar, name, gate, demo.allow_weak,

@@ -142,6 +142,8 @@ def pick(traffic: dict[str, Any], n: int, labels: list[str], reference: Referenc
     rows = [{"text": traffic["texts"][i], "label": "",
              "predicted": labels[int(classes[i])],
              "confidence": round(float(traffic["features"][i, conf]), 4)} for i in chosen]
+    picked = set(chosen)
+    how["unpicked"] = [traffic["texts"][i] for i in pool.tolist() if i not in picked]
     return rows, how
 
 
@@ -202,8 +204,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         store = Path(args.model_store or target.model_store or "model_store")
         rows, how = sample_served(target.client(), args.model, args.version, args.n,
                                   args.select, args.newest, reference, store)
-    out = Path(args.out)
+    out, unpicked = Path(args.out), how.pop("unpicked")
     write_rows(out, rows)
+    if args.unlabelled_out:
+        write_rows(Path(args.unlabelled_out), [{"text": t} for t in unpicked])
+        print(f"wrote the {len(unpicked)} texts of the same pool not picked to "
+              f"{args.unlabelled_out} (for adapt --unlabelled)", file=sys.stderr)
     part = "before the drifted tail" if args.select == "before-drift" else "from the drifted tail"
     print(f"wrote {len(rows)} rows to {out}: predicted {how['predicted']}"
           + (f"; {part} (the newest {how['drifted_tail']} of {how['considered']} captured "
@@ -224,6 +230,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="drifted: the newest captured texts that depart from the served "
                         "version's reference (default), to label; before-drift: the texts "
                         "before them, for `rollout --traffic`; all: every captured text")
+    p.add_argument("--unlabelled-out", help="also write the texts of the same pool that were "
+                                            "not picked (JSONL, text only): adapt's "
+                                            "--unlabelled")
     p.add_argument("--newest", type=int, default=0,
                    help="only the newest N captured texts (default: 0, all)")
     p.add_argument("--reference", help="the served version's run dir or drift_reference.json "

@@ -51,6 +51,19 @@ def test_sample_writes_rows_to_label_and_adapt_refuses_them_unlabelled(stats, ti
     assert not (tmp_path / "v2").exists()
 
 
+def test_the_texts_not_picked_go_to_unlabelled_out_and_not_to_stdout(stats, tmp_path, capsys):
+    directory, _ = stats
+    out, rest = tmp_path / "to_label.jsonl", tmp_path / "unlabelled.jsonl"
+    assert main(["sample", "--stats-dir", str(directory), "--n", "2", "--out", str(out),
+                 "--select", "all", "--unlabelled-out", str(rest)]) == 0
+    picked = {json.loads(line)["text"] for line in out.read_text().splitlines()}
+    others = [json.loads(line) for line in rest.read_text().splitlines()]
+    assert all(set(r) == {"text"} for r in others)
+    assert sorted([r["text"] for r in others] + sorted(picked)) == sorted(TEXTS[-5:])
+    captured_out = capsys.readouterr()
+    assert "unpicked" not in captured_out.out and "wrote the 3 texts" in captured_out.err
+
+
 def test_bad_sample_requests_say_what_is_wrong_and_write_nothing(stats, tmp_path, capsys):
     directory, _ = stats
     out = tmp_path / "x.jsonl"
