@@ -401,8 +401,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
-        "class_mix": {**prev.get("class_mix", {}), **learnt_mix(train_new, labels, weights)},
-        "replay_mix": mix,
+        "class_mix": {**prev.get("class_mix", {}),  # the new domain's: its labelled and
+                      **learnt_mix(fit_rows[len(replay):], labels, weights)},  # pseudo rows
+        "replay_scaled_to": mix,
         "self_training": self_training,
         "distillation": None if teacher is None else {
             "rows": int(teacher.mask.sum()), "unlabelled_rows": len(extra),

@@ -18,20 +18,24 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One flag per field: `--name-with-dashes`, or with a prefix `--prefix-name` (the
+    `--prefix_name` spelling of earlier releases is still accepted)."""
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + prefix + f.name.replace("_", "-")
+        flags = list(dict.fromkeys(["--" + (prefix + f.name).replace("_", "-"),
+                                    "--" + prefix + f.name.replace("_", "-")]))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = hints[f.name]
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if kind is bool:
-            parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help_text)
+            parser.add_argument(*flags, dest=prefix + f.name,
+                                action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
         elif kind in (list[str], tuple[str, ...]):
-            parser.add_argument(flag, dest=prefix + f.name, default=default, help=help_text,
+            parser.add_argument(*flags, dest=prefix + f.name, default=default, help=help_text,
                                 type=lambda s: [x.strip() for x in s.split(",") if x.strip()])
         else:
-            parser.add_argument(flag, dest=prefix + f.name, type=kind, default=default,
+            parser.add_argument(*flags, dest=prefix + f.name, type=kind, default=default,
                                 help=help_text)
 
 

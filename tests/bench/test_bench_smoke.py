@@ -24,7 +24,7 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     assert [r[0] for r in rows[:9]] == list("123456789")
     assert set(rows[9:]) == {"3 seq. LoRA, no replay (K=5)",
                              "7 LoRA + herding + balancing (default) (K=5)"}
-    assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 3
+    assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 2  # a std needs 2
     for name, agg in result["aggregate"].items():
         matrix = agg["mean_matrix"]
         assert len(matrix) == 4 and all(len(row) == 4 for row in matrix), name

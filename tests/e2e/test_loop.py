@@ -62,8 +62,8 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     rest = (reports / "step1" / "unlabelled.jsonl").read_text().splitlines()
     assert len(rest) == step["labelling"]["unpicked"] <= 150 - 48
     assert not {json.loads(line)["text"] for line in rest} & {r["text"] for r in rows}
-    assert v2["self_training"] is None
     v2 = read_report(runs / "sentiment" / "v2")
+    assert v2["self_training"] is None
     assert 0 < v2["training_set"]["new"] < 48 and v2["domain"] == "tweets"
     # ... and the gate scored the built-in tweets test split, which the labeller never saw
     assert v2["domain_sources"]["tweets"]["source"] == "tweets"

@@ -80,7 +80,7 @@ def test_v2_verifies_archives_and_carries_a_2x2_matrix(chain, tmp_path):
     assert r2["settings"] == dataclasses.asdict(TINY)
     assert 0 < r2["parameters"]["share"] < 0.5
     assert r2["training_set"] == {"new": 64, "replay": sum(read_buffer(v1).sizes().values()),
-                                  "class_counts": step_class_counts(v1)}
+                                  "pseudo_labelled": 0, "class_counts": step_class_counts(v1)}
     assert r2["examples_processed"] == 64 + r2["training_set"]["replay"]
     assert r2["distillation"] is None  # off by default (bench/results/distill-sweep.md)
     churn = r2["churn"]["nyt"]

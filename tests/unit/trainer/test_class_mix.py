@@ -81,13 +81,13 @@ def test_a_step_scales_its_replay_to_the_mix_v1_recorded(tiny_run, tmp_path):
     s = AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,
                       max_train=48, max_eval=24, memory=30, replay_mix="learnt")
     v2 = run_adapt(s, tiny_run, "movie", tmp_path / "v2")
-    assert v2["replay_mix"] == v1["class_mix"] and min(counts) > 0
+    assert v2["replay_scaled_to"] == v1["class_mix"] and min(counts) > 0
     movie = new_domain("movie", s, LABELS, ["nyt"]).train  # what the step learnt movie from
     assert v2["class_mix"] == {"nyt": v1["class_mix"]["nyt"],  # what nyt was learnt with, kept
                                **learnt_mix(movie, LABELS, v2["class_weights"])}
     plain = run_adapt(AdaptSettings(**{**s.__dict__, "replay_mix": "buffer"}), tiny_run, "movie",
                       tmp_path / "v2-buffer")  # the default (bench/results/distill-sweep.md)
-    assert plain["replay_mix"] is None and plain["class_mix"] == v2["class_mix"]
+    assert plain["replay_scaled_to"] is None and plain["class_mix"] == v2["class_mix"]
     assert AdaptSettings().replay_mix == "buffer"
     with pytest.raises(SettingsError, match="replay_mix must be one of learnt, buffer"):
         AdaptSettings(replay_mix="natural").validate()
