@@ -360,6 +360,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         first = {"history": result.history, "best_epoch": result.best_epoch,
                  "examples_processed": examples_seen}
         fit_rows = step_train + pseudo.rows + extra
+        print(f"self-training: second pass from {source_run.name}, with {len(pseudo.rows)} of "
+              f"{len(texts)} unlabelled texts labelled by the first", file=sys.stderr)
         merged, result, counts, weights, teacher = one_pass(load_run(source_run)[0], fit_rows)
         examples_seen += cost(result, teacher, fit_rows) + round(FORWARD_COST * len(texts))
         self_training = {**self_training_report(
