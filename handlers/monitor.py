@@ -20,6 +20,7 @@ from handlers.features import Reference, feature_matrix
 from handlers.stats import (
     SUFFIX,
     FeatureWindow,
+    acknowledged_at,
     current_server,
     merge_windows,
     save_window,
@@ -68,6 +69,7 @@ class TrafficMonitor:
         self.capture = capture
         self.server = current_server()  # this worker's server run never changes
         self.window = FeatureWindow(reference.names, capacity, capture)
+        self._acknowledged = acknowledged_at(self.directory)  # an older ack: already fresh
         self.lock = threading.Lock()
         self.last_result: dict[str, Any] | None = None
         self._dirty = False
@@ -130,6 +132,7 @@ class TrafficMonitor:
         (a describe persists too, so those are not tied to this loop's persist)."""
         while not self._stop.wait(every):
             try:
+                self.fresh_window_after_ack()
                 if self._dirty:
                     self.persist()
                     seen = self.window.seen
@@ -140,6 +143,17 @@ class TrafficMonitor:
                     self.export()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down
                 log.exception("traffic monitor update failed")
+
+    def fresh_window_after_ack(self) -> None:
+        """A new acknowledgement (handlers.stats.acknowledge): drop the window and its captured
+        texts and count requests from zero, so the next checks see only later traffic."""
+        at = acknowledged_at(self.directory)
+        if at <= self._acknowledged:
+            return
+        with self.lock:
+            self.window = FeatureWindow(self.reference.names, self.capacity, self.capture)
+            self._acknowledged, self._checked_at_seen, self._dirty = at, 0, True
+        self.check(decision_only=True)  # the gauges the next request exports: no alarm
 
     def close(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from handlers.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 SUFFIX = ".window.npz"
+ACK_FILE = "acknowledged.json"
 
 
 class FeatureWindow:
@@ -150,9 +151,26 @@ def live_windows(directory: Path, server: str | None = None) -> list[dict[str, A
     return parts
 
 
+def acknowledge(directory: Path) -> float:
+    """An operator saw the current alarm (`trainer drift --ack`): from now on the windows of
+    this model version count only later requests, and each worker starts a fresh window at its
+    next tick, so an alarm nobody acts on does not stay raised and a later shift raises anew."""
+    at = time.time()
+    atomic_write_bytes(Path(directory) / ACK_FILE, json.dumps({"acknowledged_at": at}).encode())
+    return at
+
+
+def acknowledged_at(directory: Path) -> float:
+    """When the version's alarm was last acknowledged (0: never)."""
+    try:
+        return float(json.loads((Path(directory) / ACK_FILE).read_text())["acknowledged_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def merge_windows(directory: Path, capacity: int, server: str | None = None) -> dict[str, Any]:
     """The windows of one model version (see live_windows), newest `capacity` requests
-    overall."""
+    overall, none from before the last acknowledgement."""
     parts = live_windows(directory, server)
     names = parts[0]["meta"]["names"] if parts else []
     parts = [w for w in parts if w["meta"]["names"] == names]
@@ -161,6 +179,7 @@ def merge_windows(directory: Path, capacity: int, server: str | None = None) -> 
                 "classes": np.zeros(0, np.int16), "workers": 0, "seen": 0}
     times = np.concatenate([w["times"] for w in parts])
     keep = np.argsort(times, kind="stable")[-capacity:]
+    keep = keep[times[keep] > acknowledged_at(directory)]
     return {
         "names": names,
         "features": np.concatenate([w["features"] for w in parts])[keep],

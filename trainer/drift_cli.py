@@ -12,7 +12,7 @@ import requests
 from handlers.bins import BINS, bin_counts, bin_edges, binned_test
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import REFERENCE_FILE, Reference
-from handlers.stats import merge_windows
+from handlers.stats import acknowledge, merge_windows
 from trainer.client import TorchServeClient, add_server_arguments, client_from_args
 from trainer.errors import DataError, SettingsError
 
@@ -148,12 +148,41 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--min-window", type=int, default=defaults.min_window,
                    help=f"requests needed to fire (default: {defaults.min_window})")
     p.add_argument("--correction", default=defaults.correction, help="bonferroni | bh")
+    p.add_argument("--ack", action="store_true",
+                   help="acknowledge the current alarm instead of testing: the version's "
+                        "windows restart from the next request (on the server host; sample "
+                        "the captured texts first, they restart too)")
     p.set_defaults(func=run)
+
+
+def acknowledge_served(client: TorchServeClient, model: str, version: str | None) -> dict[str, Any]:
+    """`drift --ack` against a server: its statistics directory must be on this host."""
+    meta, stats = served_stats(client, model, version)
+    directory = Path(stats.get("stats_dir") or "")
+    if not directory.is_dir():
+        raise DataError(f"{directory}: the statistics of {model} are not on this host; run "
+                        "`trainer drift --ack` where TorchServe runs, or pass --stats-dir")
+    return {"model": model, "version": meta.get("version"), **acknowledge_dir(directory)}
+
+
+def acknowledge_dir(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise DataError(f"--stats-dir {directory}: no such directory")
+    return {"acknowledged_at": acknowledge(directory), "stats_dir": str(directory)}
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     settings = DriftSettings(args.ert, args.check_every, args.min_effect, args.min_window,
                              args.correction)
+    if args.ack:
+        if args.prometheus or not (args.model or args.stats_dir):
+            raise SettingsError("--ack needs --model (ask the server on its host) or "
+                                "--stats-dir: each server keeps its own windows")
+        result = (acknowledge_dir(Path(args.stats_dir)) if args.stats_dir else
+                  acknowledge_served(client_from_args(args), args.model, args.version))
+        print(f"acknowledged: the windows in {result['stats_dir']} count only requests from "
+              "now on; each worker restarts its window within a second", file=sys.stderr)
+        return result, 0
     for flag in ("stats_dir", "prometheus"):
         if getattr(args, flag) and not args.reference:
             raise SettingsError(f"--{flag.replace('_', '-')} needs --reference (a run dir or "

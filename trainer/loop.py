@@ -29,7 +29,7 @@ from trainer.demo import (
     score_domain,
     serve,
 )
-from trainer.drift_cli import from_server
+from trainer.drift_cli import acknowledge_served, from_server
 from trainer.rollout import GateSettings, rollout
 from trainer.sample import sample_served, write_rows
 from trainer.train import TrainSettings
@@ -177,8 +177,10 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
                              "after": {d: r["accuracy"] for d, r in result["new"].items()},
                              "churn": result["churn"],
                              "gate_labels": sum((result["labels_answered"] or {}).values())})
-                if result["promoted"]:
+                if result["promoted"]:  # the new version's windows start empty
                     current, version, serving = out, latest, domain
+                else:  # the operator saw this alarm: the next must come from later traffic
+                    step["acknowledged"] = bool(acknowledge_served(client, name, None))
             step["serving_after"] = version
             step["seconds"] = round(time.time() - t0, 1)
             steps.append(step)

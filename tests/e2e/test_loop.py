@@ -49,6 +49,8 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     assert "disagreement evidence" in nyt, nyt
     assert set(step["churn"]["nyt"]) == {"test", "unlabelled"} and step["gate_labels"] >= 0
     assert step["serving_after"] == summary["final_version"]
+    # a refused candidate: the alarm is acknowledged, so v1's next alarm needs later traffic
+    assert step.get("acknowledged", False) is (not step["promoted"])
     # the labeller's file: 48 herded texts of the captured tweets traffic (its train split)
     tweets = load_source("tweets", 0)["tweets"]
     assert step["labelling"]["captured"] == 150 and step["labelling"]["labelled"] == 48

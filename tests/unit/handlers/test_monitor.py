@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 from handlers.features import REFERENCE_FILE
 from handlers.runtime import ModelRuntime, RuntimeSettings
@@ -56,3 +57,42 @@ def test_the_monitor_thread_exports_what_requests_counted(tiny_run, tmp_path):
     rt.describe()  # persists in this thread: the loop finds no news, yet the counts go out
     assert exported.wait(10)
     rt.monitor.close()
+
+
+def test_an_acknowledged_alarm_starts_every_window_afresh(tiny_run, tmp_path):
+    """`trainer drift --ack`: readers drop the rows from before it at once; each worker's own
+    thread then restarts its window (seen from 0, captured texts gone) at its next tick."""
+    from handlers.stats import acknowledge, acknowledged_at
+
+    settings = RuntimeSettings(stats_dir=str(tmp_path), window=500, drift_min_window=10,
+                               capture=20, persist_every_s=0.2)
+    a = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
+    b = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w2")
+    texts = [e.text for e in load_vader("nyt")[:30]]
+    a.predict(texts[:20])
+    b.predict(texts[20:])
+    b.monitor.persist()
+    assert a.describe()["stats"]["window_size"] == 30
+    directory = a.monitor.directory
+    assert acknowledged_at(directory) == 0.0
+    at = acknowledge(directory)
+    assert acknowledged_at(directory) == at
+    assert a.describe()["stats"]["window_size"] == 0  # before any worker has reset
+    a.monitor.fresh_window_after_ack()  # what the monitor thread does each tick
+    deadline = time.time() + 10
+    while b.monitor.window.seen and time.time() < deadline:  # b's own thread does it
+        time.sleep(0.05)
+    for rt in (a, b):
+        assert rt.monitor.window.seen == 0 and rt.monitor.window.arrays()["classes"].size == 0
+        assert rt.monitor.last_result["is_drift"] is False  # what the gauges export next
+        assert rt.monitor.last_result["window_size"] == 0
+    b.monitor.persist()  # as b's thread does on its next tick (its window is dirty)
+    a.predict(texts[:5])
+    stats = a.describe()["stats"]
+    assert stats["window_size"] == 5 and stats["requests_seen"] == 5
+    late = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w3")
+    late.predict(texts[:3])  # a worker started after the ack keeps what it sees
+    late.monitor.fresh_window_after_ack()
+    assert late.monitor.window.seen == 3
+    for rt in (a, b, late):
+        rt.monitor.close()

@@ -4,7 +4,8 @@ import numpy as np
 
 from handlers.drift import DriftSettings
 from handlers.features import REFERENCE_FILE, Projection, Reference, feature_matrix, feature_names
-from handlers.stats import SUFFIX, FeatureWindow
+from handlers.stats import SUFFIX, FeatureWindow, acknowledged_at
+from trainer.__main__ import main
 from trainer.drift_cli import from_stats_dir, summary_line
 
 LABELS = ["negative", "positive"]
@@ -43,3 +44,17 @@ def test_stats_dir_is_matched_to_the_served_mix(tmp_path):
     line = summary_line(result)
     assert line.startswith("no drift: window 200 requests") and "served mix nyt" in line
     assert not line.endswith(("; —", "; "))  # nothing fired: no reason to append
+    # acknowledged: the same stats dir then holds no request from before
+    assert main(["drift", "--stats-dir", str(tmp_path / "stats"), "--ack"]) == 0
+    assert acknowledged_at(tmp_path / "stats") > 0
+    assert from_stats_dir(tmp_path / "stats", tmp_path, DriftSettings(), 1000)["window_size"] == 0
+
+
+def test_ack_says_what_it_needs(tmp_path, capsys):
+    for args, words in ((["--ack"], "--ack needs --model"),
+                        (["--ack", "--prometheus", "http://127.0.0.1:9", "--model", "m"],
+                         "--ack needs --model"),
+                        (["--ack", "--stats-dir", str(tmp_path / "nope")], "no such directory")):
+        assert main(["drift", *args]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()
