@@ -80,9 +80,15 @@ def test_an_acknowledged_alarm_starts_every_window_afresh(tiny_run, tmp_path):
     assert a.describe()["stats"]["window_size"] == 0  # before any worker has reset
     a.monitor.fresh_window_after_ack()  # what the monitor thread does each tick
     deadline = time.time() + 10
-    while b.monitor.window.seen and time.time() < deadline:  # b's own thread does it
+
+    def retested(rt) -> bool:  # the thread restarts the window, then tests it again
+        result = rt.monitor.last_result
+        return result is not None and result["checked_at"] >= at
+
+    while not retested(b) and time.time() < deadline:  # b's own thread does it
         time.sleep(0.05)
     for rt in (a, b):
+        assert retested(rt)
         assert rt.monitor.window.seen == 0 and rt.monitor.window.arrays()["classes"].size == 0
         assert rt.monitor.last_result["is_drift"] is False  # what the gauges export next
         assert rt.monitor.last_result["window_size"] == 0
