@@ -151,6 +151,8 @@ class TrafficMonitor:
         if at <= self._acknowledged:
             return
         with self.lock:
+            if at <= self._acknowledged:  # another caller restarted it meanwhile
+                return
             self.window = FeatureWindow(self.reference.names, self.capacity, self.capture)
             self._acknowledged, self._checked_at_seen, self._dirty = at, 0, True
         self.check(decision_only=True)  # the gauges the next request exports: no alarm
