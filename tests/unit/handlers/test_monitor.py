@@ -17,14 +17,19 @@ def test_reference_is_stored_in_the_run_dir(tiny_run):
     assert len(ref["projection"]["components"]) == 8
 
 
+def two_workers(run, settings: RuntimeSettings, texts: list[str], split: int):
+    """Two workers of one model version; the first serves texts[:split], the second the rest."""
+    a, b = (ModelRuntime.load(run, settings=settings, name="m", version="1", worker_id=w)
+            for w in ("w1", "w2"))
+    a.predict(texts[:split])
+    b.predict(texts[split:])
+    b.monitor.persist()
+    return a, b
+
+
 def test_two_workers_windows_merge(tiny_run, tmp_path):
     settings = RuntimeSettings(stats_dir=str(tmp_path), window=500, drift_min_window=10)
-    a = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
-    b = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w2")
-    texts = [e.text for e in load_vader("nyt")[:40]]
-    a.predict(texts[:25])
-    b.predict(texts[25:])
-    b.monitor.persist()
+    a, b = two_workers(tiny_run, settings, [e.text for e in load_vader("nyt")[:40]], 25)
     stats = a.describe()["stats"]
     assert stats["workers"] == 2 and stats["window_size"] == 40 and stats["requests_seen"] == 40
     assert set(stats["features"]) == set(a.monitor.reference.names)
@@ -66,12 +71,8 @@ def test_an_acknowledged_alarm_starts_every_window_afresh(tiny_run, tmp_path):
 
     settings = RuntimeSettings(stats_dir=str(tmp_path), window=500, drift_min_window=10,
                                capture=20, persist_every_s=0.2)
-    a = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w1")
-    b = ModelRuntime.load(tiny_run, settings=settings, name="m", version="1", worker_id="w2")
     texts = [e.text for e in load_vader("nyt")[:30]]
-    a.predict(texts[:20])
-    b.predict(texts[20:])
-    b.monitor.persist()
+    a, b = two_workers(tiny_run, settings, texts, 20)
     assert a.describe()["stats"]["window_size"] == 30
     directory = a.monitor.directory
     assert acknowledged_at(directory) == 0.0
