@@ -19,11 +19,16 @@ from trainer.data import Example
 Mix = dict[str, dict[str, float]]  # domain -> label -> share of that domain's training loss
 
 
+def per_label(labels: Sequence[str],
+              class_weights: torch.Tensor | Sequence[float] | None) -> dict[str, float]:
+    return {label: 1.0 if class_weights is None else float(class_weights[i])
+            for i, label in enumerate(labels)}
+
+
 def learnt_mix(examples: Sequence[Example], labels: Sequence[str],
                class_weights: torch.Tensor | Sequence[float] | None) -> Mix:
     """Per domain, each class's share of the loss it was trained with: count x class weight."""
-    weight = {label: 1.0 if class_weights is None else float(class_weights[i])
-              for i, label in enumerate(labels)}
+    weight = per_label(labels, class_weights)
     counts = Counter((ex.domain, ex.label) for ex in examples if ex.label is not None)
     mix: Mix = {}
     for domain in sorted({d for d, _ in counts}):
@@ -40,8 +45,7 @@ def replay_scale(rows: Sequence[Example], n_replay: int, mix: Mapping[str, Mappi
     get 1), applied on top of the step's class weights: within each old domain in `mix`, class
     c's replay rows then carry mix[c] of the domain's replay weight. Domains without a mix, and
     classes the buffer does not hold, are left as they are."""
-    weight = {label: 1.0 if class_weights is None else float(class_weights[i])
-              for i, label in enumerate(labels)}
+    weight = per_label(labels, class_weights)
     replay = rows[:n_replay]
     held = Counter((ex.domain, ex.label) for ex in replay)
     factor: dict[tuple[str, str], float] = {}
