@@ -55,19 +55,31 @@ CONFIGS = {NONE: {"distill": 0.0},
            "replay w1, learnt mix": {"distill": 1.0, "distill_rows": "replay", **LEARNT},
            "replay+held-out w3, learnt mix": {"distill": 3.0, "distill_rows": "replay",
                                               "distill_held_out": True, **LEARNT},
-           "self-training, 300 unlabelled": {"distill": 0.0, UNLABELLED: 300}}
+           "self-training, 300 unlabelled": {"distill": 0.0, UNLABELLED: 300},
+           "contrastive 20": {"distill": 0.0, "contrastive_pairs": 20},
+           "contrastive 40": {"distill": 0.0, "contrastive_pairs": 40},
+           "contrastive 20, 300 unlabelled": {"distill": 0.0, "contrastive_pairs": 20,
+                                              UNLABELLED: 300}}
 
 
-def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0) -> Path:
-    """n labelled texts of the new domain's train split, as a labeller would hand them back;
-    with `unlabelled`, the next that many texts go, without labels, to OUT.unlabelled.jsonl
-    (the captured traffic that was not sent for labelling)."""
+def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0,
+                  per_class: int = 0) -> Path:
+    """n labelled texts of the new domain's train split, as a labeller would hand them back
+    (`per_class`: that many of each class instead, the few-shot setting); with `unlabelled`,
+    that many of the others go, without labels, to OUT.unlabelled.jsonl (the captured traffic
+    that was not sent for labelling)."""
     train = list(load_source(domain, seed)[domain].train)
     random.Random(seed).shuffle(train)
+    if per_class:
+        chosen = [ex for label in sorted({ex.label for ex in train})
+                  for ex in [e for e in train if e.label == label][:per_class]]
+    else:
+        chosen = train[:n]
+    rest = [ex for ex in train if ex not in chosen]
     out.write_text("".join(json.dumps({"text": ex.text, "label": ex.label, "domain": domain})
-                           + "\n" for ex in train[:n]))
+                           + "\n" for ex in chosen))
     out.with_suffix(".unlabelled.jsonl").write_text("".join(
-        json.dumps({"text": ex.text, "label": ""}) + "\n" for ex in train[n:n + unlabelled]))
+        json.dumps({"text": ex.text, "label": ""}) + "\n" for ex in rest[:unlabelled]))
     return out
 
 
@@ -78,21 +90,23 @@ def answers(run: Path, texts: list[str]) -> list[str]:
 
 
 def one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
-        base_answers: dict, max_eval: int, extra: dict, cache: Path | None = None) -> dict:
+        base_answers: dict, max_eval: int, extra: dict, cache: Path | None = None,
+        per_class: int = 0) -> dict:
     """One candidate's validation scores; cached under `cache` (a killed sweep resumes)."""
     key = hashlib.sha256(json.dumps([str(v1.resolve()), old, new, knobs, n, seed, max_eval,
-                                     extra], sort_keys=True).encode()).hexdigest()[:16]
+                                     extra] + ([per_class] if per_class else []),
+                                    sort_keys=True).encode()).hexdigest()[:16]
     hit = cache / f"{key}.json" if cache else None
     if hit is not None and hit.is_file():
         return json.loads(hit.read_text())
-    row = _one(v1, old, new, knobs, n, seed, work, base_answers, max_eval, extra)
+    row = _one(v1, old, new, knobs, n, seed, work, base_answers, max_eval, extra, per_class)
     if hit is not None:
         atomic_write_json(hit, row)
     return row
 
 
 def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
-         base_answers: dict, max_eval: int, extra: dict) -> dict:
+         base_answers: dict, max_eval: int, extra: dict, per_class: int) -> dict:
     val_old = load_source(old, seed)[old].val[: max_eval or None]
     val_new = load_source(new, seed)[new].val[: max_eval or None]
     key = (old, new, seed)
@@ -102,7 +116,8 @@ def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Pat
     before_old, before_new = base_answers[key]
     out = work / f"{new}-{seed}-{abs(hash(json.dumps(knobs, sort_keys=True)))}"
     settings = {k: v for k, v in {**extra, **knobs}.items() if k != UNLABELLED}
-    data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl", knobs.get(UNLABELLED, 0))
+    data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl", knobs.get(UNLABELLED, 0),
+                         per_class)
     report = run_adapt(AdaptSettings(seed=seed, **settings), v1, str(data), out, test_data=new,
                        unlabelled=str(data.with_suffix(".unlabelled.jsonl"))
                        if knobs.get(UNLABELLED) else None)
@@ -113,14 +128,17 @@ def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Pat
     return {"new_domain": new, "seed": seed, **churn(before_old, after_old, truth_old),
             "old_accuracy_change": acc(after_old, truth_old) - acc(before_old, truth_old),
             "new_gain": acc(after_new, truth_new) - acc(before_new, truth_new),
-            "examples_processed": report["examples_processed"]}
+            "examples_processed": report["examples_processed"],
+            "wall_time_s": report["wall_time_s"]}
 
 
 def summarise(rows: list[dict]) -> dict:
     keys = ("disagreement", "negative_flip_rate", "positive_flip_rate", "old_accuracy_change",
             "new_gain", "examples_processed")
+    wall = [r["wall_time_s"] for r in rows if "wall_time_s" in r]  # rows cached before it
     return {k: statistics.fmean(r[k] for r in rows) for k in keys} | {
-        "worst_negative_flip_rate": max(r["negative_flip_rate"] for r in rows)}
+        "worst_negative_flip_rate": max(r["negative_flip_rate"] for r in rows),
+        "wall_time_s": statistics.fmean(wall) if len(wall) == len(rows) else None}
 
 
 def choose(summary: dict[str, dict]) -> str:
@@ -140,14 +158,16 @@ def markdown(result: dict) -> str:
              "texts of the new domain's train split, without their labels.", "",
              "| config (distilled rows, weight; keep) | old: disagreement | old: negative flips (worst) "
              "| old: positive flips "
-             "| old: accuracy change | new: gain | examples processed |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| old: accuracy change | new: gain | examples processed | adapt s (2 cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c, s in result["summary"].items():
         mark = " **(chosen)**" if c == result["chosen"] else ""
         lines.append(f"| {c}{mark} | {100 * s['disagreement']:.1f} | "
                      f"{100 * s['negative_flip_rate']:.1f} ({100 * s['worst_negative_flip_rate']:.1f}) | "
                      f"{100 * s['positive_flip_rate']:.1f} | {100 * s['old_accuracy_change']:+.1f} | "
-                     f"{100 * s['new_gain']:+.1f} | {s['examples_processed']:.0f} |")
+                     f"{100 * s['new_gain']:+.1f} | {s['examples_processed']:.0f} | "
+                     + ("" if s.get("wall_time_s") is None else f"{s['wall_time_s']:.0f}")
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old", default="nyt")
     p.add_argument("--new", default="movie,amazon,tweets")
     p.add_argument("--labels", type=int, default=96, help="labelled texts of each new domain")
+    p.add_argument("--shots", type=int, default=0,
+                   help="K labelled texts per class instead of --labels (the few-shot setting)")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--configs", default="", help="comma-separated config names (default: all)")
+    p.add_argument("--configs", default="", help="config names separated by ; (default: all)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cache", type=Path, help="keep each candidate's scores here (resumable)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     news = args.new.split(",")
-    configs = {c: CONFIGS[c] for c in (args.configs.split(",") if args.configs else CONFIGS)}
+    configs = {c: CONFIGS[c] for c in (args.configs.split(";") if args.configs else CONFIGS)}
     quick = {"max_eval": 24, "min_steps": 0, "epochs": 1, "max_epochs": 1} if args.quick else {}
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         work = Path(tmp)
@@ -180,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         per_config = {}
         for name, knobs in configs.items():
             per_config[name] = [one(v1, args.old, new, knobs, args.labels, seed, work,
-                                    base_answers, 24 if args.quick else 0, quick, args.cache)
+                                    base_answers, 24 if args.quick else 0, quick, args.cache,
+                                    args.shots)
                                 for new in news for seed in seeds]
             print(f"{name}: {summarise(per_config[name])}", file=sys.stderr, flush=True)
     summary = {c: summarise(rows) for c, rows in per_config.items()}
-    result = {"old": args.old, "new_domains": news, "labels": args.labels, "seeds": seeds,
+    result = {"old": args.old, "new_domains": news, "seeds": seeds,
+              "labels": f"{args.shots} per class" if args.shots else args.labels,
               "configs": configs, "rows": per_config, "summary": summary,
               "chosen": choose(summary) if NONE in summary else None,
               "quick": args.quick}
-    stem = "distill-sweep-quick" if args.quick else "distill-sweep"
+    stem = ("distill-sweep" + (f"-k{args.shots}" if args.shots else "")
+            + ("-quick" if args.quick else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{stem}.json", result, sort_keys=False)
     atomic_write_text(args.out / f"{stem}.md", markdown(result))

@@ -30,6 +30,7 @@ from trainer.balance import (
 from trainer.churn import churn_by_domain
 from trainer.class_mix import Mix, describe, learnt_mix, replay_scale
 from trainer.config import check, setting
+from trainer.contrastive import contrastive_stage, make_pairs
 from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_source
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
@@ -102,12 +103,15 @@ class AdaptSettings(FitSettings):
                                         "exemplar weighs the same) | learnt (scaled to the mix "
                                         "the domain was learnt with: fewer old answers changed, "
                                         "less new-domain gain; bench/results/distill-sweep.md)")
+    contrastive_pairs: int = setting(0, "SetFit-style contrastive stage before the classifier: "
+                                        "pairs per labelled new-domain text (0 = off; "
+                                        "trainer/contrastive.py)")
 
     def validate(self) -> None:
         problems = self.fit_problems()
         problems += [f"{n} must be >= 0, got {getattr(self, n)}"
                      for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs",
-                               "min_steps")
+                               "min_steps", "contrastive_pairs")
                      if getattr(self, n) < 0]
         if self.selection not in SELECTIONS:
             problems.append(f"selection must be one of {', '.join(SELECTIONS)}, "
@@ -344,11 +348,20 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                                                         list[float] | None, Distillation | None]:
         teacher = from_teacher(vn, tokenizer, rows, len(replay), labels, s.distill_rows,
                                s.distill, s.distill_temperature, s.max_length)  # before LoRA
+        if pairs:
+            vn = contrastive_stage(vn, tokenizer, pairs, lr=s.lr, batch_size=s.batch_size,
+                                   max_length=s.max_length, seed=s.seed, lora_r=s.lora_r,
+                                   lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                                   target_modules=s.target_modules, precision=s.precision)
         return (*train_step(vn, tokenizer, rows, val_new, labels, s, len(replay),
                             distillation=teacher, mix=mix), teacher)
 
     def cost(result: FitResult, teacher: Distillation | None, rows: list[Example]) -> int:
-        return result.examples_seen + (round(FORWARD_COST * len(rows)) if teacher else 0)
+        return (result.examples_seen + (round(FORWARD_COST * len(rows)) if teacher else 0)
+                + 2 * len(pairs))  # a pair is two texts through the encoder
+
+    pairs = (make_pairs(train_new, step_train, s.contrastive_pairs, s.seed)
+             if s.contrastive_pairs else [])
 
     fit_rows = step_train + extra
     merged, result, counts, weights, teacher = one_pass(model, fit_rows)
@@ -407,6 +420,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                       **learnt_mix(fit_rows[len(replay):], labels, weights)},  # pseudo rows
         "replay_scaled_to": mix,
         "self_training": self_training,
+        "contrastive": {"pairs": len(pairs), "same_class": sum(y == 1.0 for _, _, y in pairs)}
+        if pairs else None,
         "distillation": None if teacher is None else {
             "rows": int(teacher.mask.sum()), "unlabelled_rows": len(extra),
             "weight": s.distill, "temperature": s.distill_temperature,
