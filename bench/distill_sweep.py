@@ -59,7 +59,10 @@ CONFIGS = {NONE: {"distill": 0.0},
            "contrastive 20": {"distill": 0.0, "contrastive_pairs": 20},
            "contrastive 40": {"distill": 0.0, "contrastive_pairs": 40},
            "contrastive 20, 300 unlabelled": {"distill": 0.0, "contrastive_pairs": 20,
-                                              UNLABELLED: 300}}
+                                              UNLABELLED: 300},
+           "small validation split trained on": {"distill": 0.0, "min_val": 30},
+           "small validation split trained on, contrastive 20": {
+               "distill": 0.0, "min_val": 30, "contrastive_pairs": 20}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0,
@@ -115,7 +118,8 @@ def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Pat
                              answers(v1, [ex.text for ex in val_new]))
     before_old, before_new = base_answers[key]
     out = work / f"{new}-{seed}-{abs(hash(json.dumps(knobs, sort_keys=True)))}"
-    settings = {k: v for k, v in {**extra, **knobs}.items() if k != UNLABELLED}
+    settings = {"min_val": 0,  # configs that do not name it ran before it (and are cached)
+                **{k: v for k, v in {**extra, **knobs}.items() if k != UNLABELLED}}
     data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl", knobs.get(UNLABELLED, 0),
                          per_class)
     report = run_adapt(AdaptSettings(seed=seed, **settings), v1, str(data), out, test_data=new,

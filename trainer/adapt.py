@@ -60,7 +60,6 @@ from trainer.self_training import pseudo_label, read_unlabelled
 from trainer.self_training import report as self_training_report
 from trainer.settings import FitSettings
 from trainer.splits import load_test_data, without_test_rows
-from trainer.train import reference_texts
 
 SELECTIONS = (*STRATEGIES, "none")
 REPLAY_MIXES = ("learnt", "buffer")
@@ -103,6 +102,9 @@ class AdaptSettings(FitSettings):
                                         "exemplar weighs the same) | learnt (scaled to the mix "
                                         "the domain was learnt with: fewer old answers changed, "
                                         "less new-domain gain; bench/results/distill-sweep.md)")
+    min_val: int = setting(30, "a labelled file's validation rows, if fewer than this, join the "
+                               "training rows: too few to pick an epoch by (0 = always keep "
+                               "them apart)")
     contrastive_pairs: int = setting(0, "SetFit-style contrastive stage before the classifier: "
                                         "pairs per labelled new-domain text (0 = off; "
                                         "trainer/contrastive.py)")
@@ -111,7 +113,7 @@ class AdaptSettings(FitSettings):
         problems = self.fit_problems()
         problems += [f"{n} must be >= 0, got {getattr(self, n)}"
                      for n in ("shots", "memory", "max_train", "max_eval", "defer_epochs",
-                               "min_steps", "contrastive_pairs")
+                               "min_steps", "contrastive_pairs", "min_val")
                      if getattr(self, n) < 0]
         if self.selection not in SELECTIONS:
             problems.append(f"selection must be one of {', '.join(SELECTIONS)}, "
@@ -183,10 +185,18 @@ def new_domain(source: str, s: AdaptSettings, labels: Sequence[str], seen: Seque
     if not split.train:
         raise DataError(f"{source}: domain {domain!r} has no training examples")
     train = few_shot(split.train, s.shots, source) if s.shots else cap(split.train, s.max_train)
-    held = split if not test_data else Splits([], split.val + split.test, [])
-    held_out = reference_texts({domain: held}, s.reference_per_domain)[domain]
-    return NewDomain(domain, train, [] if s.shots else cap(split.val, s.max_eval),
-                     cap(split.test, s.max_eval), held_out, how)
+    val = [] if s.shots else cap(split.val, s.max_eval)
+    folded = 0 < len(val) < s.min_val  # macro-F1 on a handful of rows picks epochs by chance
+    if folded:
+        print(f"note: {source}: its {len(val)} validation rows (< --min-val {s.min_val}) join "
+              f"the {len(train)} training rows; epochs are picked on the training rows",
+              file=sys.stderr)
+        train, val = train + val, []
+    # the drift reference and the gate's unlabelled evidence: texts no pass trained on
+    held = (split.test if folded else split.val + (split.test if test_data else [])
+            or split.train)
+    held_out = [ex.text for ex in cap(held, s.reference_per_domain)]
+    return NewDomain(domain, train, val, cap(split.test, s.max_eval), held_out, how)
 
 
 def few_shot(train: list[Example], k: int, source: str) -> list[Example]:

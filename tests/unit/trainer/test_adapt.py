@@ -160,13 +160,20 @@ def test_labelled_traffic_file_with_a_built_in_test_split(tiny_run, tmp_path, ca
     s = dataclasses.replace(TINY, max_eval=0)
     r = run_adapt(s, tiny_run, str(labelled), tmp_path / "v2", test_data="movie")
     new = new_domain(str(labelled), s, LABELS, ["nyt"], "movie")
-    assert len(new.train) + len(new.val) == 60 and new.val and new.test == movie.test
+    # 60 rows leave 9 for validation, too few to pick an epoch by: they train too
+    assert len(new.train) == 60 and not new.val and new.test == movie.test
+    assert "9 validation rows (< --min-val 30) join the 51 training rows" in \
+        capsys.readouterr().err
+    apart = new_domain(str(labelled), dataclasses.replace(s, min_val=0), LABELS, ["nyt"], "movie")
+    assert len(apart.train) == 51 and len(apart.val) == 9
     assert r["domain"] == "movie" and r["training_set"]["new"] == len(new.train)
     assert r["test_by_domain"]["movie"]["n"] == len(movie.test)
     rebuilt = lineage.test_splits({"movie": r["domain_sources"]["movie"]}, LABELS)["movie"]
     assert [ex.text for ex in rebuilt] == [ex.text for ex in movie.test]
-    sizes = read_reference_texts(tmp_path / "v2")
-    assert len(sizes["movie"]) > 60  # the test texts joined the few labelled ones
+    reference = read_reference_texts(tmp_path / "v2")["movie"]
+    assert len(reference) > 60  # the test texts, never the labelled ones trained on
+    assert not set(reference) & {ex.text for ex in movie.train[:60]}
+    assert set(apart.held_out) & {ex.text for ex in apart.val}  # kept apart: held out too
     # rows of the training file that are also test rows are left out of training, said once
     both = new_domain("movie", s, LABELS, ["nyt"], "movie")
     trained = {ex.text for ex in both.train + both.val}
