@@ -61,8 +61,8 @@ CONFIGS = {NONE: {"distill": 0.0},
            "contrastive 20, 300 unlabelled": {"distill": 0.0, "contrastive_pairs": 20,
                                               UNLABELLED: 300},
            "small validation split trained on": {"distill": 0.0, "min_val": 30},
-           "small validation split trained on, contrastive 20": {
-               "distill": 0.0, "min_val": 30, "contrastive_pairs": 20}}
+           "small validation split trained on, 300 unlabelled": {
+               "distill": 0.0, "min_val": 30, UNLABELLED: 300}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0,
