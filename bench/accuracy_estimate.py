@@ -2,6 +2,7 @@
 50/50 mixtures, for v1 and an adapted version.
 
     .venv/bin/python bench/accuracy_estimate.py [--v1 RUN_DIR] [--max-test N] [--probs FILE.npz]
+        [--cbpe FILE.json]
 
 v1 is MiniLM trained on nyt (default: the continual bench's seed-0 v1, or a fresh `train` when
 that is missing); v2 is `adapt` onto movie at K = 32 with the shipped defaults. For each version
@@ -12,7 +13,9 @@ v2 has none and keeps v1's, as `adapt` does; never on these cells) and the raw m
 (issue 28): every cell within ±3 points; for two cells of one version whose true accuracies
 differ by >= 3 points, the estimate moves the same way. The method with the lowest mean absolute
 error over all cells is the one the monitor reports (calibration.SHIPPED). `--probs` keeps the
-models' probabilities, so the tables can be redone without the models.
+models' probabilities (v1's validation ones too), so the tables can be redone without the models
+and NannyML's CBPE can be run on them in a venv of its own (bench/cbpe.py; `--cbpe` adds its
+column for comparison; it is no method the monitor can ship).
 Results: bench/results/accuracy-estimate.{json,md}.
 """
 
@@ -48,7 +51,7 @@ from trainer.train import TrainSettings  # noqa: E402
 
 T = TrainSettings()
 GOAL, STEP = 0.03, 0.03  # |estimate - truth| per cell; true changes whose sign must agree
-COLUMNS = (*METHODS, "raw_confidence")
+COLUMNS = (*METHODS, "raw_confidence")  # and "cbpe" with --cbpe
 
 
 def fit_of(run: Path) -> tuple[float, dict[str, Any]]:
@@ -75,30 +78,33 @@ def with_fit(run: Path, out: Path) -> Path:
     return out
 
 
-def probabilities(run: Path, max_test: int) -> dict[str, np.ndarray]:
-    """Per domain: the served probabilities of its test split and the true class indices."""
+def probabilities(run: Path, max_test: int, val: str | None = None) -> dict[str, np.ndarray]:
+    """Per domain: the served probabilities of its test split and the true class indices; with
+    `val`, that domain's validation split as "val" too."""
     rt = ModelRuntime.load(run, settings=RuntimeSettings(monitor=False))
     index = {label: i for i, label in enumerate(rt.labels)}
     out = {}
     for domain in DOMAINS:
-        test = load_source(domain, T.seed, T.label_threshold, tuple(rt.labels))[domain].test
-        test = test[:max_test] if max_test else test
-        out[f"{domain}/probs"] = torch.cat([rt.probabilities([ex.text for ex in test[i:i + 64]])
-                                            for i in range(0, len(test), 64)]).numpy()
-        out[f"{domain}/truth"] = np.asarray([index[ex.label] for ex in test])
+        splits = load_source(domain, T.seed, T.label_threshold, tuple(rt.labels))[domain]
+        test = splits.test[:max_test] if max_test else splits.test
+        for name, rows in ((domain, test), *((("val", splits.val),) if domain == val else ())):
+            out[f"{name}/probs"] = torch.cat([rt.probabilities([ex.text for ex in rows[i:i + 64]])
+                                              for i in range(0, len(rows), 64)]).numpy()
+            out[f"{name}/truth"] = np.asarray([index[ex.label] for ex in rows])
     return out
 
 
-def cells(probs: dict[str, np.ndarray], temperature: float, fit: dict[str, Any]
-          ) -> dict[str, dict[str, float]]:
+def cells(probs: dict[str, np.ndarray], temperature: float, fit: dict[str, Any],
+          cbpe: dict[str, float] | None) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for domain in DOMAINS:
         p, truth = probs[f"{domain}/probs"], probs[f"{domain}/truth"]
         out[domain] = {"n": len(truth), "accuracy": float((p.argmax(1) == truth).mean()),
                        **{m: estimated_accuracy(p, temperature, fit, m) for m in METHODS},
-                       "raw_confidence": estimated_accuracy(p, 1.0, None, "confidence")}
+                       "raw_confidence": estimated_accuracy(p, 1.0, None, "confidence"),
+                       **({"cbpe": cbpe[domain]} if cbpe else {})}
     for a, b in itertools.combinations(DOMAINS, 2):
-        out[f"{a}+{b}"] = {k: (out[a][k] + out[b][k]) / 2 for k in ("accuracy", *COLUMNS)}
+        out[f"{a}+{b}"] = {k: (out[a][k] + out[b][k]) / 2 for k in out[a] if k != "n"}
     return out
 
 
@@ -120,12 +126,13 @@ def goals(versions: dict[str, Any], method: str) -> dict[str, Any]:
             "pairs": pairs, "pairs_same_sign": agree}
 
 
-def table(name: str, v: dict[str, Any]) -> list[str]:
+def table(name: str, v: dict[str, Any], columns: tuple[str, ...]) -> list[str]:
     lines = [f"**{name}** (temperature {v['temperature']:.3f})", "",
-             "| cell | n | true | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (2 + len(COLUMNS))]
+             "| cell | n | true | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * (2 + len(columns))]
     for cell, c in v["cells"].items():
         row = [f"**{100 * c[k]:.1f}**" if k != "raw_confidence" and abs(c[k] - c["accuracy"]) > GOAL
-               else f"{100 * c[k]:.1f}" for k in COLUMNS]
+               else f"{100 * c[k]:.1f}" for k in columns]
         lines.append(f"| {cell} | {c.get('n', '')} | {100 * c['accuracy']:.1f} | "
                      + " | ".join(row) + " |")
     return lines + [""]
@@ -148,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name, run in (("v1 (nyt)", v1), ("v2 (nyt → movie, K=32)", v2)):
             temperature, fit = fit_of(run)
             out[name] = {"temperature": temperature, "fit": fit,
-                         "probs": probabilities(run, args.max_test)}
+                         "probs": probabilities(run, args.max_test, "nyt" if run == v1 else None)}
     if args.probs:
         meta = {n: {"temperature": v["temperature"], "fit": v["fit"]} for n, v in out.items()}
         np.savez(args.probs, meta=json.dumps(meta),
@@ -162,14 +169,17 @@ def main() -> int:
     p.add_argument("--max-test", type=int, default=0, help="first N rows of each test split (0: all)")
     p.add_argument("--probs", type=Path, help="an .npz of the probabilities: read if it exists, "
                                               "else written")
+    p.add_argument("--cbpe", type=Path, help="bench/cbpe.py's estimates, for a column of them")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/accuracy-estimate")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     measured = measure(args)
+    cbpe = json.loads(args.cbpe.read_text()) if args.cbpe else {}
     versions = {n: {"temperature": m["temperature"], "fit": m["fit"],
-                    "cells": cells(m["probs"], m["temperature"], m["fit"])}
+                    "cells": cells(m["probs"], m["temperature"], m["fit"], cbpe.get(n))}
                 for n, m in measured.items()}
-    summary = {m: goals(versions, m) for m in COLUMNS}
+    columns = (*COLUMNS, "cbpe") if cbpe else COLUMNS
+    summary = {m: goals(versions, m) for m in columns}
     best = min(METHODS, key=lambda m: summary[m]["mean_abs_error_points"])
     result = {"goal_points": 100 * GOAL, "step_points": 100 * STEP, "max_test": args.max_test,
               "best": best, "goals": summary, "versions": versions}
@@ -178,7 +188,7 @@ def main() -> int:
              f"{100 * GOAL:.0f}). Methods: handlers/calibration.py; raw_confidence is temperature "
              f"1. Test splits: {split}.", ""]
     for name, v in versions.items():
-        lines += table(name, v)
+        lines += table(name, v, columns)
     lines += ["| method | cells within ±3 | max error | mean abs. error | same-sign changes "
               "(true change >= 3) |", "|---|---:|---:|---:|---:|"]
     for m, g in summary.items():
