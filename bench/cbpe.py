@@ -1,7 +1,7 @@
 """NannyML's CBPE on the probabilities bench/accuracy_estimate.py saved (`--probs`), for its
 `--cbpe` column. nannyml is no project dependency: run this in a venv of its own.
 
-    python -m venv /tmp/nannyml && /tmp/nannyml/bin/pip install nannyml
+    python -m venv /tmp/nannyml && /tmp/nannyml/bin/pip install nannyml statsmodels
     /tmp/nannyml/bin/python bench/cbpe.py PROBS.npz OUT.json
 
 CBPE is fitted on v1's validation probabilities (the first version's `val`) for every version:
@@ -9,11 +9,14 @@ few-shot v2 has no validation data of its own, as for the other methods. Each do
 split is one chunk."""
 
 import json
+import os
 import sys
 
-import nannyml as nml
-import numpy as np
-import pandas as pd
+os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # it would phone home otherwise
+
+import nannyml as nml  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def frame(probs: np.ndarray, truth: np.ndarray | None = None) -> pd.DataFrame:
