@@ -68,6 +68,7 @@ class Reference:
     domains: list[str] = field(default_factory=lambda: [DEFAULT_DOMAIN])
     domain_index: np.ndarray | None = None  # (n,) row -> index into domains; None = all domain 0
     temperature: float = 1.0  # fitted on validation at train time (handlers.calibration)
+    accuracy_fit: dict[str, Any] | None = None  # calibration.fit_estimators; None: `confidence`
 
     def __post_init__(self) -> None:
         if self.domain_index is None:
@@ -102,7 +103,7 @@ class Reference:
             "labels": self.labels, "names": self.names, "projection": self.projection.to_json(),
             "features": np.round(self.features, 6).tolist(), "classes": self.classes.tolist(),
             "domains": self.domains, "domain_index": self.domain_index.tolist(),
-            "temperature": self.temperature,
+            "temperature": self.temperature, "accuracy_fit": self.accuracy_fit,
         }).encode()
 
     @classmethod
@@ -111,10 +112,13 @@ class Reference:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Reference":
-        """A file written before domains were stored loads as one domain, DEFAULT_DOMAIN."""
+        """A file written before domains were stored loads as one domain, DEFAULT_DOMAIN; one
+        written before estimators were stored has no accuracy_fit (the monitor then reports the
+        mean calibrated confidence)."""
         raw = json.loads(data)
         domains = raw["domains"] if "domains" in raw else [DEFAULT_DOMAIN]
         index = raw["domain_index"] if "domain_index" in raw else None
         return cls(raw["labels"], raw["names"], Projection.from_json(raw["projection"]),
                    np.asarray(raw["features"], np.float32), np.asarray(raw["classes"], np.int16),
-                   list(domains), index, float(raw.get("temperature", 1.0)))
+                   list(domains), index, float(raw.get("temperature", 1.0)),
+                   raw.get("accuracy_fit"))

@@ -120,7 +120,8 @@ class TrafficMonitor:
         probs = merged["features"][:, [merged["names"].index(f"p_{label}")
                                        for label in self.reference.labels]] \
             if merged["names"] else np.zeros((0, len(self.reference.labels)))
-        estimate = estimated_accuracy(probs, self.reference.temperature)
+        estimate = estimated_accuracy(probs, self.reference.temperature,
+                                      self.reference.accuracy_fit)
         result["estimated_accuracy"] = None if estimate is None else round(estimate, 4)
         result["checked_at"] = time.time()
         self.last_result = result
@@ -182,8 +183,9 @@ class TrafficMonitor:
             "features": features,
             "class_distribution": class_shares(merged["classes"], labels),
             "confidence": features.get("confidence", {}),
-            # Mean calibrated confidence: accuracy without labels while calibration holds.
+            # Accuracy without labels (handlers.calibration), by the reference's method.
             "estimated_accuracy": drift["estimated_accuracy"],
+            "estimator": (self.reference.accuracy_fit or {}).get("method", "confidence"),
             # Where `trainer sample` reads the captured texts (on this host), and how many.
             "stats_dir": str(self.directory),
             "capture_per_worker": self.capture,

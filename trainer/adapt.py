@@ -287,11 +287,12 @@ def square(matrix: list[list[float | None]]) -> bool:
 
 def calibrate_step(model: Any, tokenizer: Any, val_new: list[Example], labels: list[str],
                    max_length: int, source_run: Path) -> dict[str, Any]:
-    """The new domain's validation split fits the temperature; when it is too small (few-shot)
-    the previous version's temperature is kept rather than falling back to 1."""
+    """The new domain's validation split fits the temperature and the accuracy estimators; when
+    it is too small (few-shot) the previous version's are kept rather than falling back."""
     fit = calibrate(model, tokenizer, val_new, labels, max_length)
     if not fit["fitted"] and (source_run / REFERENCE_FILE).is_file():
-        fit["temperature"] = Reference.load(source_run / REFERENCE_FILE).temperature
+        previous = Reference.load(source_run / REFERENCE_FILE)
+        fit["temperature"], fit["accuracy_fit"] = previous.temperature, previous.accuracy_fit
         fit["kept_from"] = str(source_run)
     return fit
 
@@ -458,6 +459,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         "versions": {"torch": torch.__version__},
     }
     reference.temperature = report["calibration"]["temperature"]
+    reference.accuracy_fit = report["calibration"]["accuracy_fit"]
     save_run(out, merged, tokenizer, labels, report,
              extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes(),
                     REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from handlers.calibration import MIN_EXAMPLES, fit_temperature
+from handlers.calibration import MIN_EXAMPLES, fit_estimators, fit_temperature
 from handlers.features import Projection, Reference, feature_matrix, feature_names
 from handlers.novelty import DEFAULT_DOMAIN
 from handlers.runtime import ModelRuntime, RuntimeSettings
@@ -27,12 +27,16 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 12
 
 def calibrate(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
               max_length: int = 128) -> dict[str, Any]:
-    """Temperature on labelled held-out examples (validation), for the served accuracy estimate."""
+    """Temperature, then the accuracy estimators' parameters at it (`accuracy_fit`, None when
+    too few), on labelled held-out examples (validation), for the served accuracy estimate."""
     if len(examples) < MIN_EXAMPLES:
-        return fit_temperature(np.zeros((0, len(labels))), np.zeros(0, int))
+        return {**fit_temperature(np.zeros((0, len(labels))), np.zeros(0, int)),
+                "accuracy_fit": None}
     probs = embed(model, tokenizer, [ex.text for ex in examples], max_length)[0]
     index = {label: i for i, label in enumerate(labels)}
-    return fit_temperature(probs, np.asarray([index[ex.label] for ex in examples]))
+    truth = np.asarray([index[ex.label] for ex in examples])
+    fit = fit_temperature(probs, truth)
+    return {**fit, "accuracy_fit": fit_estimators(probs, truth, fit["temperature"])}
 
 
 def build_reference(model: Any, tokenizer: Any, texts: Sequence[str], components: int = 8,

@@ -209,6 +209,7 @@ def run_train(settings: TrainSettings, source: str, out: Path, reuse: bool = Fal
     reference = build_reference_for(merged, tokenizer, held_out, settings.drift_components,
                                     settings.max_length)
     reference.temperature = report["calibration"]["temperature"]
+    reference.accuracy_fit = report["calibration"]["accuracy_fit"]
     save_run(out, merged, tokenizer, labels, report, extra={
         REFERENCE_FILE: reference.to_bytes(), BUFFER_FILE: buffer_bytes(buffer),
         REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})

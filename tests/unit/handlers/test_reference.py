@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from handlers.calibration import estimated_accuracy, tempered
 from handlers.errors import ConfigError
 from handlers.features import Projection, Reference
 from handlers.novelty import DEFAULT_DOMAIN
@@ -27,6 +28,19 @@ def test_old_file_without_domains_loads_as_one_domain(tmp_path):
     assert loaded.domains == [DEFAULT_DOMAIN] and loaded.domain_index.tolist() == [0] * 6
     assert loaded.domain_sizes() == {DEFAULT_DOMAIN: 6}
     assert loaded.as_test_input()["novelty"] is None  # one domain: the pooled tests only
+
+
+def test_old_file_without_an_accuracy_fit_reports_the_mean_confidence(tmp_path):
+    ref = reference()
+    ref.temperature, ref.accuracy_fit = 2.0, {"method": "atc_neg_entropy", "atc_neg_entropy": -0.5}
+    assert Reference.from_bytes(ref.to_bytes()).accuracy_fit == ref.accuracy_fit
+    raw = json.loads(ref.to_bytes())
+    del raw["accuracy_fit"]
+    loaded = Reference.from_bytes(json.dumps(raw).encode())
+    assert loaded.accuracy_fit is None and loaded.temperature == 2.0
+    probs = np.array([[0.9, 0.1], [0.6, 0.4]])
+    assert estimated_accuracy(probs, 2.0, loaded.accuracy_fit) == pytest.approx(
+        tempered(probs, 2.0).max(axis=1).mean())
 
 
 def test_domains_round_trip(tmp_path):

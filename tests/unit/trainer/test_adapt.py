@@ -140,10 +140,13 @@ def test_shots_take_exactly_k_per_class(tiny_run, tmp_path):
     assert r["training_set"]["new"] == 9 and r["training_set"]["replay"] == 0
     assert r["training_set"]["class_counts"] == dict.fromkeys(LABELS, 3)
     assert read_buffer(tmp_path / "v2").groups == {}
-    # Few-shot keeps no validation split: the previous version's temperature is carried over.
-    carried = Reference.load(tiny_run / REFERENCE_FILE).temperature
+    # Few-shot keeps no validation split: the previous version's temperature and accuracy
+    # estimators are carried over.
+    previous = Reference.load(tiny_run / REFERENCE_FILE)
     assert r["calibration"]["kept_from"] == str(tiny_run)
-    assert Reference.load(tmp_path / "v2" / REFERENCE_FILE).temperature == carried
+    v2 = Reference.load(tmp_path / "v2" / REFERENCE_FILE)
+    assert (v2.temperature, v2.accuracy_fit) == (previous.temperature, previous.accuracy_fit)
+    assert v2.accuracy_fit is not None
     with pytest.raises(DataError, match="--shots 100000 but these classes have fewer"):
         run_adapt(dataclasses.replace(s, shots=100_000), tiny_run, "tweets", tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
+from handlers.calibration import MIN_EXAMPLES, SHIPPED
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference
 from trainer.data import load_vader
 from trainer.lora import load_classifier
-from trainer.reference import build_reference
+from trainer.reference import build_reference, calibrate
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -50,3 +51,13 @@ def test_bad_domain_lists_are_refused(model_and_tokenizer, domains, problem):
     with pytest.raises(ValueError, match=problem):
         build_reference(model, tokenizer, ["good", "bad", "fine", "awful"], components=2,
                         max_length=16, domains=domains)
+
+
+def test_calibrate_fits_the_estimators_only_with_enough_labels(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    examples = load_vader("nyt")[:MIN_EXAMPLES]
+    few = calibrate(model, tokenizer, examples[:-1], LABELS, max_length=32)
+    assert not few["fitted"] and few["accuracy_fit"] is None
+    enough = calibrate(model, tokenizer, examples, LABELS, max_length=32)
+    assert enough["fitted"] and enough["accuracy_fit"]["method"] == SHIPPED
+    assert enough["accuracy_fit"]["n"] == MIN_EXAMPLES
