@@ -106,8 +106,9 @@ class AdaptSettings(FitSettings):
                                "training rows: too few to pick an epoch by (0 = always keep "
                                "them apart)")
     contrastive_pairs: int = setting(0, "SetFit-style contrastive stage before the classifier: "
-                                        "pairs per labelled new-domain text (0 = off; "
-                                        "trainer/contrastive.py)")
+                                        "pairs per labelled new-domain text (0 = off: on "
+                                        "validation it changed more old answers for no gain; "
+                                        "bench/results/distill-sweep-k8.md)")
 
     def validate(self) -> None:
         problems = self.fit_problems()
