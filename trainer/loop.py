@@ -44,8 +44,8 @@ class LoopSettings:
                              "alarm; the data set's labels stand in for the labeller")
     unlabelled: bool = setting(True, "also give adapt the captured texts not picked for "
                                      "labelling (--unlabelled: self-training); on validation it "
-                                     "changed a fifth fewer old answers at the same gain "
-                                     "(bench/results/distill-sweep.md)")
+                                     "changed 15-30 % fewer old answers for about the same "
+                                     "gain (bench/results/distill-sweep*.md)")
     collect: int = setting(300, "requests of the new domain replayed (the alarm's included) "
                                 "before sampling; the archive captures this many per worker")
     warmup: int = setting(100, "requests of the served version's own domain before each switch")
