@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
                                     "--" + prefix + f.name.replace("_", "-")]))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(*flags, dest=prefix + f.name,
                                 action=argparse.BooleanOptionalAction, default=default,
