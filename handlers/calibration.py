@@ -78,13 +78,19 @@ def fit_estimators(probs: np.ndarray, labels: np.ndarray, temperature: float
                for s in ("max_confidence", "neg_entropy")}}
 
 
+def estimator(fit: dict[str, Any] | None) -> str:
+    """The method a reference's fit names; a reference from before fits were stored (or fitted
+    on too few rows) has none and gets `confidence`."""
+    return fit["method"] if fit else "confidence"
+
+
 def estimated_accuracy(probs: np.ndarray, temperature: float, fit: dict[str, Any] | None = None,
                        method: str | None = None) -> float | None:
     """The window's estimated accuracy by `method` (default: the fit's own; without a fit, from
     a reference written before estimators were stored, `confidence`); None for an empty window."""
     if len(probs) == 0:
         return None
-    method = method or (fit["method"] if fit else "confidence")
+    method = method or estimator(fit)
     p = tempered(probs, temperature)
     confidence = float(p.max(axis=1).mean())
     if method == "confidence":

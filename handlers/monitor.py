@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from handlers.bins import BINS, bin_counts, bin_edges
-from handlers.calibration import estimated_accuracy
+from handlers.calibration import estimated_accuracy, estimator
 from handlers.drift import DriftSettings, drift_test
 from handlers.features import Reference, feature_matrix
 from handlers.stats import (
@@ -185,7 +185,7 @@ class TrafficMonitor:
             "confidence": features.get("confidence", {}),
             # Accuracy without labels (handlers.calibration), by the reference's method.
             "estimated_accuracy": drift["estimated_accuracy"],
-            "estimator": (self.reference.accuracy_fit or {}).get("method", "confidence"),
+            "estimator": estimator(self.reference.accuracy_fit),
             # Where `trainer sample` reads the captured texts (on this host), and how many.
             "stats_dir": str(self.directory),
             "capture_per_worker": self.capture,
