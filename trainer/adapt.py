@@ -355,6 +355,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     step_train = replay + train_new
     extra = unlabelled_rows(held_out, seen) if s.distill and s.distill_held_out else []
     mix = replay_mix(prev, seen, s, bool(replay), source_run)
+    pairs = (make_pairs(train_new, step_train, s.contrastive_pairs, s.seed)
+             if s.contrastive_pairs else [])
 
     def one_pass(vn: Any, rows: list[Example]) -> tuple[Any, FitResult, dict[str, Any],
                                                         list[float] | None, Distillation | None]:
@@ -371,9 +373,6 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     def cost(result: FitResult, teacher: Distillation | None, rows: list[Example]) -> int:
         return (result.examples_seen + (round(FORWARD_COST * len(rows)) if teacher else 0)
                 + 2 * len(pairs))  # a pair is two texts through the encoder
-
-    pairs = (make_pairs(train_new, step_train, s.contrastive_pairs, s.seed)
-             if s.contrastive_pairs else [])
 
     fit_rows = step_train + extra
     merged, result, counts, weights, teacher = one_pass(model, fit_rows)
