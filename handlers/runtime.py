@@ -16,6 +16,7 @@ from handlers.errors import BadRequest, ConfigError, PayloadTooLarge, Unsupporte
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
+from handlers.routing import with_experts
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter archive: these files + the base model in base/
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ class ModelRuntime:
             model = AutoModelForSequenceClassification.from_pretrained(
                 model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
             )
-        model.to(device).eval()
+        model = with_experts(model_dir, model.to(device).eval())
         if cpu_autocast:
             store_linear_weights_bf16(model)
         runtime = cls(model, tokenizer, settings, device, name, version)

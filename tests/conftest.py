@@ -42,3 +42,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_settings) -> Path:
     out = tmp_path_factory.mktemp("runs") / "v1"
     run_train(tiny_settings, "nyt", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def routed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v2 adapted from tiny_run on movie with the default routing: v1 answers what the router
+    takes for nyt, v2's own weights the rest."""
+    from trainer.adapt import AdaptSettings, run_adapt
+
+    out = tmp_path_factory.mktemp("routed") / "v2"
+    run_adapt(AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,
+                            max_train=64, max_eval=40, memory=30), tiny_run, "movie", out)
+    return out

@@ -20,6 +20,7 @@ import torch
 
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import MANIFEST_NAME, sha256_file
+from handlers.routing import with_experts
 from trainer import config, continual_metrics, distributed
 from trainer.balance import (
     class_counts,
@@ -35,6 +36,7 @@ from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_s
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
 from trainer.evaluate import answers_by_domain, evaluate_domains, predict_ids
+from trainer.experts import route_step, router_texts
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
@@ -105,6 +107,11 @@ class AdaptSettings(FitSettings):
     min_val: int = setting(30, "a labelled file's validation rows, if fewer than this, join the "
                                "training rows: too few to pick an epoch by (0 = always keep "
                                "them apart)")
+    route: bool = setting(True, "keep each old domain's answers: the new version carries the "
+                                "versions that learnt its old domains and a text router sends "
+                                "each text to its domain's version (one model's weights more "
+                                "per old version, in memory and in the archive; "
+                                "handlers/routing.py)")
     contrastive_pairs: int = setting(0, "SetFit-style contrastive stage before the classifier: "
                                         "pairs per labelled new-domain text (0 = off: on "
                                         "validation it changed more old answers for no gain; "
@@ -322,7 +329,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     source_run, out = Path(source_run), Path(out)
     if out.resolve() == source_run.resolve():
         raise SettingsError(f"--out {out} must differ from --from: vN is kept for rollback")
-    model, tokenizer, labels, prev = load_run(source_run)  # verifies the manifest first
+    model, tokenizer, labels, prev = load_run(source_run, experts=False)  # verifies first
+    parent = with_experts(source_run, model)  # answers as vN serves; only read before training
     if "domain_sources" not in prev or "accuracy_matrix" not in prev:
         raise DataError(f"{source_run}: report has no domain_sources/accuracy_matrix; "
                         f"it predates `adapt` -- retrain it with `trainer train`")
@@ -349,9 +357,10 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         raise DataError(f"{source_run}: replay buffer holds labels {foreign} not in {labels}")
 
     old_texts = {d: held_out[d] for d in seen if d in held_out}
-    before = answers_by_domain(model, tokenizer, {d: [ex.text for ex in tests[d]] for d in seen},
+    before = answers_by_domain(parent, tokenizer, {d: [ex.text for ex in tests[d]] for d in seen},
                                s.max_length)
-    before_unlabelled = answers_by_domain(model, tokenizer, old_texts, s.max_length)
+    before_unlabelled = answers_by_domain(parent, tokenizer, old_texts, s.max_length)
+    del parent
     step_train = replay + train_new
     extra = unlabelled_rows(held_out, seen) if s.distill and s.distill_held_out else []
     mix = replay_mix(prev, seen, s, bool(replay), source_run)
@@ -386,17 +395,24 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         fit_rows = step_train + pseudo.rows + extra
         print(f"self-training: second pass from {source_run.name}, with {len(pseudo.rows)} of "
               f"{len(texts)} unlabelled texts labelled by the first", file=sys.stderr)
-        merged, result, counts, weights, teacher = one_pass(load_run(source_run)[0], fit_rows)
+        merged, result, counts, weights, teacher = one_pass(load_run(source_run, experts=False)[0],
+                                                           fit_rows)
         examples_seen += cost(result, teacher, fit_rows) + round(FORWARD_COST * len(texts))
         self_training = {**self_training_report(
             pseudo, predict_ids(merged, tokenizer, texts, max_length=s.max_length), labels,
             len(texts), s.pseudo_share), "first_pass": first}
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
-    scored = evaluate_domains(merged, tokenizer, tests, labels, s.max_length,
+    served, routing, route_files = merged, None, {}
+    if s.route:
+        served, route_files, routing = route_step(
+            source_run, merged, tokenizer, domain, router_texts(held_out, replay, seen, domain,
+                                                                train_new + val_new, texts),
+            {d: [ex.text for ex in t] for d, t in tests.items()}, s.max_length, s.seed)
+    scored = evaluate_domains(served, tokenizer, tests, labels, s.max_length,
                               with_predictions=True)
     churn = churn_by_domain(before, {d: scored["predictions"][d] for d in seen}, tests, labels,
-                            before_unlabelled, answers_by_domain(merged, tokenizer, old_texts,
+                            before_unlabelled, answers_by_domain(served, tokenizer, old_texts,
                                                                  s.max_length))
     matrix = [[*row, None] for row in prev["accuracy_matrix"]]
     matrix.append([scored["by_domain"][d]["accuracy"] for d in tests])
@@ -407,7 +423,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     f1 = scored["pooled"]["per_class_f1"].values()
     quality = assess(scored["by_domain"][domain], step_train, test_new, labels, s.weak_margin,
                      f"{domain} test")  # the test split: validation picked the epoch
-    reference = build_reference_for(merged, tokenizer, held_out, s.drift_components, s.max_length)
+    reference = build_reference_for(served, tokenizer, held_out, s.drift_components, s.max_length)
     report = {
         "kind": "adapt",
         "step": len(matrix) - 1,
@@ -452,7 +468,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         "per_class_f1_spread": round(max(f1) - min(f1), 4),
         "replay_buffer": sizes_json(next_buffer),
         "reference_sizes": {d: len(t) for d, t in held_out.items()},
-        "calibration": calibrate_step(merged, tokenizer, val_new, labels, s.max_length,
+        "routing": routing,
+        "calibration": calibrate_step(served, tokenizer, val_new, labels, s.max_length,
                                       source_run),
         "wall_time_s": round(time.time() - started, 1),
         "world_size": distributed.world()[1],
@@ -462,7 +479,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     reference.accuracy_fit = report["calibration"]["accuracy_fit"]
     save_run(out, merged, tokenizer, labels, report,
              extra={BUFFER_FILE: buffer_bytes(next_buffer), REFERENCE_FILE: reference.to_bytes(),
-                    REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out)})
+                    REFERENCE_TEXTS_FILE: reference_texts_bytes(held_out), **route_files})
     for d, c in churn.items():
         t = c["test"]
         print(f"churn vs {source_run.name} on {d}: {100 * t['disagreement']:.1f} % answers changed "

@@ -6,8 +6,9 @@ that may lose at most the margin, whatever the candidate's own lineage says.
 
 Texts per domain: the labelled test split (capped at --holdout) and the unlabelled held-out texts
 both archives carry for the drift reference. A candidate trained to agree with its parent on half
-of them (`adapt --distill-held-out`) is judged on the other half only
-(`trainer.reference_texts.distil_half`), so its training never biases the evidence.
+of them (`adapt --distill-held-out`), or whose router learnt from that half (`adapt --route`),
+is judged on the other half only (`trainer.reference_texts.distil_half`), so its training never
+biases the evidence.
 
 Traffic the default served before the drift (`rollout --traffic FILE`, e.g. from `trainer sample
 --select before-drift`) is more unlabelled text of what already worked: when the default serves
@@ -127,10 +128,13 @@ def gate_holdouts(candidate: Path, default: Path | None, size: int,
     see add_traffic."""
     report, texts = archive_report(candidate)
     new = new_domain_of(report)
-    distilled = bool((report.get("distillation") or {}).get("unlabelled_rows"))
     reports = [(report, texts)]
     if default is not None:
         reports.append(archive_report(default))
+    # a candidate distilled on half the held-out texts, or a version routing by a router that
+    # learnt from that half, is judged on the other half only
+    half_seen = (bool((report.get("distillation") or {}).get("unlabelled_rows"))
+                 or any(r.get("routing") for r, _ in reports))
     domains = list(dict.fromkeys(d for r, _ in reports for d in lineage(r)))
     domains = [d for d in domains if d != new] + [new]
     notes, out = [], {}
@@ -142,7 +146,7 @@ def gate_holdouts(candidate: Path, default: Path | None, size: int,
         seen, unlabelled = {ex.text for ex in labelled.get(d, [])}, []
         for _, t in reports:
             for text in t.get(d, []) if d != new else []:
-                if text not in seen and not (distilled and distil_half(text)):
+                if text not in seen and not (half_seen and distil_half(text)):
                     seen.add(text)
                     unlabelled.append(text)
         if d not in labelled and not unlabelled:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.manifest import verify_manifest, write_manifest
+from handlers.routing import with_experts
 from trainer.artifacts import atomic_dir
 from trainer.lora import load_classifier
 
@@ -32,10 +33,14 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / REPORT_FILE).read_text())
 
 
-def load_run(run_dir: Path) -> tuple[Any, Any, list[str], dict[str, Any]]:
-    """Verify the manifest, then load model, tokenizer, labels and report."""
+def load_run(run_dir: Path, experts: bool = True) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    """Verify the manifest, then load model, tokenizer, labels and report. The model answers as
+    the served version does (behind its router, handlers/routing.py); `experts=False` gives the
+    newest expert alone, the one a next step trains from."""
     run_dir = Path(run_dir)
     verify_manifest(run_dir)
     labels = json.loads((run_dir / LABELS_FILE).read_text())
     model, tokenizer = load_classifier(run_dir, labels)
+    if experts:
+        model = with_experts(run_dir, model.eval())
     return model, tokenizer, labels, read_report(run_dir)

@@ -1,0 +1,44 @@
+"""adapt --route: what the router learns from, which expert answers each domain down a chain,
+and a router that tells domains apart on texts it never saw."""
+
+import hashlib
+
+from handlers.routing import NEWEST, Router
+from trainer.adapt import AdaptSettings, run_adapt
+from trainer.data import Example, load_source
+from trainer.experts import fit_router, routed_share, router_texts
+from trainer.lora import load_classifier
+from trainer.reference_texts import distil_half
+
+
+def test_router_texts_hold_no_test_text_and_only_the_gates_other_half():
+    held = {"nyt": [f"nyt held {i}" for i in range(40)], "movie": ["movie test text"]}
+    replay = [Example("nyt exemplar", "neutral", "nyt")]
+    got = router_texts(held, replay, ["nyt"], "movie", [Example("movie train", "positive", "movie")],
+                       ["movie unlabelled"])
+    assert got["movie"] == ["movie train", "movie unlabelled"]  # not the held-out (test) texts
+    assert got["nyt"][0] == "nyt exemplar"
+    assert got["nyt"][1:] == [t for t in held["nyt"] if distil_half(t)] and 5 < len(got["nyt"]) < 40
+
+
+def test_router_tells_domains_apart_on_unseen_texts(tiny_base):
+    _, tok = load_classifier(tiny_base, ["a", "b"])
+    nyt, tweets = (load_source(d, 0)[d] for d in ("nyt", "tweets"))
+    r = fit_router(tok, {"nyt": [e.text for e in nyt.train[:300]],
+                         "tweets": [e.text for e in tweets.train[:300]]},
+                   {"nyt": "old.safetensors", "tweets": NEWEST}, max_length=64, seed=0)
+    share = routed_share(r, tok, {"nyt": [e.text for e in nyt.test[:200]],
+                                  "tweets": [e.text for e in tweets.test[:200]]}, 64)
+    assert share["nyt"] > 0.85 and share["tweets"] > 0.85, share
+
+
+def test_a_chain_keeps_each_domains_own_version(routed_run, tmp_path):
+    v3 = tmp_path / "v3"
+    run_adapt(AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,
+                            max_train=64, max_eval=40, memory=30), routed_run, "amazon", v3)
+    v2_router, v3_router = Router.load(routed_run), Router.load(v3)
+    v2_own = f"expert-{hashlib.sha256((routed_run / NEWEST).read_bytes()).hexdigest()[:12]}"
+    assert v3_router.experts == {"nyt": v2_router.experts["nyt"], "movie": v2_own + ".safetensors",
+                                 "amazon": NEWEST}
+    assert (v3 / v2_router.experts["nyt"]).read_bytes() == (routed_run / v2_router.experts["nyt"]).read_bytes()
+    assert set(v3_router.domains) == {"nyt", "movie", "amazon"}
