@@ -30,11 +30,13 @@ from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.churn import churn  # noqa: E402
 from trainer.data import load_source  # noqa: E402
 from trainer.evaluate import predict_ids  # noqa: E402
+from trainer.reference_texts import distil_half  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
 NONE = "no distillation (former default)"
 UNLABELLED = "unlabelled"  # not a setting: that many more train texts, as `adapt --unlabelled`
+OLD_HALF = "old_half"  # not a setting: score the old domain on the held-out half no router saw
 LEARNT = {"replay_mix": "learnt"}  # each old domain's replay scaled to the mix it was learnt with
 CONFIGS = {NONE: {"distill": 0.0},
            "replay w1": {"distill": 1.0, "distill_rows": "replay"},
@@ -61,7 +63,11 @@ CONFIGS = {NONE: {"distill": 0.0},
            "contrastive 20": {"distill": 0.0, "contrastive_pairs": 20},
            "small validation split trained on": {"distill": 0.0, "min_val": 30},
            "small validation split trained on, 300 unlabelled": {
-               "distill": 0.0, "min_val": 30, UNLABELLED: 300}}
+               "distill": 0.0, "min_val": 30, UNLABELLED: 300},
+           "the same, scored on the half no router saw": {
+               "distill": 0.0, "min_val": 30, UNLABELLED: 300, OLD_HALF: True},
+           "the same, routed (`--route`)": {
+               "distill": 0.0, "min_val": 30, UNLABELLED: 300, OLD_HALF: True, "route": True}}
 
 
 def labelled_file(domain: str, n: int, seed: int, out: Path, unlabelled: int = 0,
@@ -110,15 +116,18 @@ def one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path
 def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
          base_answers: dict, max_eval: int, extra: dict, per_class: int) -> dict:
     val_old = load_source(old, seed)[old].val[: max_eval or None]
+    if knobs.get(OLD_HALF):  # a router learns from the other half (trainer.experts.router_texts)
+        val_old = [ex for ex in val_old if not distil_half(ex.text)]
     val_new = load_source(new, seed)[new].val[: max_eval or None]
-    key = (old, new, seed)
+    key = (old, new, seed, bool(knobs.get(OLD_HALF)))
     if key not in base_answers:
         base_answers[key] = (answers(v1, [ex.text for ex in val_old]),
                              answers(v1, [ex.text for ex in val_new]))
     before_old, before_new = base_answers[key]
     out = work / f"{new}-{seed}-{abs(hash(json.dumps(knobs, sort_keys=True)))}"
-    settings = {"min_val": 0,  # configs that do not name it ran before it (and are cached)
-                **{k: v for k, v in {**extra, **knobs}.items() if k != UNLABELLED}}
+    settings = {"min_val": 0, "route": False,  # configs that do not name them ran before them
+                **{k: v for k, v in {**extra, **knobs}.items()
+                   if k not in (UNLABELLED, OLD_HALF)}}
     data = labelled_file(new, n, seed, work / f"{new}-{seed}.jsonl", knobs.get(UNLABELLED, 0),
                          per_class)
     report = run_adapt(AdaptSettings(seed=seed, **settings), v1, str(data), out, test_data=new,
@@ -160,7 +169,10 @@ def markdown(result: dict) -> str:
              "exemplar weighs the same). Self-training: `--unlabelled` with that many more "
              "texts of the new domain's train split, without their labels. Small validation "
              "split trained on: `--min-val 30` (the other configs hold 15 % of the labelled "
-             "rows out to pick epochs, as adapt did before). Seconds: one adapt step on 2 "
+             "rows out to pick epochs, as adapt did before). Routed: `--route`, each text "
+             "answered by its domain's version; its router learns from half of the old "
+             "domain's validation texts, so it and the row above it are scored on the other "
+             "half. Seconds: one adapt step on 2 "
              "cores, often shared with another job.", "",
              "| config (distilled rows, weight; keep) | old: disagreement | old: negative flips (worst) "
              "| old: positive flips "

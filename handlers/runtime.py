@@ -16,7 +16,7 @@ from handlers.errors import BadRequest, ConfigError, PayloadTooLarge, Unsupporte
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
-from handlers.routing import with_experts
+from handlers.routing import RoutedClassifier, with_experts
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter archive: these files + the base model in base/
 log = logging.getLogger(__name__)
@@ -335,4 +335,6 @@ class ModelRuntime:
             "compute": "bfloat16 autocast" if self.cpu_autocast else None,
             "settings": asdict(self.settings),
             "stats": self.monitor.describe() if self.monitor else None,
+            "experts": (self.model.router.experts  # which version answers each domain
+                        if isinstance(self.model, RoutedClassifier) else None),
         }

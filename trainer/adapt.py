@@ -406,8 +406,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     served, routing, route_files = merged, None, {}
     if s.route:
         served, route_files, routing = route_step(
-            source_run, merged, tokenizer, domain, router_texts(held_out, replay, seen, domain,
-                                                                train_new + val_new, texts),
+            source_run, merged, tokenizer, domain,
+            router_texts(held_out, replay, seen, domain, train_new + val_new, texts,
+                         {ex.text for t in tests.values() for ex in t}),
             {d: [ex.text for ex in t] for d, t in tests.items()}, s.max_length, s.seed)
     scored = evaluate_domains(served, tokenizer, tests, labels, s.max_length,
                               with_predictions=True)

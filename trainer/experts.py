@@ -2,7 +2,7 @@
 router from the texts it has of each domain (handlers/routing.py says why)."""
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +116,11 @@ def route_step(parent: Path, newest: Any, tokenizer: Any, domain: str,
 
 def router_texts(held_out: Mapping[str, Sequence[str]], replay: Sequence[Example],
                  seen: Sequence[str], domain: str, labelled_new: Sequence[Example],
-                 unlabelled_new: Sequence[str]) -> dict[str, list[str]]:
-    """What the router learns each domain from, never a test text: an old domain's replay
-    exemplars and the half of its held-out texts the gate does not judge on (`distil_half`:
-    routing is judged on texts it never saw); the new domain's labelled rows and its
-    unlabelled texts."""
+                 unlabelled_new: Sequence[str], tests: Collection[str]) -> dict[str, list[str]]:
+    """What the router learns each domain from: an old domain's replay exemplars and the half
+    of its held-out texts the gate does not judge on (`distil_half`); the new domain's labelled
+    rows and its unlabelled texts. Never one of `tests` (a few-shot domain's held-out texts are
+    its test texts): routing is judged on texts it never saw."""
     out: dict[str, list[str]] = {d: [] for d in seen if d != domain}
     for ex in replay:
         if ex.domain in out:
@@ -128,4 +128,5 @@ def router_texts(held_out: Mapping[str, Sequence[str]], replay: Sequence[Example
     for d in out:
         out[d] += [t for t in held_out.get(d, []) if distil_half(t)]
     out[domain] = [ex.text for ex in labelled_new] + list(unlabelled_new)
-    return {d: list(dict.fromkeys(t)) for d, t in out.items() if t}
+    return {d: kept for d, t in out.items()
+            if (kept := [x for x in dict.fromkeys(t) if x not in tests])}

@@ -1,6 +1,8 @@
 """Domain experts behind a text router: each row answered by its domain's expert, the router's
 files checked before use, and the runtime serving a routed run dir as adapt scored it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -35,10 +37,12 @@ def test_router_files_round_trip_and_bad_files_are_named(tmp_path):
     back = Router.load(tmp_path)
     assert back.domains == r.domains and back.experts == r.experts
     assert np.array_equal(back.weights, r.weights) and np.array_equal(back.bias, r.bias)
-    (tmp_path / ROUTER_FILE).write_text('{"domains": ["nyt"], "experts": {"nyt": "../x.safetensors"}, "dims": 64}')
+    meta = {"domains": ["nyt"], "experts": {"nyt": "../x.safetensors"}, "dims": 64}
+    (tmp_path / ROUTER_FILE).write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="must be a .safetensors file name"):
         Router.load(tmp_path)
-    (tmp_path / ROUTER_FILE).write_text('{"domains": ["nyt"], "experts": {"nyt": "a.safetensors"}, "dims": 32}')
+    meta = {"domains": ["nyt"], "experts": {"nyt": "a.safetensors"}, "dims": 32}
+    (tmp_path / ROUTER_FILE).write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="does not match dims 32"):
         Router.load(tmp_path)
     with pytest.raises(ConfigError, match=r"no expert named for domain\(s\) \['movie'\]"):
@@ -90,6 +94,7 @@ def test_the_runtime_serves_a_routed_run_as_adapt_scored_it(routed_run, tiny_run
     assert isinstance(served, RoutedClassifier) and report["routing"]["experts"]["movie"] == NEWEST
     rt = ModelRuntime.load(routed_run)
     assert isinstance(rt.model, RoutedClassifier)
+    assert rt.describe()["experts"] == report["routing"]["experts"]
     batch = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
         want = torch.softmax(served(**batch).logits, -1)

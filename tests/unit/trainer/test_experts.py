@@ -15,7 +15,7 @@ def test_router_texts_hold_no_test_text_and_only_the_gates_other_half():
     held = {"nyt": [f"nyt held {i}" for i in range(40)], "movie": ["movie test text"]}
     replay = [Example("nyt exemplar", "neutral", "nyt")]
     got = router_texts(held, replay, ["nyt"], "movie", [Example("movie train", "positive", "movie")],
-                       ["movie unlabelled"])
+                       ["movie unlabelled", "movie test text"], tests={"movie test text"})
     assert got["movie"] == ["movie train", "movie unlabelled"]  # not the held-out (test) texts
     assert got["nyt"][0] == "nyt exemplar"
     assert got["nyt"][1:] == [t for t in held["nyt"] if distil_half(t)] and 5 < len(got["nyt"]) < 40
@@ -40,5 +40,6 @@ def test_a_chain_keeps_each_domains_own_version(routed_run, tmp_path):
     v2_own = f"expert-{hashlib.sha256((routed_run / NEWEST).read_bytes()).hexdigest()[:12]}"
     assert v3_router.experts == {"nyt": v2_router.experts["nyt"], "movie": v2_own + ".safetensors",
                                  "amazon": NEWEST}
-    assert (v3 / v2_router.experts["nyt"]).read_bytes() == (routed_run / v2_router.experts["nyt"]).read_bytes()
+    v1_file = v2_router.experts["nyt"]
+    assert (v3 / v1_file).read_bytes() == (routed_run / v1_file).read_bytes()
     assert set(v3_router.domains) == {"nyt", "movie", "amazon"}

@@ -15,16 +15,18 @@ from trainer.reference_texts import REFERENCE_TEXTS_FILE, distil_half
 LABELS = ["negative", "neutral", "positive"]
 
 
-def archive(path, domains, texts=None, sources=None, distilled=0):
+def archive(path, domains, texts=None, sources=None, distilled=0, routed=False):
     """A stand-in .mar with only what the gate reads: report.json and the reference texts;
-    `distilled` held-out rows in its own training step."""
+    `distilled` held-out rows in its own training step; `routed`: its router learnt from
+    half of them."""
     records = {}
     for d in domains if sources is None else sources:
         test = load_source(d, 0)[d].test[:30]
         records[d] = source_record(d, 0, 0.5, 30, test)
     report = {"labels": LABELS, "domains_seen": list(domains), "domain": domains[-1],
               "domain_sources": records,
-              "distillation": {"unlabelled_rows": distilled} if distilled else None}
+              "distillation": {"unlabelled_rows": distilled} if distilled else None,
+              "routing": {"experts": {}} if routed else None}
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("report.json", json.dumps(report))
         if texts is not None:
@@ -50,6 +52,12 @@ def test_the_defaults_domains_are_old_domains_of_a_candidate_that_never_saw_them
     _, out, _ = gate_holdouts(candidate, default, 20)
     assert out["nyt"].unlabelled == [t for t in held("nyt") if not distil_half(t)]
     assert 0 < len(out["nyt"].unlabelled) < 40
+    # routed versions, candidate or default, likewise: their router learnt from the other half
+    for routed_default, routed_candidate in ((False, True), (True, False)):
+        d = archive(tmp_path / "m.v1.mar", ["nyt"], {"nyt": held("nyt")}, routed=routed_default)
+        c = archive(tmp_path / "m.v4.mar", ["tweets"], routed=routed_candidate)
+        assert gate_holdouts(c, d, 20)[1]["nyt"].unlabelled == [
+            t for t in held("nyt") if not distil_half(t)]
 
 
 def test_a_domain_without_any_texts_is_refused_by_name(tmp_path):
