@@ -4,7 +4,8 @@
     .venv/bin/python bench/gate.py --quick                  # tiny random BERT (smoke test)
 
 v1 serves nyt. For each new domain three candidates are built:
-  default   `trainer adapt` with its shipped defaults on the loop's 96 labelled texts
+  default   `trainer adapt` with its shipped defaults (routing included) on the loop's 96
+            labelled texts
   seq-lora  sequential LoRA on 1000 texts without replay or distillation (forgets nyt)
   new-only  `trainer train` on 1000 texts of the new domain alone (never saw nyt)
 Both versions answer, in process and as served (fp32), every text the gate would send: the
@@ -35,7 +36,7 @@ from trainer.evaluate import predict_ids  # noqa: E402
 from trainer.gate import PASS, better, not_worse, paired, verdict  # noqa: E402
 from trainer.gate_evidence import Answers, judge  # noqa: E402
 from trainer.lineage import test_splits  # noqa: E402
-from trainer.reference_texts import read_reference_texts  # noqa: E402
+from trainer.reference_texts import distil_half, read_reference_texts  # noqa: E402
 from trainer.rollout import GateSettings  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
@@ -57,8 +58,8 @@ def build(kind: str, v1: Path, new: str, out: Path, work: Path, base: str, quick
         data = labelled_file(new, 24 if quick else 96, 0, work / f"{new}.jsonl")
         run_adapt(AdaptSettings(**small), v1, str(data), out, test_data=new)
     elif kind == "seq-lora":
-        run_adapt(AdaptSettings(selection="none", balance=False, distill=0.0, max_train=rows,
-                                **small), v1, new, out)
+        run_adapt(AdaptSettings(selection="none", balance=False, distill=0.0, route=False,
+                                max_train=rows, **small), v1, new, out)
     else:
         run_train(TrainSettings(base_model=base, max_train=rows,
                                 **({"max_eval": 40, "min_steps": 0, "epochs": 1} if quick
@@ -82,6 +83,9 @@ def evidence(v1: Path, cand: Path, old: str, new: str, quick: bool) -> Evidence:
     split = load_source(new, 0)[new]
     tests[new] = split.test[:40] if quick else split.test
     held = read_reference_texts(v1)[old]
+    report = json.loads((cand / "report.json").read_text())
+    if report.get("routing") or (report.get("distillation") or {}).get("unlabelled_rows"):
+        held = [t for t in held if not distil_half(t)]  # as the gate: the half it never saw
     truth = {ex.text: ex.label for ex in load_source(old, v1_report["settings"]["seed"])[old].val}
     out: dict[str, list] = {}
     for d, exs in tests.items():

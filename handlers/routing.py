@@ -128,18 +128,23 @@ class RoutedClassifier(torch.nn.Module):
         logits, hidden = None, None
         for e in owner.unique().tolist():
             rows = (owner == e).nonzero().squeeze(1).to(input_ids.device)
-            part = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            out = self.experts[e](input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+            width = int(attention_mask[rows].sum(dim=1).max())  # its own rows' padding only,
+            if attention_mask[rows, width:].any():  # when the tokenizer pads on the right
+                width = input_ids.shape[1]
+            part = {k: v[rows, :width] if isinstance(v, torch.Tensor) else v
+                    for k, v in kwargs.items()}
+            out = self.experts[e](input_ids=input_ids[rows, :width],
+                                  attention_mask=attention_mask[rows, :width],
                                   output_hidden_states=output_hidden_states, **part)
             if logits is None:
                 logits = out.logits.new_empty((len(domains), out.logits.shape[1]))
-                if output_hidden_states:
-                    hidden = [h.new_empty((len(domains), *h.shape[1:]))
+                if output_hidden_states:  # zeros where a row's part was shorter: padding
+                    hidden = [h.new_zeros((len(domains), input_ids.shape[1], *h.shape[2:]))
                               for h in out.hidden_states]
             logits[rows] = out.logits
             if output_hidden_states:
                 for whole, h in zip(hidden, out.hidden_states):
-                    whole[rows] = h
+                    whole[rows, :width] = h
         return SequenceClassifierOutput(logits=logits, hidden_states=tuple(hidden)
                                         if hidden is not None else None)
 

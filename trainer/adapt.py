@@ -36,7 +36,7 @@ from trainer.data import DOMAINS, SPLIT, Example, Splits, default_domain, load_s
 from trainer.distill import FORWARD_COST, ROWS, Distillation, from_teacher, unlabelled_rows
 from trainer.errors import DataError, SettingsError
 from trainer.evaluate import answers_by_domain, evaluate_domains, predict_ids
-from trainer.experts import route_step, router_texts
+from trainer.experts import read_router_texts, route_step, router_texts, routing_plan
 from trainer.fit import FitResult, fit, plan_epochs, seed_everything
 from trainer.herding import STRATEGIES, ReplayBuffer
 from trainer.lineage import cap, source_record, test_splits
@@ -356,6 +356,10 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     if foreign:
         raise DataError(f"{source_run}: replay buffer holds labels {foreign} not in {labels}")
 
+    route_texts = routing_plan(s.route, router_texts(
+        held_out, replay, seen, domain, train_new + val_new, texts,
+        {ex.text for t in tests.values() for ex in t}, read_router_texts(source_run)), seen,
+        domain)
     old_texts = {d: held_out[d] for d in seen if d in held_out}
     before = answers_by_domain(parent, tokenizer, {d: [ex.text for ex in tests[d]] for d in seen},
                                s.max_length)
@@ -404,11 +408,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
     served, routing, route_files = merged, None, {}
-    if s.route:
+    if route_texts:
         served, route_files, routing = route_step(
-            source_run, merged, tokenizer, domain,
-            router_texts(held_out, replay, seen, domain, train_new + val_new, texts,
-                         {ex.text for t in tests.values() for ex in t}),
+            source_run, merged, tokenizer, domain, route_texts,
             {d: [ex.text for ex in t] for d, t in tests.items()}, s.max_length, s.seed)
     scored = evaluate_domains(served, tokenizer, tests, labels, s.max_length,
                               with_predictions=True)

@@ -2,6 +2,8 @@
 router from the texts it has of each domain (handlers/routing.py says why)."""
 
 import hashlib
+import json
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from handlers.routing import (
 from trainer.data import Example
 from trainer.errors import DataError
 from trainer.reference_texts import distil_half
+
+ROUTER_TEXTS = "router_texts.json"  # what the router learnt each domain from, for the next step
+MAX_ROUTER_TEXTS = 2000  # per domain: the file, and the fit, stay small down a long chain
 
 # Inverse L2 strength of the router's softmax regression. Its features are binary and
 # L2-normalised, so a text's score is bounded and a weak penalty lets the few hundred texts of
@@ -111,22 +116,48 @@ def route_step(parent: Path, newest: Any, tokenizer: Any, domain: str,
                                                   for n, b in files.items()}}, router)
     summary = {"experts": router.experts, "router_texts": {d: len(t) for d, t in texts.items()},
                "routed_to_own_version": routed_share(router, tokenizer, tests, max_length)}
-    return served, {**files, **router.to_files()}, summary
+    learnt = (json.dumps(dict(texts), indent=1) + "\n").encode()
+    return served, {**files, **router.to_files(), ROUTER_TEXTS: learnt}, summary
 
 
 def router_texts(held_out: Mapping[str, Sequence[str]], replay: Sequence[Example],
                  seen: Sequence[str], domain: str, labelled_new: Sequence[Example],
-                 unlabelled_new: Sequence[str], tests: Collection[str]) -> dict[str, list[str]]:
-    """What the router learns each domain from: an old domain's replay exemplars and the half
-    of its held-out texts the gate does not judge on (`distil_half`); the new domain's labelled
-    rows and its unlabelled texts. Never one of `tests` (a few-shot domain's held-out texts are
-    its test texts): routing is judged on texts it never saw."""
-    out: dict[str, list[str]] = {d: [] for d in seen if d != domain}
+                 unlabelled_new: Sequence[str], tests: Collection[str],
+                 carried: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+    """What the router learns each domain from: an old domain's texts its parent's router
+    learnt (`carried`: labelled and unlabelled texts of the step that brought it), its replay
+    exemplars and the half of its held-out texts the gate does not judge on (`distil_half`);
+    the new domain's labelled rows and its unlabelled texts. At most MAX_ROUTER_TEXTS per
+    domain, never one of `tests` (a few-shot domain's held-out texts are its test texts):
+    routing is judged on texts it never saw."""
+    out: dict[str, list[str]] = {d: list((carried or {}).get(d, [])) for d in seen if d != domain}
     for ex in replay:
         if ex.domain in out:
             out[ex.domain].append(ex.text)
     for d in out:
         out[d] += [t for t in held_out.get(d, []) if distil_half(t)]
     out[domain] = [ex.text for ex in labelled_new] + list(unlabelled_new)
-    return {d: kept for d, t in out.items()
+    return {d: kept[:MAX_ROUTER_TEXTS] for d, t in out.items()
             if (kept := [x for x in dict.fromkeys(t) if x not in tests])}
+
+
+def read_router_texts(run_dir: Path) -> dict[str, list[str]]:
+    path = Path(run_dir) / ROUTER_TEXTS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def routing_plan(route: bool, texts: dict[str, list[str]], seen: Sequence[str], domain: str
+                 ) -> dict[str, list[str]]:
+    """The router's texts, or {} (no routing) when `route` is off or no old domain has any;
+    an old domain without texts is said: the router cannot send its texts home."""
+    if not route:
+        return {}
+    old = [d for d in seen if d != domain]
+    missing = [d for d in old if d not in texts]
+    if missing:
+        print(f"note: --route has no texts of old domain(s) {missing} (no replay exemplars, no "
+              "held-out texts): "
+              + ("the new version answers every text" if len(missing) == len(old) else
+                 "their texts go to whichever domain's version the router picks"),
+              file=sys.stderr)
+    return texts if len(texts) >= 2 and domain in texts else {}

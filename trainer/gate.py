@@ -95,13 +95,19 @@ def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
 class Disagreement:
     """new - old accuracy over `texts` texts, from where the versions disagree. Two looks, each
     at 1 - (1 - confidence) / 2 (Bonferroni), so their intersection holds at `confidence`:
-    the share alone (|change| <= share) and, with enough labels, the weighted paired mean."""
+    counts alone and, with enough labels, the weighted paired mean. Counts alone: the change
+    is at most the share of disagreements and at least minus the share of negative flips (old
+    right, new wrong), which is at most the share of disagreements not known by a label to be
+    anything else. That count only falls as labels arrive, so its bound holds whenever it is
+    taken (it dominates the bound on the true count of negative flips)."""
     texts: int  # texts both versions answered
     disagree: int
     labelled: int  # labelled disagreements
     share: float
     share_low: float
     share_high: float
+    cleared: int  # disagreements a label shows are not negative flips
+    flips_high: float  # bound on the share of negative flips
     change: float | None  # estimated new - old accuracy (None: too few labels)
     sd: float | None  # of the per-text weighted difference
     low: float
@@ -109,27 +115,49 @@ class Disagreement:
 
 
 def disagreement(texts: int, disagree: int, diffs: Sequence[int], weights: Sequence[float],
-                 confidence: float, min_labelled: int = MIN_LABELLED) -> Disagreement:
+                 confidence: float, min_labelled: int = MIN_LABELLED,
+                 cleared: int | None = None) -> Disagreement:
     """`diffs`: (new right) - (old right), -1, 0 or 1, of each labelled disagreement, and
     `weights` its inverse chance of having been labelled (1 where every disagreement of its
     part has a label; M/m where m of M were labelled at random). The weighted per-text mean is
     an unbiased estimate of the change (active testing's importance weights); with fewer than
-    `min_labelled` labels only the share decides."""
+    `min_labelled` labels only the counts decide. `cleared`: labelled disagreements that are
+    not negative flips (default: those among `diffs`; any label counts, random or not)."""
+    cleared = sum(d >= 0 for d in diffs) if cleared is None else cleared
     if not (0 <= disagree <= texts and texts >= 1 and len(diffs) == len(weights) <= disagree
-            and all(d in (-1, 0, 1) for d in diffs) and all(w >= 1 for w in weights)):
+            and all(d in (-1, 0, 1) for d in diffs) and all(w >= 1 for w in weights)
+            and 0 <= cleared <= disagree):
         raise ValueError(f"inconsistent evidence: texts={texts} disagree={disagree} "
-                         f"labelled={len(diffs)} weights={len(weights)}")
+                         f"labelled={len(diffs)} weights={len(weights)} cleared={cleared}")
     each = 1 - (1 - confidence) / 2
     s_low, s_high = clopper_pearson(disagree, texts, each)
-    low, high, change, sd = -s_high, s_high, None, None
+    flips_high = clopper_pearson(disagree - cleared, texts, each)[1]
+    low, high, change, sd = -flips_high, s_high, None, None
     if len(diffs) >= min_labelled:
         z = [d * w for d, w in zip(diffs, weights)]
         change = sum(z) / texts
         sd = math.sqrt(max(0.0, sum(x * x for x in z) / texts - change * change))
         half = float(norm.ppf(each)) * sd / math.sqrt(texts)
         low, high = max(low, change - half), min(high, change + half)
-    return Disagreement(texts, disagree, len(diffs), disagree / texts, s_low, s_high, change,
-                        sd, low, high)
+    return Disagreement(texts, disagree, len(diffs), disagree / texts, s_low, s_high, cleared,
+                        flips_high, change, sd, low, high)
+
+
+def texts_for_counts(d: Disagreement, margin: float, confidence: float) -> int | None:
+    """Texts at which the count of possible negative flips, at its present rate, would bound
+    the loss within `margin` (None: the rate is at or above it, or it takes over 100 times the
+    texts at hand)."""
+    k, each = d.disagree - d.cleared, 1 - (1 - confidence) / 2
+    if k / d.texts >= margin:
+        return None
+    lo, hi = d.texts, 100 * d.texts
+    if clopper_pearson(round(k * hi / d.texts), hi, each)[1] > margin:
+        return None
+    while hi - lo > max(1, lo // 100):
+        mid = (lo + hi) // 2
+        lo, hi = ((lo, mid) if clopper_pearson(round(k * mid / d.texts), mid, each)[1] <= margin
+                  else (mid, hi))
+    return hi
 
 
 def texts_to_settle(d: Disagreement, margin: float, confidence: float) -> int | None:

@@ -50,6 +50,7 @@ from trainer.gate import (
     not_worse,
     not_worse_by_disagreement,
     paired,
+    texts_for_counts,
     texts_to_settle,
     verdict,
 )
@@ -236,6 +237,8 @@ def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagre
     random sample of the domain, gives the estimate over its own texts; the share is always
     over every text."""
     dis = [i for i in range(len(a.texts)) if a.old[i] != a.new[i]]
+    cleared = sum(a.truth[i] is not None and not (a.old[i] == a.truth[i] != a.new[i])
+                  for i in dis)  # any label shows whether a disagreement is a negative flip
     diffs, weights = [], []
     if with_labels and labels_complete(a):
         rest = [i for i in dis if i >= a.labelled_part]
@@ -244,14 +247,14 @@ def disagreement_of(a: Answers, confidence: float, with_labels: bool) -> Disagre
             diffs.append(int(a.new[i] == a.truth[i]) - int(a.old[i] == a.truth[i]))
             weights.append(1.0 if i < a.labelled_part else len(rest) / len(answered))
     elif with_labels and a.labelled_part:
-        whole = disagreement(len(a.texts), len(dis), [], [], confidence)
+        whole = disagreement(len(a.texts), len(dis), [], [], confidence, cleared=cleared)
         part_dis = [i for i in dis if i < a.labelled_part]
         part = disagreement(a.labelled_part, len(part_dis),
                             [int(a.new[i] == a.truth[i]) - int(a.old[i] == a.truth[i])
                              for i in part_dis], [1.0] * len(part_dis), confidence)
         return replace(whole, labelled=part.labelled, change=part.change, sd=part.sd,
                        low=max(whole.low, part.low), high=min(whole.high, part.high))
-    return disagreement(len(a.texts), len(dis), diffs, weights, confidence)
+    return disagreement(len(a.texts), len(dis), diffs, weights, confidence, cleared=cleared)
 
 
 def ask_labeller(domain: str, a: Answers, labeller: Labeller | None, max_labels: int,
@@ -298,7 +301,8 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
     first = disagreement_of(a, confidence, with_labels=False)
     to_label: list[str] = []
     if not_worse_by_disagreement(first, margin) == PASS:
-        d, how = first, "no labels needed"
+        d, how = first, ("no labels needed" if not first.cleared else
+                         "no labels needed beyond the test split's")
     else:
         to_label = ask_labeller(domain, a, labeller, max_labels)
         d = disagreement_of(a, confidence, with_labels=True)
@@ -306,7 +310,7 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
                f"split, {a.answered} answered by the labeller of {len(a.asked)} asked): new "
                f"right on {_right(a, 'new')}, old right on {_right(a, 'old')}"
                + (f", estimated change {100 * d.change:+.1f} points" if d.change is not None
-                  else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
+                  else f" (fewer than {MIN_LABELLED}: the counts alone decide)"))
         if not labels_complete(a):
             how = (f"{a.answered} of the {len(a.asked)} held-out disagreements asked were "
                    "labelled, not a random sample of them, so they are not used until the rest "
@@ -315,15 +319,17 @@ def old_rule(domain: str, a: Answers, margin: float, confidence: float,
                    f"{_right(a, 'old', a.labelled_part)}"
                    + (f", estimated change {100 * d.change:+.1f} points"
                       if d.change is not None
-                      else f" (fewer than {MIN_LABELLED}: the share alone decides)"))
+                      else f" (fewer than {MIN_LABELLED}: the counts alone decide)"))
     outcome = not_worse_by_disagreement(d, margin)
     line = (f"{domain} (old): change >= {-100 * margin:+.1f} points; disagreement evidence: the "
             f"versions disagree on {d.disagree} of {d.texts} texts ({100 * d.share:.1f} %, at "
-            f"most {100 * d.share_high:.1f} %); {how}; {pct} bounds on the change "
-            f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] points")
+            f"most {100 * d.share_high:.1f} %), {d.cleared} of them labelled and not right -> "
+            f"wrong, so at most {100 * d.flips_high:.1f} % right -> wrong; {how}; {pct} bounds on "
+            f"the change [{100 * d.low:+.1f}, {100 * d.high:+.1f}] points")
     if outcome == INCONCLUSIVE:
         open_ = d.disagree - d.labelled
-        n = texts_to_settle(d, margin, confidence)
+        n = (texts_to_settle(d, margin, confidence) if d.change is not None
+             else texts_for_counts(d, margin, confidence))
         line += (f"; labels on the other {open_} disagreements may settle it (--max-labels, "
                  "--labels)" if open_ and (a.answered < len(a.asked) or len(a.asked) < open_)
                  else "; no realistic number of texts settles it (the estimate sits at or "

@@ -186,8 +186,12 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
             step["serving_after"] = version
             step["seconds"] = round(time.time() - t0, 1)
             steps.append(step)
+        # the outcome a user sees: what serves now, on the texts the first version was scored on
+        last = {d: score_domain(client, name, t, labels, demo.concurrency)
+                for d, t in tests.items()}
     summary = {"model": name, "source": demo.source, "first_version": first, "steps": steps,
-               "final_version": version, "settings": {"loop": asdict(loop), "demo": asdict(demo)},
+               "final_version": version, "final_scores": last,
+               "settings": {"loop": asdict(loop), "demo": asdict(demo)},
                "wall_time_s": round(time.time() - started, 1)}
     write_report(summary, Path(loop.report_dir))
     return summary
@@ -213,10 +217,21 @@ def step_table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def outcome_table(summary: dict[str, Any]) -> str:
+    """v1 against the version serving after the loop, on the same test texts of every domain."""
+    first, last = summary["first_version"], summary["final_scores"]
+    rows = [f"| domain | v1 accuracy | v{summary['final_version']} accuracy (serving) | change |",
+            "|---|---:|---:|---:|"]
+    for d in first:
+        a, b = first[d]["accuracy"], last[d]["accuracy"]
+        rows.append(f"| {d} | {a:.3f} | {b:.3f} | {100 * (b - a):+.1f} |")
+    return "\n".join(rows)
+
+
 def write_report(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "loop.json", summary, sort_keys=False)
-    table = step_table(summary)
+    table = step_table(summary) + "\n\n" + outcome_table(summary)
     atomic_write_text(out / "loop.md", table + "\n")
     print("\n" + table, file=sys.stderr)
     try:

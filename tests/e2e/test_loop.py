@@ -75,4 +75,10 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     assert (store / "sentiment.v2.mar").is_file() and (runs / "sentiment" / "v2").is_dir()
     assert json.loads((reports / "loop.json").read_text())["steps"][0]["domain"] == "tweets"
     assert (reports / "loop.md").read_text().startswith("| step |")
+    # the outcome: the serving version scored on the first version's texts, beside it
+    assert set(summary["final_scores"]) == set(summary["first_version"])
+    assert f"| v{summary['final_version']} accuracy (serving) |" in (reports / "loop.md").read_text()
+    # v2 routes: tweets to its own weights, nyt to v1's, and the archive carries both
+    assert v2["routing"]["experts"]["tweets"] == "model.safetensors"
+    assert v2["routing"]["experts"]["nyt"].startswith("expert-")
     assert (reports / "loop.png").stat().st_size > 1000

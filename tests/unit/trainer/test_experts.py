@@ -6,7 +6,13 @@ import hashlib
 from handlers.routing import NEWEST, Router
 from trainer.adapt import AdaptSettings, run_adapt
 from trainer.data import Example, load_source
-from trainer.experts import fit_router, routed_share, router_texts
+from trainer.experts import (
+    fit_router,
+    read_router_texts,
+    routed_share,
+    router_texts,
+    routing_plan,
+)
 from trainer.lora import load_classifier
 from trainer.reference_texts import distil_half
 
@@ -19,6 +25,11 @@ def test_router_texts_hold_no_test_text_and_only_the_gates_other_half():
     assert got["movie"] == ["movie train", "movie unlabelled"]  # not the held-out (test) texts
     assert got["nyt"][0] == "nyt exemplar"
     assert got["nyt"][1:] == [t for t in held["nyt"] if distil_half(t)] and 5 < len(got["nyt"]) < 40
+    # texts a parent's router learnt come first, still never a test text
+    carried = {"nyt": ["nyt carried", "movie test text"], "tweets": ["not seen"]}
+    again = router_texts(held, replay, ["nyt"], "movie", [], ["movie unlabelled"],
+                         tests={"movie test text"}, carried=carried)
+    assert again["nyt"][:2] == ["nyt carried", "nyt exemplar"] and "tweets" not in again
 
 
 def test_router_tells_domains_apart_on_unseen_texts(tiny_base):
@@ -43,3 +54,16 @@ def test_a_chain_keeps_each_domains_own_version(routed_run, tmp_path):
     v1_file = v2_router.experts["nyt"]
     assert (v3 / v1_file).read_bytes() == (routed_run / v1_file).read_bytes()
     assert set(v3_router.domains) == {"nyt", "movie", "amazon"}
+    v2_learnt, v3_learnt = read_router_texts(routed_run), read_router_texts(v3)
+    assert v2_learnt["movie"] and set(v2_learnt["movie"]) <= set(v3_learnt["movie"])
+
+
+def test_routing_is_skipped_loudly_when_no_old_domain_has_texts(capsys):
+    texts = {"movie": ["a movie text"]}
+    assert routing_plan(True, texts, ["nyt", "movie"], "movie") == {}
+    assert "no texts of old domain(s) ['nyt']" in capsys.readouterr().err
+    two = {"nyt": ["a"], "amazon": ["c"]}
+    assert routing_plan(True, two, ["nyt", "tweets", "amazon"], "amazon") == two
+    err = capsys.readouterr().err
+    assert "['tweets']" in err and "whichever domain's version" in err
+    assert routing_plan(False, two, ["nyt"], "amazon") == {}

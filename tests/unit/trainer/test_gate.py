@@ -1,6 +1,7 @@
 """The rollout gate: the paired decision and the disagreement evidence, on answers whose
 difference is known exactly."""
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest
 
@@ -15,6 +16,7 @@ from trainer.gate import (
     not_worse,
     not_worse_by_disagreement,
     paired,
+    texts_for_counts,
     texts_to_settle,
     verdict,
 )
@@ -239,3 +241,37 @@ def test_labels_for_only_part_of_what_was_asked_are_not_weighted_up():
     out = judge({"nyt": domain(texts, truth, old, new, labelled), "posts": posts}, "posts",
                 GateSettings(), everything)
     assert out["outcome"] == FAIL, out["rules"]  # labelled whole: new is worse, and it shows
+
+
+def test_labelled_disagreements_bound_the_loss_by_the_negative_flips():
+    # the demo's step 2 on nyt: 13 of 1019 texts disagree, all labelled, 8 right -> wrong:
+    # too few labels for the estimate, and the share alone (2.2 %) leaves a 2-point loss open
+    shares = disagreement(1019, 13, [], [], 0.95)
+    assert not_worse_by_disagreement(shares, 0.02) == INCONCLUSIVE
+    d = disagreement(1019, 13, [-1] * 8 + [1] * 3 + [0] * 2, [1.0] * 13, 0.95)
+    assert d.change is None and d.cleared == 5 and d.high == shares.high
+    assert d.low == pytest.approx(-clopper_pearson(8, 1019, 0.975)[1])
+    assert not_worse_by_disagreement(d, 0.02) == PASS
+    # a label that shows a negative flip clears nothing: the bound is the share's again
+    assert disagreement(1019, 13, [-1] * 8, [1.0] * 8, 0.95).low == pytest.approx(shares.low)
+    with pytest.raises(ValueError, match="cleared=6"):
+        disagreement(100, 5, [], [], 0.95, cleared=6)
+    # counts alone: how many texts at this rate would settle it, and when none would
+    n = texts_for_counts(shares, 0.02, 0.95)
+    assert n > 1019 and clopper_pearson(round(13 * n / 1019), n, 0.975)[1] <= 0.02
+    assert texts_for_counts(disagreement(100, 5, [], [], 0.95), 0.02, 0.95) is None
+
+
+def test_the_lower_bound_covers_the_true_change():
+    """Simulated texts, every disagreement labelled: right -> wrong 1.5 %, wrong -> right
+    0.5 %, both wrong 0.5 %; the change is -1 point. The 95 % lower bound may sit above it in at
+    most 5 % of draws (the two looks share the error rate)."""
+    rng = np.random.default_rng(0)
+    above = 0
+    for _ in range(1000):
+        kinds = rng.choice(4, size=1000, p=[0.975, 0.015, 0.005, 0.005])
+        diffs = [-1] * int((kinds == 1).sum()) + [1] * int((kinds == 2).sum()) + \
+            [0] * int((kinds == 3).sum())
+        d = disagreement(1000, len(diffs), diffs, [1.0] * len(diffs), 0.95)
+        above += d.low > -0.01
+    assert above / 1000 <= 0.05
