@@ -131,8 +131,8 @@ class RoutedClassifier(torch.nn.Module):
             width = int(attention_mask[rows].sum(dim=1).max())  # its own rows' padding only,
             if attention_mask[rows, width:].any():  # when the tokenizer pads on the right
                 width = input_ids.shape[1]
-            part = {k: v[rows, :width] if isinstance(v, torch.Tensor) else v
-                    for k, v in kwargs.items()}
+            part = {k: (v[rows, :width] if v.dim() == 2 else v[rows])
+                    if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             out = self.experts[e](input_ids=input_ids[rows, :width],
                                   attention_mask=attention_mask[rows, :width],
                                   output_hidden_states=output_hidden_states, **part)
