@@ -4,8 +4,8 @@
     .venv/bin/python bench/gate.py --quick                  # tiny random BERT (smoke test)
 
 v1 serves nyt. For each new domain three candidates are built:
-  default   `trainer adapt` with its shipped defaults (routing included) on the loop's 96
-            labelled texts
+  default   `trainer adapt` with its shipped defaults (routing included) on the loop's inputs:
+            96 labelled texts and 204 more without labels
   seq-lora  sequential LoRA on 1000 texts without replay or distillation (forgets nyt)
   new-only  `trainer train` on 1000 texts of the new domain alone (never saw nyt)
 Both versions answer, in process and as served (fp32), every text the gate would send: the
@@ -55,8 +55,11 @@ def build(kind: str, v1: Path, new: str, out: Path, work: Path, base: str, quick
     small = {"max_eval": 40, "min_steps": 0, "epochs": 1, "max_epochs": 1} if quick else {}
     rows = 48 if quick else 1000
     if kind == "default":
-        data = labelled_file(new, 24 if quick else 96, 0, work / f"{new}.jsonl")
-        run_adapt(AdaptSettings(**small), v1, str(data), out, test_data=new)
+        # the loop's inputs: 96 labelled texts and the 204 captured ones nobody labelled
+        data = labelled_file(new, 24 if quick else 96, 0, work / f"{new}.jsonl",
+                             unlabelled=24 if quick else 204)
+        run_adapt(AdaptSettings(**small), v1, str(data), out, test_data=new,
+                  unlabelled=str(data.with_suffix(".unlabelled.jsonl")))
     elif kind == "seq-lora":
         run_adapt(AdaptSettings(selection="none", balance=False, distill=0.0, route=False,
                                 max_train=rows, **small), v1, new, out)
