@@ -490,6 +490,11 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
               f"{100 * t['positive_flip_rate']:.1f} % wrong -> right) on {t['n']} test texts"
               + (f"; {100 * c['unlabelled']['disagreement']:.1f} % of {c['unlabelled']['n']} "
                  "held-out texts" if "unlabelled" in c else ""), file=sys.stderr)
+    if routing:
+        print("routing: " + ", ".join(
+            f"{d} -> {'this version' if e == 'model.safetensors' else e}, "
+            f"{100 * routing['routed_to_own_version'].get(d, 0):.0f} % of its test texts sent there"
+            for d, e in routing["experts"].items()), file=sys.stderr)
     if quality["weak"]:
         print(warning_line(quality, "adapt"), file=sys.stderr)
     print(scores_line("adapt", out, scored["by_domain"], quality), file=sys.stderr)
