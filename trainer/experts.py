@@ -38,8 +38,8 @@ def inherited_experts(parent: Path, seen: Sequence[str]) -> tuple[dict[str, str]
     parent = Path(parent)
     own = (parent / NEWEST).read_bytes()
     own_name = f"expert-{hashlib.sha256(own).hexdigest()[:12]}.safetensors"
-    if (parent / ROUTER_FILE).is_file():
-        owners = Router.load(parent).experts
+    if (parent / ROUTER_FILE).is_file():  # the map only, not the weights
+        owners = json.loads((parent / ROUTER_FILE).read_text())["experts"]
     else:
         owners = {d: NEWEST for d in seen}
     experts, files = {}, {}

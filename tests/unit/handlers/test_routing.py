@@ -105,4 +105,5 @@ def test_the_runtime_serves_a_routed_run_as_adapt_scored_it(routed_run, tiny_run
         old = v1(**batch).logits
         new = served(**batch).logits
     nyt = [i for i, d in enumerate(served.last_routes) if d == "nyt"]
+    assert nyt, served.last_routes  # some rows go to v1: the check below is not vacuous
     assert torch.allclose(new[nyt], old[nyt], atol=1e-5)
