@@ -8,8 +8,9 @@ Rows (same base model, data, settings and replay budget; only the recipe differs
   1 source only (v1, never adapted)   2 sequential full fine-tuning   3 sequential LoRA
   4 EWC on the LoRA steps (bench/ewc.py; lambda chosen per seed on validation)
   5 LoRA + random replay   6 LoRA + herding replay
-  7 LoRA + herding + class balancing: `trainer adapt` with its shipped defaults
+  7 LoRA + herding + class balancing + routing: `trainer adapt` with its shipped defaults
   8 full retraining: at every step `trainer train`'s recipe from the base model on all data so far
+  9 row 10 + distillation from the version replaced   10 row 7 without routing (one model)
 plus the few-shot curve (K labelled examples per class of each new domain) for rows 3 and 7.
 v1 is `trainer train` with its defaults on the first domain's whole train split; rows 2-3 and
 5-7 run the real `trainer adapt` and its run dirs. Every unit of work (v1, a row, a few-shot
@@ -49,18 +50,20 @@ from trainer.precision import autocast  # noqa: E402
 from trainer.rundir import load_run  # noqa: E402
 from trainer.train import TrainSettings, run_train  # noqa: E402
 
-SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL = (
+SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUTED = (
     "1 source only", "2 seq. full FT, no replay", "3 seq. LoRA, no replay", "4 EWC (LoRA)",
     "5 LoRA + random replay", "6 LoRA + herding replay",
-    "7 LoRA + herding + balancing (default)", "8 full retraining (joint)",
-    "9 row 7 + distillation from vN (replay + held-out, weight 3)")
+    "7 LoRA + herding + balancing + routing (default)", "8 full retraining (joint)",
+    "9 row 10 + distillation from vN (replay + held-out, weight 3)",
+    "10 row 7 without routing (one model)")
 # The adapt settings each chained row changes from the shipped defaults.
 CHAINS = {FULL_FT: {"selection": "none", "balance": False, "full_finetune": True, "distill": 0.0},
           SEQ_LORA: {"selection": "none", "balance": False, "distill": 0.0},
           RANDOM: {"selection": "random", "balance": False, "distill": 0.0},
           HERDING: {"selection": "herding", "balance": False, "distill": 0.0},
-          DEFAULT: {}, DISTILL: {"distill": 3.0, "distill_held_out": True}}
-ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL)
+          DEFAULT: {}, UNROUTED: {"route": False},
+          DISTILL: {"route": False, "distill": 3.0, "distill_held_out": True}}
+ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUTED)
 # Row 7's knobs, one at a time around the adapt defaults the sweep started from (replay budget
 # 300), chosen on validation splits only. The names are the cache keys of finished units.
 SWEPT_FROM = {"memory": 300}
@@ -320,7 +323,8 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
 def units(shots: list[int]) -> list[str]:
     """One seed's units after v1, longest first so the workers finish together."""
     few = [f"{row} (K={k})" for k in sorted(shots, reverse=True) for row in FEW_SHOT_ROWS]
-    return [JOINT, FULL_FT, DEFAULT, DISTILL, HERDING, RANDOM, SEQ_LORA, EWC, *few, SOURCE]
+    return [JOINT, FULL_FT, DEFAULT, UNROUTED, DISTILL, HERDING, RANDOM, SEQ_LORA, EWC, *few,
+            SOURCE]
 
 
 def run_unit(sc: Scale, seed: int, unit: str, seed_dir: Path) -> str:
@@ -422,7 +426,7 @@ class _Inline:
 
 def one_seed(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     joint_run = raw[JOINT]
-    order = [*ROWS, *(u for u in raw if "(K=" in u)]
+    order = [*(r for r in ROWS if r in raw), *(u for u in raw if "(K=" in u)]
     return {name: {"metrics": metrics(raw[name], joint_run, raw[SOURCE]),
                    "matrix": raw[name]["matrix"],
                    **({"ewc_lambda": raw[name]["ewc_lambda"]} if "ewc_lambda" in raw[name]
@@ -471,30 +475,38 @@ def table(agg: dict[str, dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def goals(agg: dict[str, dict[str, Any]], shots: list[int]) -> list[tuple[str, bool, str]]:
-    """The issue's goals for row 7, each with the measured value."""
-    d, j, h, b = (agg[n]["mean"] for n in (DEFAULT, JOINT, HERDING, DISTILL))
-    checks = [("negative flip rate on old domains <= 1.5 % at every step",
-               d["negative_flips"] <= 0.015, f"{100 * d['negative_flips']:.1f} %"),
-              ("answers changed on old domains <= 4 % at every step", d["disagreement"] <= 0.04,
-               f"{100 * d['disagreement']:.1f} %"),
-              ("row 9 (distillation) keeps >= 90 % of row 7's new-domain gain",
-               b["new_gain"] >= 0.9 * d["new_gain"],
-               f"{100 * b['new_gain']:.1f} vs {100 * d['new_gain']:.1f} points"),
-              ("worst drop of any old domain at any step <= 2 points", d["worst_drop"] <= 0.02,
-               f"{100 * d['worst_drop']:.1f}"),
-              ("forgetting <= 1 point", d["forgetting"] <= 0.01, f"{100 * d['forgetting']:.1f}"),
-              ("final average >= row 8 - 0.5 points",
-               d["average_accuracy"] >= j["average_accuracy"] - 0.005,
-               f"{100 * d['average_accuracy']:.1f} vs {100 * j['average_accuracy']:.1f}"),
-              ("compute <= 25 % of row 8 (full new-domain data)", d["compute_vs_joint"] <= 0.25,
-               f"{100 * d['compute_vs_joint']:.0f} %"),
-              ("per-class F1 spread below row 6's", d["f1_spread"] < h["f1_spread"],
-               f"{100 * d['f1_spread']:.1f} vs {100 * h['f1_spread']:.1f}")]
+def goals(agg: dict[str, dict[str, Any]], shots: list[int]) -> list[tuple[str, bool | None, str]]:
+    """The issues' goals for row 7, each with the measured value (None: a row it needs was not
+    run)."""
+    d, j = agg[DEFAULT]["mean"], agg[JOINT]["mean"]
+    checks: list[tuple[str, bool | None, str]] = [
+        ("negative flip rate on old domains <= 1.5 % at every step",
+         d["negative_flips"] <= 0.015, f"{100 * d['negative_flips']:.1f} %"),
+        ("answers changed on old domains <= 4 % at every step", d["disagreement"] <= 0.04,
+         f"{100 * d['disagreement']:.1f} %"),
+        ("worst drop of any old domain at any step <= 2 points", d["worst_drop"] <= 0.02,
+         f"{100 * d['worst_drop']:.1f}"),
+        ("forgetting <= 1 point", d["forgetting"] <= 0.01, f"{100 * d['forgetting']:.1f}"),
+        ("final average >= row 8 - 0.5 points",
+         d["average_accuracy"] >= j["average_accuracy"] - 0.005,
+         f"{100 * d['average_accuracy']:.1f} vs {100 * j['average_accuracy']:.1f}"),
+        ("compute <= 25 % of row 8 (full new-domain data)", d["compute_vs_joint"] <= 0.25,
+         f"{100 * d['compute_vs_joint']:.0f} %")]
+    for row, what, ok in (
+            (UNROUTED, "new-domain gain >= 90 % of row 10's (the recipe before routing)",
+             lambda o: d["new_gain"] >= 0.9 * o["new_gain"]),
+            (HERDING, "per-class F1 spread below row 6's",
+             lambda o: d["f1_spread"] < o["f1_spread"])):
+        metric = "new_gain" if row == UNROUTED else "f1_spread"
+        if row in agg:
+            o = agg[row]["mean"]
+            checks.append((what, ok(o), f"{100 * d[metric]:.1f} vs {100 * o[metric]:.1f}"))
+        else:
+            checks.append((what, None, f"row {row.split()[0]} not run"))
     k32 = f"{DEFAULT} (K=32)"
-    if 32 in shots:
+    if 32 in shots and k32 in agg:
         c = agg[k32]["mean"]["compute_vs_joint"]
-        checks.insert(4, ("compute <= 10 % of row 8 at K = 32", c <= 0.10, f"{100 * c:.0f} %"))
+        checks.append(("compute <= 10 % of row 8 at K = 32", c <= 0.10, f"{100 * c:.0f} %"))
     return checks
 
 
@@ -516,7 +528,9 @@ def claims(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, An
             f"of the accuracy learnt)")
            for label, seed_says, row in (("fine-tuning", "70 %", FULL_FT), ("EWC", "15 %", EWC),
                                          ("herding replay", "9 %", HERDING),
-                                         ("hybrid (herding + balancing)", "under 3 %", DEFAULT))]
+                                         ("hybrid (herding + balancing)", "under 3 %", UNROUTED),
+                                         ("hybrid + routing (default)", "under 3 %", DEFAULT))
+           if row in agg]
     out.append(("trainable share (LoRA)", "0.35 %",
                 f"{agg[DEFAULT]['mean']['trainable_share']:.2%}"))
     out.append(("compute vs full retraining", "5 %",
@@ -544,17 +558,21 @@ def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, 
         f">= {a.epochs} passes and >= {a.min_steps} steps, early stopping on validation "
         f"macro-F1, replay budget {a.memory} in total, of which v1 keeps {t.memory} nyt "
         f"exemplars), training in {sc.precision} autocast, "
-        f"scoring in fp32. Row 2 uses lr {sc.full_lr}; row 4's lambda per seed: "
-        f"{', '.join(f'{lam:g}' for lam in lambdas)} (grid {', '.join(f'{x:g}' for x in sc.ewc_lambdas)}, "
-        f"best mean validation accuracy after the first step). Compute = training examples "
+        f"scoring in fp32. "
+        + (f"Row 2 uses lr {sc.full_lr}. " if FULL_FT in agg else "")
+        + (f"Row 4's lambda per seed: {', '.join(f'{lam:g}' for lam in lambdas)} (grid "
+           f"{', '.join(f'{x:g}' for x in sc.ewc_lambdas)}, best mean validation accuracy after "
+           f"the first step). " if lambdas else "")
+        + f"Compute = training examples "
         f"processed by the adaptation steps (EWC's Fisher passes included; v1, shared by every "
         f"row, left out) relative to row 8's retraining steps. "
         f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
-        table(agg, list(ROWS)), "",
-        "Few-shot (K labelled examples per class of each new domain; validation falls back to "
-        "the step's training set):", "", table(agg, few), "", "Goals for row 7:",
-        *[f"- {'met' if ok else 'MISSED'}: {what} (row 7: {value})"
-          for what, ok, value in goals(agg, sc.shots)], "",
+        table(agg, [r for r in ROWS if r in agg]), "",
+        *(["Few-shot (K labelled examples per class of each new domain; validation falls back to "
+           "the step's training set):", "", table(agg, few), ""] if few else []),
+        "Goals for row 7:",
+        *[f"- {'not measured' if ok is None else 'met' if ok else 'MISSED'}: {what} "
+          f"(row 7: {value})" for what, ok, value in goals(agg, sc.shots)], "",
         "Seed claims vs measured:", "", "| claim | seed article | this stream |", "|---|---|---|",
         *[f"| {what} | {seed_says} | {ours} |" for what, seed_says, ours in claims(agg, per_seed)],
         ""]
@@ -613,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true",
                    help="row 7's knobs one at a time (SWEEP), scored on validation splits; "
                         "writes continual-sweep.{json,md}")
+    p.add_argument("--rows", type=lambda s: s.split(","), default=[],
+                   help="compute and report just these units (1 and 8 always: the others are "
+                        "measured against them), e.g. 1,7,8,10")
     p.add_argument("--only", type=lambda s: s.split(","), default=[],
                    help="compute (and cache) just these units, e.g. 1,7,7K32; prints their final "
                         "average accuracy and writes no tables")
@@ -641,9 +662,11 @@ def main(argv: list[str] | None = None) -> int:
                  if k not in ("seeds", "workers", "base_model" if args.quick else "")}
         key = hashlib.sha256(json.dumps(scale, sort_keys=True).encode()).hexdigest()[:12]
         root = Path(tmp) / "units" if args.quick else out / "tmp" / f"continual-{key}"
+        keys = {*args.rows, "1", "8"} if args.rows else set()
+        wanted = [u for u in units(sc.shots) if not keys or unit_key(u) in keys]
         if args.report_only:
             sc.seeds = [s for s in sc.seeds
-                        if all(unit_file(root / f"seed{s}", u).is_file() for u in units(sc.shots))]
+                        if all(unit_file(root / f"seed{s}", u).is_file() for u in wanted)]
             if not sc.seeds:
                 print(f"no finished seed under {root}", file=sys.stderr)
                 return 1
@@ -651,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             return sweep(sc, root, out / ("continual-sweep-quick" if args.quick
                                           else "continual-sweep"))
-        wanted = [u for u in units(sc.shots) if not args.only or unit_key(u) in args.only]
+        if args.only:
+            wanted = [u for u in wanted if unit_key(u) in args.only]
         raw = run_seeds(sc, root, wanted)
         v1_f1 = [json.loads((root / f"seed{s}" / "v1-herding" / "report.json").read_text())
                  ["metrics"]["test"]["macro_f1"] for s in sc.seeds]
@@ -662,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                 for u, r in raw[s].items()))
         return 0
     per_seed = [one_seed(raw[s]) for s in sc.seeds]
-    lambdas = [raw[s][EWC]["ewc_lambda"] for s in sc.seeds]
+    lambdas = [raw[s][EWC]["ewc_lambda"] for s in sc.seeds if EWC in raw[s]]
     seconds = sum(r["unit_seconds"] for s in sc.seeds for r in raw[s].values()) + sum(
         raw[s][SOURCE]["wall"] for s in sc.seeds)  # source only's wall is v1's training
     agg = aggregate(per_seed)
