@@ -154,6 +154,23 @@ class TorchServeClient:
     def models(self) -> Any:
         return self._call("management", "GET", "/models")
 
+    def versions(self, name: str) -> tuple[list[str], str | None]:
+        """Registered versions (ascending) and the default one; none for an unknown model."""
+        try:
+            listed = self._call("management", "GET", f"/models/{name}/all")
+        except ClientError as e:
+            if e.status == 404:
+                return [], None
+            raise
+        default = self.describe(name)[0]["modelVersion"]
+        found = sorted({str(m["modelVersion"]) for m in listed}, key=version_key)
+        return found, str(default)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Order versions as numbers: 10 after 9, 1.10 after 1.9."""
+    return tuple(int(x) for x in version.split("."))
+
 
 def _message(resp: requests.Response) -> str:
     try:

@@ -21,9 +21,15 @@ from handlers.manifest import sha256_file
 from handlers.signing import TRUST_ENV, load_trusted_keys, verify_mar
 from trainer import config
 from trainer.artifacts import atomic_write_bytes
-from trainer.client import TorchServeClient, add_server_arguments, client_from_args, server_from_args
+from trainer.client import (
+    TorchServeClient,
+    add_server_arguments,
+    client_from_args,
+    server_from_args,
+    version_key,
+)
 from trainer.config import check, setting
-from trainer.errors import ClientError, RolloutError
+from trainer.errors import RolloutError
 from trainer.gate import FAIL, INCONCLUSIVE, PASS
 from trainer.gate_evidence import (
     Labeller,
@@ -125,26 +131,9 @@ def rollout_lock(model_store: Path, model: str) -> Iterator[Path]:
         os.close(fd)
 
 
-def versions(client: TorchServeClient, model: str) -> tuple[list[str], str | None]:
-    """Registered versions (ascending) and the default one."""
-    try:
-        listed = client._call("management", "GET", f"/models/{model}/all")
-    except ClientError as e:
-        if e.status == 404:
-            return [], None
-        raise
-    default = client.describe(model)[0]["modelVersion"]
-    found = sorted({str(m["modelVersion"]) for m in listed}, key=_version_key)
-    return found, str(default)
-
-
-def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
-
-
 def prune(client: TorchServeClient, model: str, keep: int) -> list[str]:
     """Unregister the oldest non-default versions beyond `keep`."""
-    registered, default = versions(client, model)
+    registered, default = client.versions(model)
     removed = []
     for version in registered:
         if len(registered) - len(removed) <= keep:
@@ -185,7 +174,7 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
     signer = verify_mar(mar, trusted)["key_id"] if trusted else None
     version = info["version"]
     with rollout_lock(mar.parent, model) as state_file:
-        registered, default = versions(client, model)  # also proves the server and key work
+        registered, default = client.versions(model)  # also proves the server and key work
         state = _read_state(state_file)
         archive = sha256_file(mar)
         resumed = (state.get("version") == version and state.get("step") in STEPS
@@ -225,7 +214,7 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
         for note in notes:
             print(f"gate: {note}", file=sys.stderr)
         if state["step"] == "register":
-            if version not in versions(client, model)[0]:
+            if version not in client.versions(model)[0]:
                 print(f"registering {mar.name} as {model} v{version}", file=sys.stderr)
                 client.register(mar.name, model, workers=g.workers)
             _after("register")
@@ -258,12 +247,12 @@ def rollout(client: TorchServeClient, mar: Path, model: str, g: GateSettings,
             advance("prune")
         if state["step"] == "prune":
             removed = prune(client, model, g.keep)
-            write_record(mar.parent, model, *versions(client, model))
+            write_record(mar.parent, model, *client.versions(model))
             _after("prune")
         if state["step"] == "unregister":
-            if version in versions(client, model)[0]:
+            if version in client.versions(model)[0]:
                 client.unregister(model, version)
-            write_record(mar.parent, model, *versions(client, model))
+            write_record(mar.parent, model, *client.versions(model))
             removed = [version]
             _after("unregister")
         state_file.unlink(missing_ok=True)
@@ -304,10 +293,10 @@ def _summary(scores: dict[str, dict]) -> dict[str, dict]:
 
 def rollback(client: TorchServeClient, model: str, to: str | None,
              model_store: Path | None = None) -> dict[str, Any]:
-    registered, default = versions(client, model)
+    registered, default = client.versions(model)
     if default is None:
         raise RolloutError(f"{model} is not registered")
-    older = [v for v in registered if _version_key(v) < _version_key(default)]
+    older = [v for v in registered if version_key(v) < version_key(default)]
     target = to or (older[-1] if older else None)
     if target is None or target not in registered:
         raise RolloutError(f"no version to roll back to (registered: {', '.join(registered)}; "

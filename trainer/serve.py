@@ -17,7 +17,7 @@ from handlers.signing import TRUST_ENV, load_trusted_keys
 from trainer.artifacts import atomic_write_json
 from trainer.client import SERVER_RECORD, TorchServeClient, read_server_record, target_of_record
 from trainer.errors import ClientError, ServeError
-from trainer.rollout import read_archive, trust_arg, versions
+from trainer.rollout import read_archive, trust_arg
 from trainer.server import TorchServe, remove_scratch
 
 
@@ -85,7 +85,7 @@ def status(workdir: Path) -> tuple[dict[str, Any], int]:
         health = client.ping()
         models = {}
         for m in client.models()["models"]:
-            registered, default = versions(client, m["modelName"])
+            registered, default = client.versions(m["modelName"])
             models[m["modelName"]] = {"versions": registered, "default": default}
     except ClientError as e:
         return {**state, "running": False, "reason": str(e)}, 1

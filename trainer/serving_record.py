@@ -45,13 +45,11 @@ def read_record(model_store: Path, model: str) -> dict[str, Any]:
 def restore(client: TorchServeClient, record: dict[str, Any], workers: int = 1
             ) -> dict[str, Any]:
     """Register every recorded version the server lacks, then set the recorded default."""
-    from trainer.rollout import versions  # rollout imports this module
-
     model, default, wanted = record["model"], record["default"], record["versions"]
-    registered, _ = versions(client, model)
+    registered, _ = client.versions(model)
     added = [v for v in wanted if v not in registered]
     for v in added:
         client.register(wanted[v], model, workers=workers)
     client.set_default(model, default)
     return {"model": model, "default": default, "registered": added,
-            "versions": versions(client, model)[0]}
+            "versions": client.versions(model)[0]}

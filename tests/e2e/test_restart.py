@@ -13,7 +13,7 @@ import requests
 from tests.mars import copy_mar
 from trainer.archive import ArchiveSettings, build_archive
 from trainer.client import TorchServeClient
-from trainer.rollout import GateSettings, rollout, versions
+from trainer.rollout import GateSettings, rollout
 from trainer.server import TorchServe
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ def test_default_survives_a_restart_through_trainer_restore(minilm_run, tmp_path
 
     with TorchServe(work, store, ROOT / "config.properties", ports="free") as ts:
         client = client_of(ts)
-        assert versions(client, "keep") == ([], None)  # a restart forgets registrations
+        assert client.versions("keep") == ([], None)  # a restart forgets registrations
         proc = subprocess.run(
             [sys.executable, "-m", "trainer", "restore", "--model", "keep",
              "--inference-url", ts.inference_url, "--management-url", ts.management_url,
@@ -52,7 +52,7 @@ def test_default_survives_a_restart_through_trainer_restore(minilm_run, tmp_path
             capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout)["default"] == "2"
-        assert versions(client, "keep") == (["1", "2"], "2")
+        assert client.versions("keep") == (["1", "2"], "2")
         assert client.predict("keep", "The markets were calm today.")["version"] == "2"
         # The first run's window is still in the shared stats dir; it must not be merged.
         assert _stats(client, "keep")["requests_seen"] == 1

@@ -20,7 +20,7 @@ from trainer.client import TorchServeClient
 from trainer.data import load_source
 from trainer.lineage import source_record
 from trainer.reference_texts import read_reference_texts
-from trainer.rollout import GateSettings, rollout, rollout_lock, versions
+from trainer.rollout import GateSettings, rollout, rollout_lock
 from trainer.rundir import load_run, save_run
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ def archives(minilm_run, model_store, tmp_path_factory):
 def rollme(client, archives):
     client.register(f"{MODEL}.v1.mar", MODEL)
     yield client
-    registered, default = versions(client, MODEL)
+    registered, default = client.versions(MODEL)
     for v in registered:
         if v != default:
             client.unregister(MODEL, v)
@@ -117,7 +117,7 @@ def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, arc
                          GateSettings(min_new_gain=-0.01, **FAST), allow_weak=True)
         time.sleep(0.5)
     assert result["promoted"] and result["default"] == "2", result["rules"]
-    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert rollme.versions(MODEL) == (["1", "2"], "2")
     assert load.failed == [] and load.ok > 10
     assert rollme.predict(MODEL, "hello")["version"] == "2"
 
@@ -129,7 +129,7 @@ def test_gate_pass_switches_default_under_load_then_rollback(server, rollme, arc
     # the serving record follows the rollback (what `trainer restore` would put back)
     assert json.loads((archives / f".{MODEL}.serving.json").read_text())["default"] == "1"
     assert load.failed == [] and load.ok > 5
-    assert versions(rollme, MODEL) == (["1", "2"], "1")
+    assert rollme.versions(MODEL) == (["1", "2"], "1")
     rollme.set_default(MODEL, "2")
 
 
@@ -140,7 +140,7 @@ def test_worse_archive_is_rejected_and_removed(server, rollme, archives):
     assert not result["promoted"] and result["default"] == "2"
     assert any(r.startswith("FAIL nyt (new)") for r in result["rules"]), result["rules"]
     assert result["outcome"] == "rejected"
-    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert rollme.versions(MODEL) == (["1", "2"], "2")
     assert "rejected v3" in proc.stderr
 
 
@@ -159,14 +159,14 @@ def test_the_gate_judges_the_defaults_domains_whatever_the_candidates_lineage(se
     assert result["churn"]["nyt"]["unlabelled"]["n"] == \
         len(read_reference_texts(minilm_run)["nyt"]) + len(traffic)
     assert result["churn"]["nyt"]["test"]["negative_flip_rate"] > 0.1
-    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert rollme.versions(MODEL) == (["1", "2"], "2")
 
 
 def test_weak_archive_is_refused_before_the_server_is_touched(server, rollme, archives):
-    before = versions(rollme, MODEL)
+    before = rollme.versions(MODEL)
     proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", store=archives, allow_weak=False)
     assert proc.returncode == 2 and "is marked weak" in proc.stderr and "--allow-weak" in proc.stderr
-    assert versions(rollme, MODEL) == before
+    assert rollme.versions(MODEL) == before
 
 
 def test_second_rollout_is_refused_while_one_runs(server, rollme, archives):
@@ -174,7 +174,7 @@ def test_second_rollout_is_refused_while_one_runs(server, rollme, archives):
         proc = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", store=archives)
     assert proc.returncode == 2
     assert "another rollout of 'rollme' is in progress" in proc.stderr
-    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert rollme.versions(MODEL) == (["1", "2"], "2")
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "registered", "wrong_key", "down",
@@ -211,13 +211,13 @@ def test_bad_inputs_fail_clearly_and_change_nothing(server, rollme, archives, tm
                                     "management_url": "http://127.0.0.1:9",
                                     "key_file": server.key_file})()
         words = "not reachable"
-    before = versions(rollme, MODEL)
+    before = rollme.versions(MODEL)
     proc = cli(env_server, "rollout", "--mar", mar, *extra, store=archives, model=model)
     (archives / f"{MODEL}.v8.mar").unlink(missing_ok=True)
     (archives / f"{MODEL}.v7.mar").unlink(missing_ok=True)
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr
-    assert versions(rollme, MODEL) == before
+    assert rollme.versions(MODEL) == before
 
 
 def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, rollme, archives):
@@ -227,17 +227,17 @@ def test_killed_rollout_leaves_a_working_default_and_rerun_finishes(server, roll
             "--key-file", str(server.key_file), "--model-store", str(archives)]
     proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and "3" not in versions(rollme, MODEL)[0]:
+    while time.time() < deadline and "3" not in rollme.versions(MODEL)[0]:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)  # registered, gate not finished
     proc.wait()
-    registered, default = versions(rollme, MODEL)
+    registered, default = rollme.versions(MODEL)
     assert default == "2" and rollme.predict(MODEL, "still up")["version"] == "2"
     assert not [p for p in archives.iterdir() if p.suffix in (".tmp", ".partial")]
     again = subprocess.run(full, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1, again.stderr  # v3 is worse: finishing means rejecting it
     assert json.loads(again.stdout)["resumed"] is True
-    assert versions(rollme, MODEL) == (["1", "2"], "2")
+    assert rollme.versions(MODEL) == (["1", "2"], "2")
     assert not (archives / f".{MODEL}.rollout.state").exists()
     for mar in archives.glob("*.mar"):
         if mar.name.startswith(MODEL):
@@ -251,7 +251,7 @@ def test_rollout_killed_after_each_step_finishes_on_rerun(server, rollme, archiv
     point: the server changed, the record did not); the rerun finishes the same rollout."""
     version = KILL_VERSIONS[step]
     mar = f"{MODEL}.v{version}.mar"
-    before = versions(rollme, MODEL)[1]
+    before = rollme.versions(MODEL)[1]
     killed = cli(server, "rollout", "--mar", mar, *SAME_WEIGHTS, store=archives,
                  env={"DRIFTSERVE_ROLLOUT_KILL": f"after:{step}"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -263,20 +263,20 @@ def test_rollout_killed_after_each_step_finishes_on_rerun(server, rollme, archiv
     assert again.returncode == 0, again.stderr[-2000:]
     result = json.loads(again.stdout)
     assert result["resumed"] and result["outcome"] == "promoted" and result["default"] == version
-    registered, default = versions(rollme, MODEL)
+    registered, default = rollme.versions(MODEL)
     assert default == version and len(registered) <= 3  # pruned to --keep
     assert not (archives / f".{MODEL}.rollout.state").exists()
 
 
 def test_rollout_killed_while_rejecting_finishes_the_rejection(server, rollme, archives):
-    before = versions(rollme, MODEL)
+    before = rollme.versions(MODEL)
     killed = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives,
                  env={"DRIFTSERVE_ROLLOUT_KILL": "after:unregister"})
     assert killed.returncode == -signal.SIGKILL
-    assert "3" not in versions(rollme, MODEL)[0]  # the action ran, the record did not
+    assert "3" not in rollme.versions(MODEL)[0]  # the action ran, the record did not
     again = cli(server, "rollout", "--mar", f"{MODEL}.v3.mar", *CLI_FAST, store=archives)
     assert again.returncode == 1, again.stderr[-2000:]
-    assert json.loads(again.stdout)["resumed"] and versions(rollme, MODEL) == before
+    assert json.loads(again.stdout)["resumed"] and rollme.versions(MODEL) == before
 
 
 def test_a_state_file_that_no_longer_matches_is_not_followed(server, rollme, archives):
