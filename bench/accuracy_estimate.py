@@ -48,12 +48,12 @@ from handlers.calibration import (  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
-from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.data import DOMAINS, load_source  # noqa: E402
-from trainer.reference import calibrate  # noqa: E402
-from trainer.rundir import load_run  # noqa: E402
-from trainer.train import TrainSettings  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.reference import calibrate  # noqa: E402
+from trainer.data.sources import DOMAINS, load_source  # noqa: E402
+from trainer.learning.adapt import AdaptSettings, run_adapt  # noqa: E402
+from trainer.learning.train import TrainSettings  # noqa: E402
+from trainer.model.rundir import load_run  # noqa: E402
 
 T = TrainSettings()
 GOAL, STEP = 0.03, 0.03  # |estimate - truth| per cell; true changes whose sign must agree

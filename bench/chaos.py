@@ -32,8 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
 from bench.soak import Load  # noqa: E402
 from bench.stats_util import p50_p99_ms  # noqa: E402
-from trainer.artifacts import atomic_write_json  # noqa: E402
-from trainer.client import TorchServeClient  # noqa: E402
+from trainer.common.artifacts import atomic_write_json  # noqa: E402
+from trainer.ops.client import TorchServeClient  # noqa: E402
 
 MODEL = "chaos"
 WORKERS = 2

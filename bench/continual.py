@@ -39,16 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import ewc  # noqa: E402
 from bench.plot import matrices_png  # noqa: E402
 from tests.models import tiny_base  # noqa: E402
-from trainer.adapt import AdaptSettings, new_domain, run_adapt, train_step  # noqa: E402
-from trainer.artifacts import atomic_write_bytes, atomic_write_json  # noqa: E402
-from trainer.continual_metrics import summary  # noqa: E402
-from trainer.data import load_source  # noqa: E402
-from trainer.evaluate import evaluate, evaluate_domains  # noqa: E402
-from trainer.lineage import cap, source_record, test_splits  # noqa: E402
-from trainer.lora import load_classifier  # noqa: E402
-from trainer.precision import autocast  # noqa: E402
-from trainer.rundir import load_run  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
+from trainer.common.artifacts import atomic_write_bytes, atomic_write_json  # noqa: E402
+from trainer.data.lineage import cap, source_record, test_splits  # noqa: E402
+from trainer.data.sources import load_source  # noqa: E402
+from trainer.learning.adapt import AdaptSettings, new_domain, run_adapt, train_step  # noqa: E402
+from trainer.learning.precision import autocast  # noqa: E402
+from trainer.learning.train import TrainSettings, run_train  # noqa: E402
+from trainer.model.continual_metrics import summary  # noqa: E402
+from trainer.model.evaluate import evaluate, evaluate_domains  # noqa: E402
+from trainer.model.lora import load_classifier  # noqa: E402
+from trainer.model.rundir import load_run  # noqa: E402
 
 SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUTED = (
     "1 source only", "2 seq. full FT, no replay", "3 seq. LoRA, no replay", "4 EWC (LoRA)",
@@ -302,10 +302,10 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
     """v1 with a randomly selected buffer: `train` is seeded, so retraining would only
     reproduce the same weights; re-select the buffer and re-save instead."""
     from handlers.features import REFERENCE_FILE
-    from trainer.herding import ReplayBuffer
-    from trainer.reference_texts import REFERENCE_TEXTS_FILE
-    from trainer.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
-    from trainer.rundir import save_run
+    from trainer.data.reference_texts import REFERENCE_TEXTS_FILE
+    from trainer.learning.herding import ReplayBuffer
+    from trainer.learning.replay_buffer import BUFFER_FILE, buffer_bytes, grow_buffer, sizes_json
+    from trainer.model.rundir import save_run
 
     model, tokenizer, labels, report = load_run(v1)
     s = report["settings"]

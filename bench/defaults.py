@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.data import DOMAINS, Example, load_source  # noqa: E402
-from trainer.evaluate import scores  # noqa: E402
-from trainer.train import TrainSettings  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.sources import DOMAINS, Example, load_source  # noqa: E402
+from trainer.learning.train import TrainSettings  # noqa: E402
+from trainer.model.evaluate import scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_GAIN = 0.25

@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.models import tiny_base  # noqa: E402
-from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.churn import churn  # noqa: E402
-from trainer.data import load_source  # noqa: E402
-from trainer.evaluate import predict_ids  # noqa: E402
-from trainer.reference_texts import distil_half  # noqa: E402
-from trainer.rundir import load_run  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.reference_texts import distil_half  # noqa: E402
+from trainer.data.sources import load_source  # noqa: E402
+from trainer.learning.adapt import AdaptSettings, run_adapt  # noqa: E402
+from trainer.learning.train import TrainSettings, run_train  # noqa: E402
+from trainer.model.churn import churn  # noqa: E402
+from trainer.model.evaluate import predict_ids  # noqa: E402
+from trainer.model.rundir import load_run  # noqa: E402
 
 NONE = "no distillation (former default)"
 UNLABELLED = "unlabelled"  # not a setting: that many more train texts, as `adapt --unlabelled`
@@ -116,7 +116,7 @@ def one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path
 def _one(v1: Path, old: str, new: str, knobs: dict, n: int, seed: int, work: Path,
          base_answers: dict, max_eval: int, extra: dict, per_class: int) -> dict:
     val_old = load_source(old, seed)[old].val[: max_eval or None]
-    if knobs.get(OLD_HALF):  # a router learns from the other half (trainer.experts.router_texts)
+    if knobs.get(OLD_HALF):  # a router learns from the other half (trainer.learning.experts.router_texts)
         val_old = [ex for ex in val_old if not distil_half(ex.text)]
     val_new = load_source(new, seed)[new].val[: max_eval or None]
     key = (old, new, seed, bool(knobs.get(OLD_HALF)))

@@ -35,14 +35,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from handlers.drift import DriftSettings, drift_test, window_test  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference, feature_matrix  # noqa: E402
 from handlers.runtime import RuntimeSettings  # noqa: E402
-from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.client import TorchServeClient  # noqa: E402
-from trainer.data import DOMAINS, SPLIT, load_source  # noqa: E402
-from trainer.reference import embed  # noqa: E402
-from trainer.rundir import load_run  # noqa: E402
-from trainer.server import TorchServe  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.reference import embed  # noqa: E402
+from trainer.data.sources import DOMAINS, SPLIT, load_source  # noqa: E402
+from trainer.learning.train import TrainSettings, run_train  # noqa: E402
+from trainer.model.rundir import load_run  # noqa: E402
+from trainer.ops.client import TorchServeClient  # noqa: E402
+from trainer.ops.server import TorchServe  # noqa: E402
+from trainer.packaging.archive import ArchiveSettings, build_archive  # noqa: E402
 
 SETTINGS = DriftSettings()
 CAPACITY = RuntimeSettings().window  # the handler's window: what every check can see

@@ -43,10 +43,10 @@ from handlers.drift import drift_test  # noqa: E402
 from handlers.errors import IntegrityError  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference  # noqa: E402
 from handlers.manifest import MANIFEST_NAME, sha256_file, verify_manifest  # noqa: E402
-from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.data import load_source  # noqa: E402
-from trainer.sample import write_rows  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.sources import load_source  # noqa: E402
+from trainer.learning.adapt import AdaptSettings, run_adapt  # noqa: E402
+from trainer.ops.sample import write_rows  # noqa: E402
 
 NEW = "movie"
 LABELLED = 96  # the loop's default labelling budget

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer.data import Example
-from trainer.lora import resolve_target_modules
+from trainer.data.sources import Example
+from trainer.model.lora import resolve_target_modules
 
 HEAD = "classifier"
 

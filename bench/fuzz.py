@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trainer.artifacts import atomic_write_json  # noqa: E402
-from trainer.client import TorchServeClient  # noqa: E402
-from trainer.data import DOMAINS, load_vader  # noqa: E402
-from trainer.errors import ClientError  # noqa: E402
-from trainer.server import TorchServe  # noqa: E402
+from trainer.common.artifacts import atomic_write_json  # noqa: E402
+from trainer.common.errors import ClientError  # noqa: E402
+from trainer.data.sources import DOMAINS, load_vader  # noqa: E402
+from trainer.ops.client import TorchServeClient  # noqa: E402
+from trainer.ops.server import TorchServe  # noqa: E402
 
 MAX_CHARS = 500  # the handler limit of the archives fuzzed here (tests/e2e/conftest.py too)
 # Log lines that mean a worker died, restarted, or a whole batch failed instead of one request.
@@ -311,7 +311,7 @@ def default_run_dir() -> Path:
     (reused on later calls). Never writes into runs/sentiment."""
     from handlers.errors import IntegrityError
     from handlers.manifest import verify_manifest
-    from trainer.train import TrainSettings, run_train
+    from trainer.learning.train import TrainSettings, run_train
 
     demo = ROOT / "runs" / "sentiment" / "v1"
     try:
@@ -328,7 +328,7 @@ def default_run_dir() -> Path:
 def serve(run_dir: Path, workdir: Path, model: str = "fuzz", **archive: Any) -> TorchServe:
     """A TorchServe from the shipped config (token auth on) on free loopback ports, with
     `model`.v1.mar in its store (archive settings: `archive`, default max_chars=MAX_CHARS)."""
-    from trainer.archive import ArchiveSettings, build_archive
+    from trainer.packaging.archive import ArchiveSettings, build_archive
 
     store = workdir / "store"
     build_archive(run_dir, model, "1", store, ArchiveSettings(**{"max_chars": MAX_CHARS,

@@ -10,7 +10,7 @@ v1 serves nyt. For each new domain three candidates are built:
   new-only  `trainer train` on 1000 texts of the new domain alone (never saw nyt)
 Both versions answer, in process and as served (fp32), every text the gate would send: the
 old domain's test split and the held-out texts v1's archive carries, and the new domain's test
-split. The gate (`trainer.gate_evidence.judge`, the shipped rules and defaults) then decides
+split. The gate (`trainer.ops.gate_evidence.judge`, the shipped rules and defaults) then decides
 on the whole evidence and on bootstrap draws of it (test sentences and held-out texts drawn
 with replacement, the test capped at --holdout); the data set's labels stand in for the
 labeller. For comparison, the paired-only gate of the previous release on the same draws.
@@ -29,17 +29,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.distill_sweep import labelled_file  # noqa: E402
 from tests.models import tiny_base  # noqa: E402
-from trainer.adapt import AdaptSettings, run_adapt  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.data import load_source  # noqa: E402
-from trainer.evaluate import predict_ids  # noqa: E402
-from trainer.gate import PASS, better, not_worse, paired, verdict  # noqa: E402
-from trainer.gate_evidence import Answers, judge  # noqa: E402
-from trainer.lineage import test_splits  # noqa: E402
-from trainer.reference_texts import distil_half, read_reference_texts  # noqa: E402
-from trainer.rollout import GateSettings  # noqa: E402
-from trainer.rundir import load_run  # noqa: E402
-from trainer.train import TrainSettings, run_train  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.lineage import test_splits  # noqa: E402
+from trainer.data.reference_texts import distil_half, read_reference_texts  # noqa: E402
+from trainer.data.sources import load_source  # noqa: E402
+from trainer.learning.adapt import AdaptSettings, run_adapt  # noqa: E402
+from trainer.learning.train import TrainSettings, run_train  # noqa: E402
+from trainer.model.evaluate import predict_ids  # noqa: E402
+from trainer.model.rundir import load_run  # noqa: E402
+from trainer.ops.gate import PASS, better, not_worse, paired, verdict  # noqa: E402
+from trainer.ops.gate_evidence import Answers, judge  # noqa: E402
+from trainer.ops.rollout import GateSettings  # noqa: E402
 
 KINDS = ("default", "seq-lora", "new-only")
 BAD = ("seq-lora", "new-only")

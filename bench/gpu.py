@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 from bench.models import random_lora  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.herding import herding_order  # noqa: E402
-from trainer.lora import load_classifier, merge  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.learning.herding import herding_order  # noqa: E402
+from trainer.model.lora import load_classifier, merge  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -38,7 +38,7 @@ HALF_TOLERANCE = 1e-2  # relative error of half-precision logits against CPU flo
 
 def texts_for_bench(n: int = 512) -> tuple[list[str], str]:
     try:
-        from trainer.data import load_source
+        from trainer.data.sources import load_source
 
         texts = [ex.text for d in ("nyt", "movie", "amazon", "tweets")
                  for ex in load_source(d, 0)[d].test]
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               "nothing measured. Run it on a machine with an NVIDIA GPU.", file=sys.stderr)
         return 2
     if args.model is None:
-        from trainer.lora import default_base_model
+        from trainer.model.lora import default_base_model
 
         args.model = default_base_model()
     started = time.time()

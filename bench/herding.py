@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.herding import herding_order, rank_all_order  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.learning.herding import herding_order, rank_all_order  # noqa: E402
 
 
 def timed(fn, *args) -> tuple[torch.Tensor, float]:

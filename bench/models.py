@@ -10,7 +10,7 @@ import torch
 def random_lora(model: Any, r: int = 16, seed: int = 0) -> Any:
     """`model` wrapped in a rank-r LoRA on query/value whose B is drawn at random (non-zero, or
     merging would be a no-op): serving cost does not depend on trained values."""
-    from trainer.lora import apply_lora
+    from trainer.model.lora import apply_lora
 
     torch.manual_seed(seed)
     peft = apply_lora(model, r=r, alpha=2 * r, dropout=0.0, target_modules=["query", "value"])
@@ -26,7 +26,7 @@ def nyt_v1() -> Path:
     bench's seed-0 v1 when it is on disk and intact, else trained once here (runs/ is ignored)."""
     from handlers.errors import IntegrityError
     from handlers.manifest import verify_manifest
-    from trainer.train import TrainSettings, run_train
+    from trainer.learning.train import TrainSettings, run_train
 
     root = Path(__file__).resolve().parents[1]
     cached = root / "bench/results/tmp/continual-c8448e44237c/seed0/v1-herding"

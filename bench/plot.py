@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainer.artifacts import atomic_savefig  # noqa: E402
+from trainer.common.artifacts import atomic_savefig  # noqa: E402
 
 
 def matrices_png(path: Path, matrices: Mapping[str, Sequence[Sequence[float | None]]],

@@ -31,10 +31,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.models import nyt_v1  # noqa: E402
 from handlers.features import feature_matrix  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings, cpu_has_bf16  # noqa: E402
-from trainer.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from trainer.data import DOMAINS, load_source  # noqa: E402
-from trainer.evaluate import scores  # noqa: E402
-from trainer.train import TrainSettings  # noqa: E402
+from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from trainer.data.sources import DOMAINS, load_source  # noqa: E402
+from trainer.learning.train import TrainSettings  # noqa: E402
+from trainer.model.evaluate import scores  # noqa: E402
 
 T = TrainSettings()  # the splits every run is scored on
 

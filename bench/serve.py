@@ -54,19 +54,19 @@ from handlers.features import REFERENCE_FILE  # noqa: E402
 from handlers.manifest import write_manifest  # noqa: E402
 from handlers.runtime import ModelRuntime, RuntimeSettings  # noqa: E402
 from tests.models import tiny_base  # noqa: E402
-from trainer.archive import ArchiveSettings, build_archive  # noqa: E402
-from trainer.artifacts import (  # noqa: E402
+from trainer.common.artifacts import (  # noqa: E402
     atomic_dir,
     atomic_savefig,
     atomic_write_json,
     atomic_write_text,
 )
-from trainer.client import TorchServeClient  # noqa: E402
-from trainer.data import LABELS, load_source  # noqa: E402
-from trainer.lora import default_base_model, load_classifier, merge  # noqa: E402
-from trainer.reference import build_reference  # noqa: E402
-from trainer.rundir import save_run  # noqa: E402
-from trainer.server import TorchServe  # noqa: E402
+from trainer.data.reference import build_reference  # noqa: E402
+from trainer.data.sources import LABELS, load_source  # noqa: E402
+from trainer.model.lora import default_base_model, load_classifier, merge  # noqa: E402
+from trainer.model.rundir import save_run  # noqa: E402
+from trainer.ops.client import TorchServeClient  # noqa: E402
+from trainer.ops.server import TorchServe  # noqa: E402
+from trainer.packaging.archive import ArchiveSettings, build_archive  # noqa: E402
 
 ROWS = {"a": "product handler, merged, shipped settings",
         "b": "stock pattern: pad to max_length, batch 1, unmerged",

@@ -32,9 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.fuzz import default_run_dir, good_texts, serve  # noqa: E402
 from bench.stats_util import NO_LATENCIES, p50_p99_ms  # noqa: E402
-from trainer.artifacts import atomic_savefig, atomic_write_json  # noqa: E402
-from trainer.client import TorchServeClient  # noqa: E402
-from trainer.server import TorchServe  # noqa: E402
+from trainer.common.artifacts import atomic_savefig, atomic_write_json  # noqa: E402
+from trainer.ops.client import TorchServeClient  # noqa: E402
+from trainer.ops.server import TorchServe  # noqa: E402
 
 MODEL = "soak"
 

@@ -11,7 +11,7 @@ and ConfigError fail the model load instead:
   SignatureError        500  archive unsigned, untrusted, or differs from its signature
   ConfigError           500  invalid handler settings (the trainer's SettingsError is one)
 
-The trainer's errors and exit codes are in trainer/errors.py (handlers never import trainer).
+The trainer's errors and exit codes are in trainer/common/errors.py (handlers never import trainer).
 """
 
 

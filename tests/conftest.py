@@ -27,7 +27,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_settings(tiny_base: Path):
-    from trainer.train import TrainSettings
+    from trainer.learning.train import TrainSettings
 
     return TrainSettings(base_model=str(tiny_base), epochs=1, min_steps=0, patience=0, batch_size=16,
                          max_train=64,
@@ -37,7 +37,7 @@ def tiny_settings(tiny_base: Path):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_settings) -> Path:
     """A real (tiny) train run on real nyt data: LoRA, merge, run dir with manifest."""
-    from trainer.train import run_train
+    from trainer.learning.train import run_train
 
     out = tmp_path_factory.mktemp("runs") / "v1"
     run_train(tiny_settings, "nyt", out)
@@ -48,7 +48,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_settings) -> Path:
 def routed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """v2 adapted from tiny_run on movie with the default routing: v1 answers what the router
     takes for nyt, v2's own weights the rest."""
-    from trainer.adapt import AdaptSettings, run_adapt
+    from trainer.learning.adapt import AdaptSettings, run_adapt
 
     out = tmp_path_factory.mktemp("routed") / "v2"
     run_adapt(AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,

@@ -11,7 +11,7 @@ def tiny_base(out: Path, dropout: float = 0.1) -> Path:
     `dropout=0` makes training deterministic across process layouts (the DDP test)."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from trainer.lora import default_base_model
+    from trainer.model.lora import default_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(default_base_model(), local_files_only=True)
     torch.manual_seed(0)

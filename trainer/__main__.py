@@ -13,16 +13,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trainer.errors import EXPECTED_ERRORS, exit_code_for  # noqa: E402
+from trainer.common.errors import EXPECTED_ERRORS, exit_code_for  # noqa: E402
 
 # verb -> the module whose `register(verbs)` adds its subparser and sets `func`;
 # `func(args)` returns (JSON-able result, exit code). Only the invoked verb's module is
 # imported: `serve status` or `rollout` need not load transformers and PEFT (seconds per call).
-VERBS = {"train": "trainer.train", "adapt": "trainer.adapt", "evaluate": "trainer.evaluate_cli",
-         "keygen": "trainer.keys", "archive": "trainer.archive", "drift": "trainer.drift_cli",
-         "rollout": "trainer.rollout", "rollback": "trainer.rollout", "restore": "trainer.rollout",
-         "demo": "trainer.demo", "loop": "trainer.loop", "kserve-export": "trainer.kserve",
-         "serve": "trainer.serve", "sample": "trainer.sample"}
+VERBS = {"train": "trainer.learning.train", "adapt": "trainer.learning.adapt",
+         "evaluate": "trainer.learning.evaluate_cli", "keygen": "trainer.packaging.keys",
+         "archive": "trainer.packaging.archive", "drift": "trainer.ops.drift_cli",
+         "rollout": "trainer.ops.rollout", "rollback": "trainer.ops.rollout",
+         "restore": "trainer.ops.rollout", "demo": "trainer.loop.demo",
+         "loop": "trainer.loop.closed_loop", "kserve-export": "trainer.packaging.kserve",
+         "serve": "trainer.ops.serve", "sample": "trainer.ops.sample"}
 DATA_PARALLEL = {"train", "adapt"}  # the verbs torchrun and Ray Train run on every rank
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(argv[0] if argv else None).parse_args(argv)
     if args.verb not in DATA_PARALLEL:
         return _finish(*_run(args.func, args))
-    from trainer import distributed
+    from trainer.learning import distributed
 
     distributed.init_from_env()  # under torchrun: join the group; train/adapt run data-parallel
     main_rank = distributed.is_main()
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(func, args: argparse.Namespace) -> tuple[object, int]:
     try:
         return func(args)
-    except EXPECTED_ERRORS as e:  # a user's mistake: one line, exit 2 (trainer/errors.py);
+    except EXPECTED_ERRORS as e:  # a user's mistake: one line, exit 2 (trainer/common/errors.py);
         print(f"error: {e}", file=sys.stderr)  # anything else is a bug and keeps its traceback
         return None, exit_code_for(e)
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.client import TorchServeClient
-from trainer.server import TorchServe
-from trainer.train import TrainSettings, run_train
+from trainer.learning.train import TrainSettings, run_train
+from trainer.ops.client import TorchServeClient
+from trainer.ops.server import TorchServe
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 

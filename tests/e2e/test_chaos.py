@@ -9,7 +9,7 @@ import pytest
 from bench.chaos import kill_once, statistics, wait_for, worker_pids
 from bench.fuzz import good_texts
 from handlers.stats import SUFFIX
-from trainer.archive import ArchiveSettings, build_archive
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.data import load_source
-from trainer.rundir import read_report
+from trainer.data.sources import load_source
+from trainer.model.rundir import read_report
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from trainer.adapt import AdaptSettings, run_adapt
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.data import load_source
-from trainer.drift_cli import from_server
-from trainer.reference_texts import read_reference_texts
+from trainer.data.reference_texts import read_reference_texts
+from trainer.data.sources import load_source
+from trainer.learning.adapt import AdaptSettings, run_adapt
+from trainer.ops.drift_cli import from_server
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 N = 400

@@ -15,8 +15,8 @@ import pytest
 import requests
 import yaml
 
-from trainer.client import TorchServeClient
-from trainer.server import TorchServe, read_properties
+from trainer.ops.client import TorchServeClient
+from trainer.ops.server import TorchServe, read_properties
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ import requests
 import yaml
 
 from trainer.__main__ import main
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.config import SettingsError
-from trainer.kserve import KServeSettings, export
-from trainer.server import TorchServe, read_properties
+from trainer.common.config import SettingsError
+from trainer.ops.server import TorchServe, read_properties
+from trainer.packaging.archive import ArchiveSettings, build_archive
+from trainer.packaging.kserve import KServeSettings, export
 
 pytestmark = pytest.mark.e2e
 

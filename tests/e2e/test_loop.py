@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from trainer.adapt import AdaptSettings
-from trainer.archive import ArchiveSettings
-from trainer.data import load_source
-from trainer.demo import DemoSettings
-from trainer.loop import LoopSettings, run_loop
-from trainer.rundir import read_report
-from trainer.train import TrainSettings
+from trainer.data.sources import load_source
+from trainer.learning.adapt import AdaptSettings
+from trainer.learning.train import TrainSettings
+from trainer.loop.closed_loop import LoopSettings, run_loop
+from trainer.loop.demo import DemoSettings
+from trainer.model.rundir import read_report
+from trainer.packaging.archive import ArchiveSettings
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from trainer.client import TorchServeClient
-from trainer.data import load_source
-from trainer.server import TorchServe, free_port
+from trainer.data.sources import load_source
+from trainer.ops.client import TorchServeClient
+from trainer.ops.server import TorchServe, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

@@ -11,10 +11,10 @@ import pytest
 import requests
 
 from tests.mars import copy_mar
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.client import TorchServeClient
-from trainer.rollout import GateSettings, rollout
-from trainer.server import TorchServe
+from trainer.ops.client import TorchServeClient
+from trainer.ops.rollout import GateSettings, rollout
+from trainer.ops.server import TorchServe
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from tests.mars import copy_mar
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.client import TorchServeClient
-from trainer.data import load_source
-from trainer.lineage import source_record
-from trainer.reference_texts import read_reference_texts
-from trainer.rollout import GateSettings, rollout, rollout_lock
-from trainer.rundir import load_run, save_run
+from trainer.data.lineage import source_record
+from trainer.data.reference_texts import read_reference_texts
+from trainer.data.sources import load_source
+from trainer.model.rundir import load_run, save_run
+from trainer.ops.client import TorchServeClient
+from trainer.ops.rollout import GateSettings, rollout, rollout_lock
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 MODEL = "rollme"

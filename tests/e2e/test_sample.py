@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.data import load_source, load_vader
+from trainer.data.sources import load_source, load_vader
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

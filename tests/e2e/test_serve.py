@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from trainer.client import ClientError
+from trainer.ops.client import ClientError
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.keys import keygen
-from trainer.server import TorchServe
+from trainer.ops.server import TorchServe
+from trainer.packaging.archive import ArchiveSettings, build_archive
+from trainer.packaging.keys import keygen
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_sigterm_to_a_trainer_verb_stops_the_torchserve_it_started(tmp_path):
     started does not outlive it holding the ports."""
     code = "\n".join([
         "import time", "from pathlib import Path",
-        "from trainer.__main__ import stop_on_sigterm", "from trainer.server import TorchServe",
+        "from trainer.__main__ import stop_on_sigterm", "from trainer.ops.server import TorchServe",
         "stop_on_sigterm()",
         f"with TorchServe(Path({str(tmp_path / 'work')!r}), Path({str(tmp_path)!r}), "
         f"Path({str(ROOT / 'config.properties')!r}), ports='free') as ts:",

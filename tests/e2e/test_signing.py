@@ -10,10 +10,10 @@ import pytest
 
 from handlers.signing import TRUST_ENV, load_private_key, sign_mar
 from tests.mars import copy_mar
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.client import ClientError, TorchServeClient
-from trainer.keys import keygen
-from trainer.server import TorchServe
+from trainer.ops.client import ClientError, TorchServeClient
+from trainer.ops.server import TorchServe
+from trainer.packaging.archive import ArchiveSettings, build_archive
+from trainer.packaging.keys import keygen
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

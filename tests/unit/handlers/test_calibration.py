@@ -15,7 +15,7 @@ from handlers.calibration import (
 )
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.runtime import ModelRuntime, RuntimeSettings
-from trainer.data import load_vader
+from trainer.data.sources import load_vader
 
 
 def overconfident(n: int, sharpen: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

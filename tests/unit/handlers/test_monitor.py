@@ -6,7 +6,7 @@ import time
 
 from handlers.features import REFERENCE_FILE
 from handlers.runtime import ModelRuntime, RuntimeSettings
-from trainer.data import load_vader
+from trainer.data.sources import load_vader
 
 
 def test_reference_is_stored_in_the_run_dir(tiny_run):

@@ -18,7 +18,7 @@ from handlers.routing import (
     hashed_features,
 )
 from handlers.runtime import ModelRuntime
-from trainer.rundir import load_run
+from trainer.model.rundir import load_run
 
 TEXTS = ["I loved it.", "A dull, tedious, awful film that never ends.", "It is Tuesday.",
          "The senate passed the bill after a long debate."]

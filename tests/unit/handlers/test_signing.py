@@ -17,8 +17,8 @@ from handlers.signing import SIGNATURE_NAME, verify_mar, verify_model_dir
 from handlers.torchserve_handler import SentimentHandler
 from tests.unit.handlers.conftest import make_context
 from trainer.__main__ import main
-from trainer.archive import ArchiveSettings, build_archive, signed_by
-from trainer.keys import keygen
+from trainer.packaging.archive import ArchiveSettings, build_archive, signed_by
+from trainer.packaging.keys import keygen
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from handlers.errors import IntegrityError
 from handlers.manifest import write_manifest
 from handlers.runtime import ModelRuntime
 from handlers.stats import read_window
-from trainer.archive import ArchiveSettings, build_archive
-from trainer.rundir import load_run, save_run
+from trainer.model.rundir import load_run, save_run
+from trainer.packaging.archive import ArchiveSettings, build_archive
 
 
 @pytest.fixture(scope="module")
