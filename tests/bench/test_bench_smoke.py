@@ -21,9 +21,9 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     run("continual.py", tmp_path)
     result = json.loads((tmp_path / "continual-quick.json").read_text())
     rows = list(result["aggregate"])
-    assert [r[0] for r in rows[:9]] == list("123456789")
-    assert set(rows[9:]) == {"3 seq. LoRA, no replay (K=5)",
-                             "7 LoRA + herding + balancing (default) (K=5)"}
+    assert [r.split()[0] for r in rows[:10]] == [str(i) for i in range(1, 11)]
+    assert set(rows[10:]) == {"3 seq. LoRA, no replay (K=5)",
+                              "7 LoRA + herding + balancing + routing (default) (K=5)"}
     assert len(result["per_seed"]) == len(result["settings"]["seeds"]) >= 2  # a std needs 2
     for name, agg in result["aggregate"].items():
         matrix = agg["mean_matrix"]
@@ -37,10 +37,10 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     assert mean["4 EWC (LoRA)"]["compute_vs_joint"] > mean["3 seq. LoRA, no replay"]["compute_vs_joint"]
     assert all(lam in (1e2, 1e4) for lam in result["settings"]["ewc_lambda"])
     md = (tmp_path / "continual-quick.md").read_text()
-    # main table 1 + 9 rows, few-shot 1 + 2, seed claims 1 + 6
-    assert md.count("\n| ") == (1 + 9) + (1 + 2) + (1 + 6), md
-    m9, m7 = (mean[n] for n in ("9 row 7 + distillation from vN (replay + held-out, weight 3)",
-                                "7 LoRA + herding + balancing (default)"))
+    # main table 1 + 10 rows, few-shot 1 + 2, seed claims 1 + 7
+    assert md.count("\n| ") == (1 + 10) + (1 + 2) + (1 + 7), md
+    m9, m7 = (mean[n] for n in ("9 row 10 + distillation from vN (replay + held-out, weight 3)",
+                                "7 LoRA + herding + balancing + routing (default)"))
     assert m9["negative_flips"] is not None and 0 <= m7["disagreement"] <= 1
     assert mean["8 full retraining (joint)"]["negative_flips"] is None  # not chained: no churn
     assert "Goals for row 7" in md and md.startswith("Source model (v1, nyt): test macro-F1")
@@ -176,3 +176,16 @@ def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run
     for r in result["domains"].values():
         assert r["n"] == 24 and all("label_agreement" in r[n] for n in names - {"float32"})
     assert "within 0.5 points on every domain" in (tmp_path / "p.md").read_text()
+
+
+def test_continual_rows_reports_a_subset_against_rows_1_and_8(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
+                           "--out", str(tmp_path), "--seeds", "0", "--rows", "7",
+                           "--stream", "nyt,movie"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "continual-quick.json").read_text())
+    assert [r.split()[0] for r in result["aggregate"]] == ["1", "7", "8"]
+    md = (tmp_path / "continual-quick.md").read_text()
+    assert "not measured: per-class F1 spread below row 6's (row 7: row 6 not run)" in md
+    assert "Goals for row 7:" in md and "row 8 - 0.5 points" in md
