@@ -22,7 +22,7 @@ from trainer.packaging.archive import mar_path
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
