@@ -567,10 +567,10 @@ def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, 
         + (f"Row 4's lambda per seed: {', '.join(f'{lam:g}' for lam in lambdas)} (grid "
            f"{', '.join(f'{x:g}' for x in sc.ewc_lambdas)}, best mean validation accuracy after "
            f"the first step). " if lambdas else "")
-        + f"Compute = training examples "
-        f"processed by the adaptation steps (EWC's Fisher passes included; v1, shared by every "
-        f"row, left out) relative to row 8's retraining steps. "
-        f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
+        + "Compute = training examples processed by the adaptation steps ("
+        + ("EWC's Fisher passes included; " if lambdas else "")
+        + "v1, shared by every row, left out) relative to row 8's retraining steps. "
+        + f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
         table(agg, [r for r in ROWS if r in agg]), "",
         *(["Few-shot (K labelled examples per class of each new domain; validation falls back to "
            "the step's training set):", "", table(agg, few), ""] if few else []),
