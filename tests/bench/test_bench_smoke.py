@@ -178,14 +178,31 @@ def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run
     assert "within 0.5 points on every domain" in (tmp_path / "p.md").read_text()
 
 
-def test_continual_rows_reports_a_subset_against_rows_1_and_8(tmp_path):
+def test_continual_rows_reports_a_subset_and_the_few_shot_goals(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
-                           "--out", str(tmp_path), "--seeds", "0", "--rows", "7",
-                           "--stream", "nyt,movie"],
+                           "--out", str(tmp_path), "--seeds", "0", "--rows", "7,7K5,7K5U",
+                           "--unlabelled-shots", "5", "--stream", "nyt,movie", "--name", "few"],
                           capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "continual-quick.json").read_text())
-    assert [r.split()[0] for r in result["aggregate"]] == ["1", "7", "8"]
-    md = (tmp_path / "continual-quick.md").read_text()
+    assert "unlabelled texts labelled by the first" in proc.stderr  # self-training ran
+    result = json.loads((tmp_path / "few.json").read_text())
+    default = "7 LoRA + herding + balancing + routing (default)"
+    assert list(result["aggregate"]) == ["1 source only", default, f"{default} (K=5)",
+                                         f"{default} (K=5 + unlabelled)"]
+    mean = {name: agg["mean"] for name, agg in result["aggregate"].items()}
+    assert mean[default]["compute_vs_joint"] is None  # row 8 not run: no ratio to it
+    assert mean[f"{default} (K=5 + unlabelled)"]["longest_step_minutes"] > 0
+    md = (tmp_path / "few.md").read_text()
     assert "not measured: per-class F1 spread below row 6's (row 7: row 6 not run)" in md
-    assert "Goals for row 7:" in md and "row 8 - 0.5 points" in md
+    assert "not measured: final average >= row 8 - 0.5 points (row 7: row 8 not run)" in md
+    assert "Few-shot goals:" in md and "share of the full-data gain" in md
+    assert "not measured: K = 8, labels alone: >= 50 % of the full-data gain" in md
+    assert "no old-domain worst drop above 2 points at any K" in md
+
+
+def test_continual_rows_names_a_unit_that_does_not_exist(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
+                           "--out", str(tmp_path), "--rows", "7K8U"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 2 and "--rows: no unit ['7K8U']" in proc.stderr
+    assert not list(tmp_path.iterdir())
