@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from handlers import frozen
 from handlers.bins import BINS, bin_counts, bin_edges
 from handlers.calibration import estimated_accuracy, estimator
 from handlers.drift import DriftSettings, drift_test
+from handlers.errors import HandlerError
 from handlers.features import Reference, feature_matrix
 from handlers.stats import (
     SUFFIX,
@@ -58,11 +60,16 @@ def remove_on_sigterm(remove: Callable[[], None]) -> None:
 class TrafficMonitor:
     def __init__(self, reference: Reference, directory: Path, capacity: int,
                  persist_every_s: float, drift: DriftSettings, worker_id: str,
-                 capture: int = 0) -> None:
+                 capture: int = 0, trusted: dict[str, Any] | None = None) -> None:
+        self.archive_reference = reference
         self.reference = reference
         self.reference_input = reference.as_test_input()  # novelty calibration fitted once
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # served texts: owner only
+        self.trusted = trusted  # keys a frozen reference's manifest must be signed by (or None)
+        self.frozen: dict[str, Any] | None = None  # the adopted frozen reference's manifest
+        self.frozen_refused: str | None = None  # why the newest frozen reference was refused
+        self._frozen_stamp: tuple[int, int] | None = None
         self.path = self.directory / f"{worker_id}{SUFFIX}"
         self.capacity = capacity
         self.drift = drift
@@ -75,6 +82,7 @@ class TrafficMonitor:
         self._dirty = False
         self._checked_at_seen = 0  # this worker's request count at its last scheduled check
         self.edges = bin_edges(reference.features)  # fixed by the archive: alike on replicas
+        self.adopt_frozen()
         self.bins = np.zeros((len(reference.names), BINS), np.int64)  # since the last drain
         # Run on this thread each tick that has bin counts to drain: the handler's flush of its
         # bin counters, so a request never pays for one metrics line per feature.
@@ -133,6 +141,7 @@ class TrafficMonitor:
         (a describe persists too, so those are not tied to this loop's persist)."""
         while not self._stop.wait(every):
             try:
+                self.adopt_frozen()
                 self.fresh_window_after_ack()
                 if self._dirty:
                     self.persist()
@@ -144,6 +153,34 @@ class TrafficMonitor:
                     self.export()
             except Exception:  # noqa: BLE001 - monitoring must never take serving down
                 log.exception("traffic monitor update failed")
+
+    def adopt_frozen(self) -> None:
+        """A new frozen reference in the statistics directory (handlers.frozen) replaces the
+        current one, with a fresh window; one that fails its checks is refused, logged with the
+        file named, shown by describe, and the current reference kept."""
+        stamp = frozen.manifest_stamp(self.directory)
+        if stamp is None or stamp == self._frozen_stamp:
+            return
+        self._frozen_stamp = stamp
+        try:
+            found = frozen.load(self.directory, self.trusted)
+            if found is None:
+                return
+            reference, manifest = found
+            frozen.compatible(reference, self.archive_reference, manifest["file"])
+        except (HandlerError, OSError) as e:
+            self.frozen_refused = str(e)
+            log.error("%s", e)
+            return
+        test_input = reference.as_test_input()
+        with self.lock:
+            self.reference, self.reference_input = reference, test_input
+            self.frozen, self.frozen_refused = manifest, None
+            self.window = FeatureWindow(self.reference.names, self.capacity, self.capture)
+            self._checked_at_seen, self._dirty = 0, True
+            self._acknowledged = acknowledged_at(self.directory)  # the freeze's: already fresh
+        log.info("drift reference: %s (%d frozen requests)", manifest["file"],
+                 manifest["requests"])
 
     def fresh_window_after_ack(self) -> None:
         """A new acknowledgement (handlers.stats.acknowledge): drop the window and its captured
@@ -191,6 +228,9 @@ class TrafficMonitor:
             "capture_per_worker": self.capture,
             "temperature": self.reference.temperature,
             "reference": {
+                "source": "frozen served traffic" if self.frozen else "archive (held-out data)",
+                **({"frozen": self.frozen} if self.frozen else {}),
+                **({"frozen_refused": self.frozen_refused} if self.frozen_refused else {}),
                 "size": int(len(self.reference.classes)),
                 "domains": self.reference.domain_sizes(),
                 "features": summarize(self.reference.names, self.reference.features),

@@ -17,6 +17,7 @@ from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
 from handlers.routing import RoutedClassifier, with_experts
+from handlers.signing import trusted_keys_from_env
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter archive: these files + the base model in base/
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class ModelRuntime:
         self.monitor = TrafficMonitor(reference, directory, self.settings.window,
                                       self.settings.persist_every_s,
                                       self.settings.drift_settings(), worker_id,
-                                      self.settings.capture)
+                                      self.settings.capture, trusted_keys_from_env())
         return self.monitor
 
     @classmethod

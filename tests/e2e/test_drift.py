@@ -108,3 +108,37 @@ def test_prometheus_exposes_the_drift_series(server, client, two_worker_models):
 def test_drift_cli_errors_cleanly(server):
     code, result, err = drift_cli(server, "no_such_model")
     assert code == 2 and result is None and "404" in err
+
+
+def test_served_traffic_frozen_as_the_reference_is_adopted_by_every_worker(
+        server, client, model_store, two_worker_models):
+    def freeze(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "trainer", "drift", "--model", "drift_nyt",
+             "--freeze-reference", "--model-store", str(model_store),
+             "--management-url", server.management_url, "--key-file", str(server.key_file),
+             *extra], capture_output=True, text=True, timeout=120)
+
+    nyt = [e.text for e in load_source("nyt", seed=0)["nyt"].test[160:760]]
+    send(client, "drift_nyt", nyt)
+    until(lambda: client.describe("drift_nyt", customized=True)[0],
+          lambda d: d["customizedMetadata"]["stats"]["window_size"] >= 600)
+    proc = freeze("--requests", "50000")
+    assert proc.returncode == 2 and "--freeze-reference needs 50000" in proc.stderr, proc.stderr
+    assert not list(model_store.glob("drift.v1.reference*"))  # nothing half-written
+    proc = freeze("--requests", "600")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["frozen_requests"] == 600
+    assert list((model_store / "drift.v1.reference").glob("frozen_reference.*.json"))
+
+    def reference():
+        return client.describe("drift_nyt", customized=True)[0]["customizedMetadata"]["stats"]
+
+    # Each worker adopts it at its next tick; describe lands on either: ask until six agree.
+    answers = until(lambda: [reference() for _ in range(6)],
+                    lambda ss: all(s["reference"]["source"] == "frozen served traffic"
+                                   for s in ss))
+    assert all(s["reference"]["size"] == 600 and s["window_size"] == 0 for s in answers)
+    send(client, "drift_nyt", nyt[:100])
+    code, result, err = drift_cli(server, "drift_nyt")
+    assert code == 0 and result["reference_size"] == 600 and result["window_size"] == 100, err

@@ -15,6 +15,7 @@ from handlers.features import REFERENCE_FILE, Reference
 from handlers.stats import acknowledge, merge_windows
 from trainer.common.errors import DataError, SettingsError
 from trainer.ops.client import TorchServeClient, add_server_arguments, client_from_args
+from trainer.ops.freeze import archive_reference, freeze_served
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -152,7 +153,44 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="acknowledge the current alarm instead of testing: the version's "
                         "windows restart from the next request (on the server host; sample "
                         "the captured texts first, they restart too)")
+    p.add_argument("--freeze-reference", action="store_true",
+                   help="instead of testing: freeze the newest --requests served requests of "
+                        "--model as its drift reference (on the server host), kept in "
+                        "--model-store beside the archive; refused if the current reference "
+                        "flags them, unless --confirm-in-domain")
+    p.add_argument("--requests", type=int, default=5000,
+                   help="with --freeze-reference: requests to freeze (default: 5000)")
+    p.add_argument("--confirm-in-domain", action="store_true",
+                   help="with --freeze-reference: the traffic is what this version should "
+                        "serve, even where the current reference flags it")
+    p.add_argument("--model-store", default="model_store",
+                   help="with --freeze-reference: where NAME.vN.mar is (default: model_store)")
+    p.add_argument("--sign-key", type=Path,
+                   help="with --freeze-reference: Ed25519 private key (trainer keygen) to sign "
+                        "its manifest; needed where the server trusts keys")
     p.set_defaults(func=run)
+
+
+def freeze_command(args: argparse.Namespace, settings: DriftSettings) -> dict[str, Any]:
+    if not args.model or args.stats_dir or args.prometheus:
+        raise SettingsError("--freeze-reference needs --model (the server's statistics, on "
+                            "its host), not --stats-dir or --prometheus")
+    client = client_from_args(args)
+    meta, stats = served_stats(client, args.model, args.version)
+    stats_dir, version = Path(stats.get("stats_dir") or ""), meta.get("version")
+    if not stats_dir.is_dir():
+        raise DataError(f"{stats_dir}: the statistics of {args.model} are not on this host; run "
+                        "`trainer drift --freeze-reference` where TorchServe runs")
+    mar = Path(args.model_store) / Path(client.describe(args.model, version)[0]["modelUrl"]).name
+    where = f"{args.model} v{version}"
+    result = freeze_served(stats_dir, archive_reference(mar), args.requests,
+                           args.confirm_in_domain, settings,
+                           mar.with_name(mar.name.removesuffix(".mar") + ".reference"),
+                           args.sign_key, where)
+    print(f"froze {result['frozen_requests']} served requests of {where} as its drift "
+          f"reference ({result['store']}); each worker adopts it within a second",
+          file=sys.stderr)
+    return {"model": args.model, "version": version, **result}
 
 
 def acknowledge_served(client: TorchServeClient, model: str, version: str | None) -> dict[str, Any]:
@@ -174,6 +212,8 @@ def acknowledge_dir(directory: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     settings = DriftSettings(args.ert, args.check_every, args.min_effect, args.min_window,
                              args.correction)
+    if args.freeze_reference:
+        return freeze_command(args, settings), 0
     if args.ack:
         if args.prometheus or not (args.model or args.stats_dir):
             raise SettingsError("--ack needs --model (ask the server on its host) or "
