@@ -6,6 +6,13 @@ full window of in-domain history, so no detector gets a fresh window at the swit
 
     .venv/bin/python bench/drift.py            # full: 10 x 20,000 in-domain requests, 20 trials
     .venv/bin/python bench/drift.py --quick    # smoke run (the test suite runs it)
+    .venv/bin/python bench/drift.py --production movie   # a frozen production reference
+
+With --production DOMAIN the version serves DOMAIN and its reference is frozen from its own
+traffic (`trainer drift --freeze-reference`): 5,000 distinct requests of DOMAIN (movie, the one
+built-in domain large enough for 5,000 reference texts and a disjoint stream pool), beside a
+frozen reference the size of the archive's, on the same streams; the shifts are 10 % mixtures
+of, and switches to, each other domain.
 
 The alibi-detect rows (KSDrift, and CVMDriftOnline calibrated to the same ERT) run in their own
 virtualenv, `make .venv-alibi`; without it they are left out, and the results say so.
@@ -32,12 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from handlers import frozen  # noqa: E402
 from handlers.drift import DriftSettings, drift_test, window_test  # noqa: E402
 from handlers.features import REFERENCE_FILE, Reference, feature_matrix  # noqa: E402
 from handlers.runtime import RuntimeSettings  # noqa: E402
 from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.data.reference import embed  # noqa: E402
-from trainer.data.sources import DOMAINS, SPLIT, load_source  # noqa: E402
+from trainer.data.sources import DOMAINS, SPLIT, load_source, load_vader  # noqa: E402
 from trainer.learning.train import TrainSettings, run_train  # noqa: E402
 from trainer.model.rundir import load_run  # noqa: E402
 from trainer.ops.client import TorchServeClient  # noqa: E402
@@ -99,17 +107,17 @@ def endless(n_pool: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_stream(pools: dict, history: int, after: dict[str, float], n_after: int,
-                rng: np.random.Generator) -> Stream:
+                rng: np.random.Generator, source: str = SOURCE) -> Stream:
     """`history` source requests, then `n_after` drawn from the domains of `after` by share."""
     names = list(after)
     draws = rng.choice(len(names), size=n_after, p=list(after.values()))
-    parts = [(SOURCE, endless(len(pools[SOURCE][1]), history, rng))]
+    parts = [(source, endless(len(pools[source][1]), history, rng))]
     picks = {d: iter(endless(len(pools[d][1]), int((draws == i).sum()), rng))
              for i, d in enumerate(names)}
     rows = [(names[i], next(picks[names[i]])) for i in draws]
-    feats = [pools[SOURCE][0][parts[0][1]]] + ([np.stack([pools[d][0][j] for d, j in rows])]
+    feats = [pools[source][0][parts[0][1]]] + ([np.stack([pools[d][0][j] for d, j in rows])]
                                                if rows else [])
-    classes = [pools[SOURCE][1][parts[0][1]]] + ([np.asarray([pools[d][1][j] for d, j in rows])]
+    classes = [pools[source][1][parts[0][1]]] + ([np.asarray([pools[d][1][j] for d, j in rows])]
                                                  if rows else [])
     return Stream(np.concatenate(feats), np.concatenate(classes), history)
 
@@ -290,6 +298,79 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_production(args: argparse.Namespace) -> dict:
+    """The shipped test against frozen production references of two sizes, same streams."""
+    quick, served = args.quick, args.production
+    settings, run_dir = bench_v1(quick)
+    archived = Reference.load(run_dir / REFERENCE_FILE)
+    texts = list(dict.fromkeys(e.text for e in load_vader(served)))
+    np.random.default_rng(args.seed).shuffle(texts)
+    sizes = [200, 100] if quick else [args.reference_requests, len(archived.classes)]
+    if len(texts) < sizes[0] + CAPACITY:
+        raise SystemExit(f"--production {served}: {len(texts)} distinct texts; a reference of "
+                         f"{sizes[0]} and a stream pool of {CAPACITY} need more")
+    pool_texts = {f"{served}_reference": texts[:sizes[0]], served: texts[sizes[0]:]}
+    for d in (d for d in DOMAINS if d != served):
+        fractions = (settings.val_fraction, HELD_OUT) if d == SOURCE else SPLIT
+        split = [e.text for e in load_source(d, settings.seed, fractions=fractions)[d].test]
+        pool_texts[d] = split[:150] if quick else split
+    if quick:
+        pool_texts[served] = pool_texts[served][:300]
+    pools = cached_pools(run_dir, archived, pool_texts, settings.max_length)
+    ref_features, ref_classes = pools.pop(f"{served}_reference")
+    references = {f"frozen {n}": frozen.freeze(archived, ref_features[:n], ref_classes[:n])
+                  for n in sizes}
+    rng = np.random.default_rng(args.seed)
+    n_streams, length, trials = (2, 600, 3) if quick else (args.streams, args.length, args.trials)
+    history, follow_switch, follow_mix = (300, 200, 600) if quick else (CAPACITY, 400, 2000)
+    streams, scenarios = [], []
+    for _ in range(n_streams):
+        streams.append(make_stream(pools, length, {served: 1.0}, 0, rng, served))
+        scenarios.append(("in_domain", length))
+    for d in (d for d in DOMAINS if d != served):
+        for _ in range(trials):
+            streams.append(make_stream(pools, history, {d: 1.0}, follow_switch, rng, served))
+            scenarios.append((f"switch_{d}", history))
+        for _ in range(trials):
+            streams.append(make_stream(pools, history, {served: 0.9, d: 0.1}, follow_mix, rng,
+                                       served))
+            scenarios.append((f"mix10_{d}", history))
+    result: dict = {"settings": {"quick": quick, "seed": args.seed, "production": served,
+                                 "drift": SETTINGS.__dict__, "window": CAPACITY,
+                                 "in_domain_streams": n_streams, "in_domain_length": length,
+                                 "trials": trials, "history": history,
+                                 "follow_switch": follow_switch, "follow_mix": follow_mix,
+                                 "reference_sizes": sizes,
+                                 "pool_sizes": {d: len(p[1]) for d, p in pools.items()}},
+                    "detectors": {}, "seconds": {}}
+    for name, reference in references.items():
+        started = time.time()
+        outcomes = [first_alarm(Detectors(reference).shipped, s) for s in streams]
+        result["detectors"][name] = summarize(outcomes, scenarios)
+        result["seconds"][name] = round(time.time() - started, 1)
+        print(name, json.dumps(result["detectors"][name]), file=sys.stderr)
+    return result
+
+
+def production_goals(result: dict) -> list[str]:
+    """#28's goals for the 5,000-request reference (the first row)."""
+    name = f"frozen {result['settings']['reference_sizes'][0]}"
+    row, follow = result["detectors"][name], result["settings"]["follow_mix"]
+    shifts = [k.removeprefix("mix10_").removesuffix("_detected") for k in row
+              if k.startswith("mix10_") and k.endswith("_detected")]
+    checks = [(f"10 % {d} caught within {follow} requests in >= 90 % of trials",
+               row[f"mix10_{d}_detected"] >= 0.9, f"{100 * row[f'mix10_{d}_detected']:.0f} %")
+              for d in shifts]
+    checks.append(("ERT >= 10,000 (95 % lower bound)", row["ert_lower95"] >= 10_000,
+                   f"{row['ert_lower95']:,}"))
+    medians = {d: row[f"switch_{d}_median"] for d in shifts}
+    checks.append(("full switch median <= 100 requests",
+                   all(m is not None and m <= 100 for m in medians.values()),
+                   ", ".join(f"{d} {m}" for d, m in medians.items())))
+    return [f"- {'met' if ok else 'MISSED'}: {what} ({name}: {value})"
+            for what, ok, value in checks]
+
+
 def rank(result: dict) -> list[str]:
     """By median delay over the whole-domain switches, then the 10 % mixtures (missed = never)."""
     def key(name: str) -> tuple[float, float]:
@@ -304,7 +385,9 @@ def rank(result: dict) -> list[str]:
 
 def write(result: dict, out: Path, quick: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = "drift-quick" if quick else "drift"
+    stem = ("drift-quick" if quick else "drift") + (
+        f"-production-{result['settings']['production']}" if "production" in result["settings"]
+        else "")
     atomic_write_json(out / f"{stem}.json", result, sort_keys=False)
     names = rank(result)
     keys = list(result["detectors"][names[0]])
@@ -313,6 +396,17 @@ def write(result: dict, out: Path, quick: bool) -> None:
         lines.append(f"| {k} | " + " | ".join(_fmt(result["detectors"][n].get(k))
                                             for n in names) + " |")
     s = result["settings"]
+    if "production" in s:
+        lines += ["", f"The version serves {s['production']}; its reference is frozen from "
+                  f"{s['production']} requests ({' and '.join(map(str, s['reference_sizes']))}; "
+                  f"the second is the archive reference's size), disjoint from the stream "
+                  f"pools {s['pool_sizes']}. {s['in_domain_streams']} in-domain streams of "
+                  f"{s['in_domain_length']} requests; {s['trials']} trials per shift, each after "
+                  f"{s['history']} in-domain requests; checks every {SETTINGS.check_every} "
+                  f"requests on the newest {s['window']}; shipped test settings.", "",
+                  "Goals:", *production_goals(result)]
+        atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
+        return
     lines += ["", f"Columns ranked by delay (whole-domain switches, then 10 % mixtures). "
               f"{s['in_domain_streams']} in-domain streams of {s['in_domain_length']} requests; "
               f"{s['trials']} trials per shift, each after {s['history']} in-domain requests; "
@@ -342,8 +436,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20, help="streams per shift")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--production", metavar="DOMAIN",
+                   help="the version serves DOMAIN, against a reference frozen from its traffic")
+    p.add_argument("--reference-requests", type=int, default=5000,
+                   help="with --production: requests in the frozen reference (default: 5000)")
     args = p.parse_args()
-    result = run(args)
+    result = run_production(args) if args.production else run(args)
     write(result, Path(args.out), args.quick)
     print(json.dumps(result["detectors"], indent=1))
 

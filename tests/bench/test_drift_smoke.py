@@ -33,6 +33,23 @@ def test_drift_bench_quick(tmp_path):
     assert (tmp_path / "drift-quick.md").read_text().startswith("| metric |")
 
 
+def test_drift_bench_production_reference_quick(tmp_path):
+    """--production: the shipped test against references frozen from the served domain's own
+    traffic (two sizes, the same streams), and the issue's goals said for the larger."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "drift.py"), "--quick",
+                           "--production", "movie", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "drift-quick-production-movie.json").read_text())
+    assert list(result["detectors"]) == ["frozen 200", "frozen 100"]
+    assert result["settings"]["pool_sizes"]["movie"] == 300  # disjoint from the reference
+    for row in result["detectors"].values():
+        for domain in ("nyt", "amazon", "tweets"):
+            assert {f"switch_{domain}_median", f"mix10_{domain}_detected"} <= set(row)
+    md = (tmp_path / "drift-quick-production-movie.md").read_text()
+    assert md.count("\n- ") == 5 and "ERT >= 10,000 (95 % lower bound)" in md
+
+
 def test_drift_after_adapt_quick(tmp_path):
     """bench/drift_adapted.py --quick: v2 adapted from labelled movie traffic, its reference
     holding nyt and movie; in-domain mixtures are watched, unseen domains still caught."""
