@@ -82,7 +82,8 @@ FEW_SHOT_ROWS = (SEQ_LORA, DEFAULT)
 UNLABELLED = " + unlabelled"  # the few-shot unit's suffix: row 7 at K, self-training on the rest
 METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
            "worst_drop", "new_gain", "negative_flips", "disagreement", "macro_f1", "f1_spread",
-           "trainable_share", "compute_vs_joint", "wall_vs_joint", "longest_step_minutes")
+           "trainable_share", "compute_vs_joint", "wall_vs_joint", "longest_step_minutes",
+           "adapt_examples")
 
 
 @dataclasses.dataclass
@@ -315,7 +316,8 @@ def metrics(run: dict[str, Any], joint_run: dict[str, Any] | None, v1: dict[str,
             / (joint_run["examples"] - v1["examples"]),
             "wall_vs_joint": None if joint_run is None else (run["wall"] - v1["wall"])
             / (joint_run["wall"] - v1["wall"]),
-            "longest_step_minutes": max(run["step_walls"]) / 60 if run.get("step_walls") else None}
+            "longest_step_minutes": max(run["step_walls"]) / 60 if run.get("step_walls") else None,
+            "adapt_examples": run["examples"] - v1["examples"]}
 
 
 def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
@@ -485,7 +487,7 @@ def table(agg: dict[str, dict[str, Any]], names: list[str]) -> str:
     head = ["row", "final avg acc", "avg incremental acc", "forgetting", "BWT", "worst drop",
             "new-domain gain", "old: right → wrong (worst)", "old: answers changed (worst)",
             "macro-F1", "per-class F1 spread", "trainable share", "compute vs row 8",
-            "wall time vs row 8", "longest step (min)"]
+            "wall time vs row 8", "longest step (min)", "examples processed"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for name in names:
         cells = []
@@ -495,6 +497,8 @@ def table(agg: dict[str, dict[str, Any]], names: list[str]) -> str:
                 cells.append("—")
             elif m == "trainable_share":
                 cells.append(f"{mean:.2%}")
+            elif m == "adapt_examples":
+                cells.append(f"{mean:,.0f}")
             elif m in pts:
                 cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
             else:
@@ -567,8 +571,9 @@ def few_shot_units(agg: dict[str, dict[str, Any]]) -> list[tuple[int, str, str]]
 
 def few_shot_table(agg: dict[str, dict[str, Any]]) -> str:
     lines = ["| K per class | method | final avg acc | share of the full-data gain | "
-             "worst drop | old: answers changed (worst) | longest step (min) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+             "worst drop | old: answers changed (worst) | longest step (min) | compute vs row 7 "
+             "(full data) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    full = agg[DEFAULT]["mean"]["adapt_examples"]
     for k, alone, both in few_shot_units(agg):
         for unit, method in ((alone, "labels alone"), (both, "labels + unlabelled")):
             if unit not in agg:
@@ -576,7 +581,8 @@ def few_shot_table(agg: dict[str, dict[str, Any]]) -> str:
             m = agg[unit]["mean"]
             lines.append(f"| {k} | {method} | {100 * m['average_accuracy']:.1f} | "
                          f"{percent(recovered(agg, unit))} | {100 * m['worst_drop']:.1f} | "
-                         f"{100 * m['disagreement']:.1f} % | {m['longest_step_minutes']:.1f} |")
+                         f"{100 * m['disagreement']:.1f} % | {m['longest_step_minutes']:.1f} | "
+                         f"{percent(m['adapt_examples'] / full)} |")
     return "\n".join(lines)
 
 
