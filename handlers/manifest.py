@@ -34,10 +34,18 @@ def build_manifest(directory: Path) -> dict[str, str]:
     }
 
 
-def write_manifest(directory: Path) -> dict[str, str]:
-    files = build_manifest(directory)
+def write_manifest(directory: Path, files: dict[str, str] | None = None) -> dict[str, str]:
+    """Write `files` (default: every file under `directory`, hashed now) as its manifest."""
+    files = build_manifest(directory) if files is None else files
     (Path(directory) / MANIFEST_NAME).write_text(json.dumps(files, indent=2, sort_keys=True))
     return files
+
+
+def add_to_manifest(directory: Path, name: str) -> dict[str, str]:
+    """List one more file, written beside a verified run's files (the archive's model.onnx)."""
+    files = read_manifest(directory)
+    files[name] = sha256_file(Path(directory) / name)
+    return write_manifest(directory, files)
 
 
 def read_manifest(directory: Path) -> dict[str, str]:

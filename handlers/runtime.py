@@ -16,6 +16,7 @@ from handlers.errors import BadRequest, ConfigError, PayloadTooLarge, Unsupporte
 from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
+from handlers.onnx_engine import ENGINES, OnnxEngine
 from handlers.routing import RoutedClassifier, with_experts
 from handlers.signing import trusted_keys_from_env
 
@@ -38,9 +39,14 @@ class HandlerSettings:
     max_chars: int = _setting(2000, "longest accepted request text, in characters (longer "
                                     "requests get 413)")
     max_length: int = _setting(128, "tokens kept per text")
+    engine: str = _setting("torch", "torch (PyTorch eager, the reference) | onnxruntime (the "
+                                    "merged model exported to model.onnx at archive time and run "
+                                    "by ONNX Runtime; float32, one model: not a routed run; "
+                                    "needs the onnx extra where it is archived and served)")
     dtype: str = _setting("float32", "float32 | float16 (GPU only) | bfloat16 (GPU, and bf16 "
                                      "autocast on CPUs with native bf16)")
-    threads: int = _setting(0, "torch threads per worker (0 = torch default)")
+    threads: int = _setting(0, "torch (or ONNX Runtime) threads per worker (0 = the engine's "
+                               "default)")
     merge: bool = _setting(True, "merge an archived PEFT adapter at load (false: serve it "
                                  "unmerged)")
     monitor: bool = _setting(True, "keep drift statistics of the served traffic (needs the run's "
@@ -89,6 +95,13 @@ class RuntimeSettings(HandlerSettings):
             problems.append(f"threads must be an integer >= 0, got {self.threads!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.engine not in ENGINES:
+            problems.append(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        elif self.engine == "onnxruntime":
+            problems += [f"engine onnxruntime runs the merged float32 graph; {name} must be "
+                         f"{want}, got {getattr(self, name)!r}"
+                         for name, want in (("dtype", "float32"), ("merge", True))
+                         if getattr(self, name) != want]
         problems += [f"{name} must be true or false, got {getattr(self, name)!r}"
                      for name in ("merge", "monitor") if not isinstance(getattr(self, name), bool)]
         if not isinstance(self.window, int) or self.window < 1:
@@ -147,6 +160,14 @@ def store_linear_weights_bf16(model: torch.nn.Module) -> None:
             module.to(torch.bfloat16)
 
 
+def pooled_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised mean of the last hidden state over each text's own tokens: the drift
+    features' embedding (one definition for every engine; the ONNX export computes it too)."""
+    summed = (hidden * attention_mask.unsqueeze(-1)).sum(dim=1) \
+        / attention_mask.sum(dim=1, keepdim=True)
+    return torch.nn.functional.normalize(summed, dim=-1)
+
+
 def select_device(gpu_id: int | str | None) -> torch.device:
     """TorchServe hands each worker a gpu_id when the model asks for GPUs; use it if CUDA is up."""
     if gpu_id is not None and str(gpu_id) != "" and int(gpu_id) >= 0 and torch.cuda.is_available():
@@ -163,6 +184,23 @@ def load_adapter(model_dir: Path, dtype: torch.dtype, merge: bool) -> Any:
         model_dir / "base", local_files_only=True, use_safetensors=True, dtype=dtype)
     model = PeftModel.from_pretrained(base, model_dir, is_trainable=False)
     return model.merge_and_unload(safe_merge=True) if merge else model
+
+
+def load_torch_model(model_dir: Path, settings: RuntimeSettings, device: torch.device
+                     ) -> tuple[torch.nn.Module, bool]:
+    """(the classifier as PyTorch serves it, bf16 autocast on CPU): merged or not, behind its
+    run's router when it has one."""
+    dtype, cpu_autocast = compute_dtype(settings.dtype, device)
+    if (model_dir / ADAPTER_CONFIG).is_file():
+        model = load_adapter(model_dir, dtype, settings.merge)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
+        )
+    model = with_experts(model_dir, model.to(device).eval())
+    if cpu_autocast:
+        store_linear_weights_bf16(model)
+    return model, cpu_autocast
 
 
 def check_media_type(content_type: str | None) -> None:
@@ -231,14 +269,17 @@ class ModelRuntime:
     """A verified, LoRA-merged sequence classifier ready for batched inference."""
 
     def __init__(self, model, tokenizer, settings: RuntimeSettings, device: torch.device,
-                 name: str = "model", version: str = "1") -> None:
-        self.model = model
+                 name: str = "model", version: str = "1", engine: OnnxEngine | None = None
+                 ) -> None:
+        self.model = model  # None where `engine` answers instead of PyTorch
+        self.engine = engine
         self.tokenizer = tokenizer
         self.settings = settings
         self.device = device
         self.name = name
         self.version = version
-        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.labels = engine.labels if engine else [model.config.id2label[i]
+                                                    for i in range(model.config.num_labels)]
         self.monitor: TrafficMonitor | None = None
         self.cpu_autocast = False  # bf16 autocast on a CPU with native bf16 (compute_dtype)
 
@@ -261,19 +302,14 @@ class ModelRuntime:
         device = torch.device(device)
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        dtype, cpu_autocast = compute_dtype(settings.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        if (model_dir / ADAPTER_CONFIG).is_file():
-            model = load_adapter(model_dir, dtype, settings.merge)
+        if settings.engine == "onnxruntime":  # the archive's graph; no PyTorch weights loaded
+            runtime = cls(None, tokenizer, settings, device, name, version,
+                          OnnxEngine.load(model_dir, device, settings.threads))
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, local_files_only=True, use_safetensors=True, dtype=dtype
-            )
-        model = with_experts(model_dir, model.to(device).eval())
-        if cpu_autocast:
-            store_linear_weights_bf16(model)
-        runtime = cls(model, tokenizer, settings, device, name, version)
-        runtime.cpu_autocast = cpu_autocast
+            model, cpu_autocast = load_torch_model(model_dir, settings, device)
+            runtime = cls(model, tokenizer, settings, device, name, version)
+            runtime.cpu_autocast = cpu_autocast
         if settings.monitor and (model_dir / REFERENCE_FILE).is_file():
             runtime.start_monitor(Reference.load(model_dir / REFERENCE_FILE),
                                   worker_id or str(os.getpid()))
@@ -287,7 +323,11 @@ class ModelRuntime:
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.settings.max_length,
             return_tensors="pt",
-        ).to(self.device)
+        )
+        if self.engine is not None:  # its graph ends in the same softmax and pooled features
+            probs, features = self.engine(batch, pooled)
+            return probs, features, batch["attention_mask"].sum(dim=1)
+        batch = batch.to(self.device)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
             out = self.model(**batch, output_hidden_states=pooled)
         probs = torch.softmax(out.logits.float(), dim=-1).cpu()
@@ -295,9 +335,7 @@ class ModelRuntime:
         tokens = mask.sum(dim=1).cpu()
         if not pooled:
             return probs, None, tokens
-        hidden = out.hidden_states[-1].float()
-        summed = (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
-        return probs, torch.nn.functional.normalize(summed, dim=-1).cpu(), tokens
+        return probs, pooled_features(out.hidden_states[-1].float(), mask).cpu(), tokens
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         return self.forward(texts)[0]
@@ -332,7 +370,9 @@ class ModelRuntime:
             "version": self.version,
             "labels": self.labels,
             "device": str(self.device),
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "engine": "onnxruntime" if self.engine else "torch",
+            "dtype": self.engine.dtype if self.engine else
+            str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "compute": "bfloat16 autocast" if self.cpu_autocast else None,
             "settings": asdict(self.settings),
             "stats": self.monitor.describe() if self.monitor else None,

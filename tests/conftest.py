@@ -54,3 +54,25 @@ def routed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     run_adapt(AdaptSettings(epochs=1, min_steps=0, patience=0, batch_size=16, max_length=32,
                             max_train=64, max_eval=40, memory=30), tiny_run, "movie", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def onnx_mar(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """tiny_run archived by the CLI with `--engine onnxruntime` and signed: the .mar, its key,
+    and the archive unzipped as a TorchServe worker gets it."""
+    import zipfile
+
+    from handlers.signing import generate_keypair
+    from trainer.__main__ import main
+
+    root = tmp_path_factory.mktemp("onnx")
+    private, public, kid = generate_keypair()
+    (root / "archive.key").write_bytes(private)
+    (root / "archive.pub").write_bytes(public)
+    assert main(["archive", "--run", str(tiny_run), "--model-store", str(root / "store"),
+                 "--allow-weak", "--engine", "onnxruntime", "--sign-key",
+                 str(root / "archive.key")]) == 0
+    mar = root / "store" / "sentiment.v1.mar"
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(root / "unzipped")
+    return {"mar": mar, "public": root / "archive.pub", "key_id": kid, "dir": root / "unzipped"}

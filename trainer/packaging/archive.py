@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 import handlers
-from handlers.errors import ConfigError
-from handlers.manifest import MANIFEST_NAME, verify_manifest
+from handlers.errors import ConfigError, IntegrityError
+from handlers.manifest import MANIFEST_NAME, read_manifest, verify_manifest
+from handlers.onnx_engine import ONNX_FILE
 from handlers.runtime import HandlerSettings, RuntimeSettings
 from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer.common import config
@@ -24,6 +25,7 @@ from trainer.common.config import check, setting
 from trainer.common.errors import SettingsError
 from trainer.model.quality import refuse_weak
 from trainer.model.rundir import REPORT_FILE, read_report
+from trainer.packaging import onnx_export
 
 HANDLER_FILE = "torchserve_handler.py"
 HANDLER_KEYS = tuple(f.name for f in fields(HandlerSettings))  # model-config.yaml `handler:`
@@ -90,19 +92,23 @@ def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings,
     `signer` (a key id; None: unsigned)."""
     try:
         with zipfile.ZipFile(mar) as z:
-            same_run = z.read(MANIFEST_NAME) == (Path(run_dir) / MANIFEST_NAME).read_bytes()
+            archived = json.loads(z.read(MANIFEST_NAME))
+            if settings.engine == "onnxruntime":  # the one file the archiver adds
+                archived.pop(ONNX_FILE, None)
+            same_run = archived == read_manifest(run_dir)
             same_cfg = yaml.safe_load(z.read("model-config.yaml")) == settings.model_config()
             same_signer = _signer(z) == signer
         return same_run and same_cfg and same_signer
-    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, ValueError, AttributeError):
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, ValueError, AttributeError,
+            IntegrityError):
         return False
 
 
 def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
                   settings: ArchiveSettings, reuse: bool = False, allow_weak: bool = False,
                   sign_key: Path | None = None) -> Path:
-    """Stage run files + the handlers package, archive them beside the store, sign the whole
-    archive when given a key, rename in."""
+    """Stage run files (+ model.onnx for --engine onnxruntime) and the handlers package,
+    archive them beside the store, sign the whole archive when given a key, rename in."""
     if not NAME_RE.match(name):
         raise SettingsError(f"model name {name!r} must match {NAME_RE.pattern}")
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(version)):
@@ -112,6 +118,8 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
         raise FileNotFoundError(f"--run {run_dir}: no such run directory")
     private_key = load_private_key(sign_key) if sign_key else None  # a bad key fails first
     verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
+    if settings.engine == "onnxruntime":
+        onnx_export.check_exportable(run_dir)
     if (run_dir / REPORT_FILE).is_file():  # a bare PEFT adapter dir has no report
         refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
     out = mar_path(model_store, name, version)
@@ -124,6 +132,11 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
         tmp = Path(tmp)
         extra = tmp / "extra"
         shutil.copytree(run_dir, extra)
+        if settings.engine == "onnxruntime":
+            check = onnx_export.add_onnx(extra, settings.max_length)
+            print(f"{ONNX_FILE}: exported (opset {check['opset']}); against PyTorch on "
+                  f"{check['texts']} texts: max |dp| {check['max_abs_diff_probs']:.1e}, max "
+                  f"|d pooled| {check['max_abs_diff_pooled']:.1e}, same answers", file=sys.stderr)
         package = Path(handlers.__file__).parent
         shutil.copytree(package, extra / "handlers",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HANDLER_FILE))

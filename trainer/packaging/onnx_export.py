@@ -1,0 +1,115 @@
+"""`trainer archive --engine onnxruntime`: the merged classifier as one ONNX graph (model.onnx),
+checked against PyTorch before it ships and listed in the archive's sha256 manifest."""
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.manifest import add_to_manifest
+from handlers.onnx_engine import INSTALL, LABELS_KEY, ONNX_FILE, OUTPUTS, OnnxEngine, import_onnxruntime
+from handlers.routing import ROUTER_FILE
+from handlers.runtime import ModelRuntime, RuntimeSettings, pooled_features
+from trainer.common.errors import SettingsError
+
+OPSET = 17  # LayerNormalization is a single op from opset 17 on (ONNX Runtime fuses it)
+TOLERANCE = 1e-3  # largest difference from PyTorch accepted, in probability and pooled feature
+CHECK_TEXTS = ("I loved it.", "A dull, tedious, awful film that never ends.",
+               "Markets closed flat on Tuesday.", "ok",
+               "Café au lait, s'il vous plaît: très bien!")
+
+
+class ServedOutputs(torch.nn.Module):
+    """The classifier with the runtime's own ending: (softmax over labels, pooled features)."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = dict(zip(self.input_names, inputs))
+        out = self.model(**batch, output_hidden_states=True)
+        return (torch.softmax(out.logits.float(), dim=-1),
+                pooled_features(out.hidden_states[-1].float(), batch["attention_mask"]))
+
+
+def check_exportable(run_dir: Path) -> None:
+    """Refuse before any work: a routed run, or a host without the onnx extra."""
+    if (Path(run_dir) / ROUTER_FILE).is_file():
+        raise SettingsError(f"--engine onnxruntime: {run_dir} is a routed run ({ROUTER_FILE}: each "
+                            "domain answered by its own expert) and the ONNX engine exports one "
+                            "model; archive it with --engine torch")
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise SettingsError("--engine onnxruntime: the package onnx is not installed here "
+                            f"({INSTALL})") from e
+    import_onnxruntime()
+
+
+def export(runtime: ModelRuntime, path: Path) -> None:
+    """Trace the runtime's PyTorch model into `path`: dynamic batch and sequence axes, the
+    labels in the graph's metadata, one file (weights inside)."""
+    import onnx
+
+    sample = runtime.tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
+    names = list(sample.keys())
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | \
+        {name: {0: "batch"} for name in OUTPUTS}
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter's deprecation and tracer notes: `compare` decides instead
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ServedOutputs(runtime.model, names).eval(),
+                          tuple(sample[name] for name in names), str(path), dynamo=False,
+                          input_names=names, output_names=list(OUTPUTS), dynamic_axes=axes,
+                          opset_version=OPSET, external_data=False)
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {LABELS_KEY: json.dumps(runtime.labels)})
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def compare(reference: ModelRuntime, candidate: ModelRuntime, texts: list[str]
+            ) -> dict[str, Any]:
+    """Both runtimes on `texts` as one padded batch and one by one: the largest differences
+    and the answers that changed (a top-two tie within TOLERANCE does not count)."""
+    probs_diff = pooled_diff = 0.0
+    changed = 0
+    for batch in [texts] + [[t] for t in texts]:
+        p0, f0, _ = reference.forward(batch, pooled=True)
+        p1, f1, _ = candidate.forward(batch, pooled=True)
+        probs_diff = max(probs_diff, float((p0 - p1).abs().max()))
+        pooled_diff = max(pooled_diff, float((f0 - f1).abs().max()))
+        top = p0.topk(min(2, p0.shape[1]), dim=1).values
+        decided = top[:, 0] - top[:, -1] > TOLERANCE if top.shape[1] > 1 else True
+        changed += int(((p0.argmax(dim=1) != p1.argmax(dim=1)) & decided).sum())
+    return {"texts": len(texts), "max_abs_diff_probs": probs_diff,
+            "max_abs_diff_pooled": pooled_diff, "changed_answers": changed}
+
+
+def add_onnx(model_dir: Path, max_length: int) -> dict[str, Any]:
+    """Export model_dir's classifier to model_dir/model.onnx, check it against PyTorch and list
+    it in model_dir's manifest (call on a staged copy of a verified run dir)."""
+    model_dir = Path(model_dir)
+    check_exportable(model_dir)
+    settings = RuntimeSettings(max_length=max_length, monitor=False)
+    reference = ModelRuntime.load(model_dir, "cpu", settings)
+    export(reference, model_dir / ONNX_FILE)
+    candidate = ModelRuntime(None, reference.tokenizer, settings, reference.device,
+                             engine=OnnxEngine.load(model_dir))
+    if candidate.labels != reference.labels:
+        raise SettingsError(f"{ONNX_FILE}: labels {candidate.labels} differ from the model's "
+                            f"{reference.labels}")
+    texts = [*CHECK_TEXTS, "word " * (max_length + 8)]  # the last one is truncated
+    check = compare(reference, candidate, texts)
+    if max(check["max_abs_diff_probs"], check["max_abs_diff_pooled"]) > TOLERANCE \
+            or check["changed_answers"]:
+        raise SettingsError(f"--engine onnxruntime: the exported graph differs from PyTorch "
+                            f"(max |dp| {check['max_abs_diff_probs']:.1e}, max |d pooled| "
+                            f"{check['max_abs_diff_pooled']:.1e}, {check['changed_answers']} "
+                            f"answers changed; tolerance {TOLERANCE}); archive with --engine torch")
+    add_to_manifest(model_dir, ONNX_FILE)
+    return {"opset": OPSET, **check}
