@@ -37,8 +37,8 @@ def test_continual_quick_writes_json_markdown_and_png(tmp_path):
     assert mean["4 EWC (LoRA)"]["compute_vs_joint"] > mean["3 seq. LoRA, no replay"]["compute_vs_joint"]
     assert all(lam in (1e2, 1e4) for lam in result["settings"]["ewc_lambda"])
     md = (tmp_path / "continual-quick.md").read_text()
-    # main table 1 + 10 rows, few-shot 1 + 2, seed claims 1 + 7
-    assert md.count("\n| ") == (1 + 10) + (1 + 2) + (1 + 7), md
+    # main table 1 + 10 rows, few-shot 1 + 2, row 7's few-shot shares 1 + 1, seed claims 1 + 7
+    assert md.count("\n| ") == (1 + 10) + (1 + 2) + (1 + 1) + (1 + 7), md
     m9, m7 = (mean[n] for n in ("9 row 10 + distillation from vN (replay + held-out, weight 3)",
                                 "7 LoRA + herding + balancing + routing (default)"))
     assert m9["negative_flips"] is not None and 0 <= m7["disagreement"] <= 1
