@@ -673,7 +673,8 @@ def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, 
            f"the first step). " if lambdas else "")
         + "Compute = training examples processed by the adaptation steps ("
         + ("EWC's Fisher passes included; " if lambdas else "")
-        + "v1, shared by every row, left out) relative to row 8's retraining steps. "
+        + "v1, shared by every row, left out)"
+        + (" relative to row 8's retraining steps. " if JOINT in agg else ". ")
         + f"{seconds / 60:.0f} worker-minutes at {sc.threads} torch thread(s) each.", "",
         table(agg, [r for r in ROWS if r in agg]), "",
         *(["Few-shot (K labelled examples per class of each new domain; validation falls back to "
