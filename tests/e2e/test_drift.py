@@ -140,5 +140,6 @@ def test_served_traffic_frozen_as_the_reference_is_adopted_by_every_worker(
                                    for s in ss))
     assert all(s["reference"]["size"] == 600 and s["window_size"] == 0 for s in answers)
     send(client, "drift_nyt", nyt[:100])
+    until(reference, lambda s: s["window_size"] == 100)  # both workers have persisted theirs
     code, result, err = drift_cli(server, "drift_nyt")
     assert code == 0 and result["reference_size"] == 600 and result["window_size"] == 100, err
