@@ -58,6 +58,15 @@ def write(directory: Path, reference: Reference, requests_seen: int,
     return document
 
 
+def publish(source: Path, directory: Path) -> None:
+    """Copy a written frozen reference (file, then manifest) into another directory: the same
+    bytes and signature, not a second freeze."""
+    manifest = json.loads((Path(source) / MANIFEST).read_text())
+    for name in manifest["files"]:
+        atomic_write_bytes(Path(directory) / name, (Path(source) / name).read_bytes())
+    atomic_write_bytes(Path(directory) / MANIFEST, (Path(source) / MANIFEST).read_bytes())
+
+
 def manifest_stamp(directory: Path) -> tuple[int, int] | None:
     """(mtime_ns, inode) of the manifest, or None: cheap enough to ask once a second."""
     try:

@@ -67,7 +67,7 @@ def freeze_served(stats_dir: Path, archived: Reference, requests: int, confirmed
     reference = frozen.freeze(archived, merged["features"], merged["classes"])
     manifest = frozen.write(store_dir, reference, merged["seen"], private_key)
     acknowledge(stats_dir)  # readers drop the rows compared with the old reference at once,
-    frozen.write(stats_dir, reference, merged["seen"], private_key)  # and workers restart
+    frozen.publish(store_dir, stats_dir)  # and the workers restart with it
     return {"frozen_requests": requests, "store": str(store_dir), "stats_dir": str(stats_dir),
             "sha256": next(iter(manifest["files"].values())),
             "signed_by": manifest.get("key_id"), "flagged_by_current": check["is_drift"],
