@@ -5,8 +5,9 @@
     .venv/bin/python bench/serve.py --quick    # tiny random BERT, few requests (smoke test)
 
 Rows, all in one run on one model (MiniLM + a rank-16 LoRA on query/value) and one sentence set
-(built-in data, every domain, up to 64 tokens); a-c served side by side by one real TorchServe
-(idle workers cost nothing) and measured in turn:
+(every test sentence of the built-in domains, at the lengths users send: the runtime truncates
+at max_length 128; `--max-tokens 64` keeps the short ones only, as this bench did before);
+served rows side by side by one real TorchServe (idle workers cost nothing), measured in turn:
   a  the product handler, adapter merged, the shipped ArchiveSettings defaults (found by --sweep)
   b  the stock pattern (bench/stock_handler.py): per-request tokenisation padded to max_length,
      TorchServe batch size 1, PEFT adapter unmerged
@@ -16,6 +17,9 @@ Rows, all in one run on one model (MiniLM + a rank-16 LoRA on query/value) and o
      the same rounds as the served rows (best turn kept, as for them)
   e  a archived with dtype bfloat16: bf16 autocast where the CPU has native bf16
   f  d with dtype bfloat16, through the same ModelRuntime (the runtime's own bf16 path)
+  g  a archived with --engine onnxruntime: the exported graph in ONNX Runtime
+  h  d with the ONNX Runtime engine (ceiling of g)
+Latency at concurrency 1 (and the forward at batch 1) is also reported per length bucket.
 Each product row records what its runtime reports computing in (describe()), so a CPU without
 native bf16, where the runtime falls back to float32, shows in the results instead of passing
 float32 off as bf16. Then a trial, in process only: attention implementation (sdpa, eager) x
@@ -33,6 +37,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,15 +72,20 @@ from trainer.model.rundir import save_run  # noqa: E402
 from trainer.ops.client import TorchServeClient  # noqa: E402
 from trainer.ops.server import TorchServe  # noqa: E402
 from trainer.packaging.archive import ArchiveSettings, build_archive  # noqa: E402
+from trainer.packaging.onnx_export import add_onnx  # noqa: E402
 
 ROWS = {"a": "product handler, merged, shipped settings",
         "b": "stock pattern: pad to max_length, batch 1, unmerged",
         "c": "product handler, unmerged adapter",
         "d": "in-process forward, no server (ceiling)",
         "e": "product handler, merged, shipped settings, dtype bfloat16",
-        "f": "in-process forward, dtype bfloat16 (ceiling of e)"}
-IN_PROCESS = ("d", "f")  # measured per batch: batch 1 against concurrency 1, a's batch size else
-PAIRS = (("a", "b"), ("a", "c"), ("a", "d"), ("e", "a"), ("e", "b"), ("e", "f"))
+        "f": "in-process forward, dtype bfloat16 (ceiling of e)",
+        "g": "product handler, merged, shipped settings, engine onnxruntime",
+        "h": "in-process forward, engine onnxruntime (ceiling of g)"}
+IN_PROCESS = ("d", "f", "h")  # measured per batch: batch 1 against concurrency 1, a's size else
+PAIRS = (("a", "b"), ("a", "c"), ("a", "d"), ("e", "a"), ("e", "b"), ("e", "f"), ("g", "a"),
+         ("g", "e"), ("g", "h"))
+BUCKETS = ((1, 32), (33, 64), (65, 128), (129, 10**9))  # tokens, before truncation at 128
 BF16 = "bfloat16 autocast"  # what ModelRuntime.describe() reports when bf16 is really on
 TRIAL_ATTN = ("sdpa", "eager")
 TRIAL_THREADS = (1, 2)
@@ -87,7 +97,7 @@ class Scale:
     requests: dict[int, int]  # concurrency -> requests sent
     warmup: int  # requests sent (and dropped) to each model before measuring
     rounds: int = 1  # measurements per row and concurrency, alternating order; best kept
-    max_tokens: int = 64
+    max_tokens: int | None = None  # None: every sentence (the lengths users send)
     trial: tuple[int, int] = (150, 600)  # texts per trial cell at batch 1 and at a's batch size
 
 
@@ -96,13 +106,29 @@ QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8, trial=(8, 16))
 SWEEP = Scale(requests={1: 200, 8: 800}, warmup=128)
 
 
-def sentences(tokenizer: Any, max_tokens: int, seed: int = 0) -> list[str]:
-    """Test sentences of every built-in domain, at most `max_tokens` tokens, shuffled."""
+def sentences(tokenizer: Any, max_tokens: int | None, seed: int = 0) -> list[str]:
+    """Test sentences of every built-in domain (at most `max_tokens` tokens if set), shuffled."""
     texts = [ex.text for d in DOMAINS for ex in load_source(d, seed)[d].test]
     lengths = tokenizer(texts)["input_ids"]
-    kept = [t for t, ids in zip(texts, lengths) if len(ids) <= max_tokens]
+    kept = [t for t, ids in zip(texts, lengths) if max_tokens is None or len(ids) <= max_tokens]
     random.Random(seed).shuffle(kept)
     return kept
+
+
+def bucket_name(low: int, high: int) -> str:
+    return f"{low}-{high} tokens" if high < 10**9 else f"> {low - 1} tokens (truncated)"
+
+
+def by_length(latencies: list[tuple[int, float]], tokens: list[int]) -> dict[str, Any]:
+    """p50/p95 per length bucket of (text index, seconds) pairs."""
+    out = {}
+    for low, high in BUCKETS:
+        xs = [1000 * t for i, t in latencies if low <= tokens[i] <= high]
+        if len(xs) >= 2:
+            q = statistics.quantiles(xs, n=100, method="inclusive")
+            out[bucket_name(low, high)] = {"requests": len(xs), "p50_ms": round(q[49], 2),
+                                           "p95_ms": round(q[94], 2)}
+    return out
 
 
 def build_models(work: Path, base_dir: Path, texts: list[str]) -> tuple[Path, Path]:
@@ -148,11 +174,12 @@ def stock_archive(adapter: Path, store: Path, workers: int, threads: int) -> str
 
 
 def drive(url: str, key: str, path: str, texts: list[str], concurrency: int,
-          n: int) -> dict[str, Any]:
-    """Closed loop: `concurrency` threads with one keep-alive connection each, `n` requests."""
+          n: int, tokens: list[int] | None = None) -> dict[str, Any]:
+    """Closed loop: `concurrency` threads with one keep-alive connection each, `n` requests.
+    `tokens` (each text's length): latencies per length bucket too."""
     host = urlparse(url)
     counter, lock = itertools.count(), threading.Lock()
-    latencies: list[float] = []
+    latencies: list[tuple[int, float]] = []
     errors: list[str] = []
 
     def client() -> None:
@@ -166,7 +193,7 @@ def drive(url: str, key: str, path: str, texts: list[str], concurrency: int,
             answer = resp.read()
             elapsed = time.perf_counter() - start
             with lock:
-                latencies.append(elapsed)
+                latencies.append((i % len(texts), elapsed))
                 if resp.status != 200:
                     errors.append(f"{resp.status} {answer[:200]!r}")
         conn.close()
@@ -177,7 +204,10 @@ def drive(url: str, key: str, path: str, texts: list[str], concurrency: int,
         t.start()
     for t in threads:
         t.join()
-    result = summarize(latencies, time.perf_counter() - start, concurrency, len(errors))
+    result = summarize([t for _, t in latencies], time.perf_counter() - start, concurrency,
+                       len(errors))
+    if tokens:
+        result["by_length"] = by_length(latencies, tokens)
     if errors:
         result["first_error"] = errors[0]
         print(f"{len(errors)} errors, the first: {errors[0]}", file=sys.stderr)
@@ -194,22 +224,26 @@ def summarize(latencies: list[float], wall: float, concurrency: int, errors: int
 
 def compute_of(described: dict[str, Any]) -> str:
     """What a runtime computes in, from its own describe(): "bfloat16 autocast", or its weights'
-    dtype (float32 also after the runtime's fallback on a CPU without native bf16)."""
-    return described.get("compute") or described["dtype"]
+    dtype (float32 also after the runtime's fallback on a CPU without native bf16), and the
+    engine where it is not PyTorch."""
+    what = described.get("compute") or described["dtype"]
+    engine = described.get("engine", "torch")
+    return what if engine == "torch" else f"{what} ({engine})"
 
 
-def load_runtime(run: Path, dtype: str, threads: int) -> ModelRuntime:
+def load_runtime(run: Path, dtype: str, threads: int, engine: str = "torch") -> ModelRuntime:
     """The handler's own ModelRuntime, monitor off: bf16 goes through its autocast path and its
     fallback, exactly as served."""
     return ModelRuntime.load(run, settings=RuntimeSettings(dtype=dtype, threads=threads,
-                                                           monitor=False))
+                                                           monitor=False, engine=engine))
 
 
 def in_process(runtime: ModelRuntime, texts: list[str], batch_size: int, n: int,
-               warmup: int) -> dict[str, Any]:
-    """Forward only (no monitor, no server), batches of `batch_size` back to back."""
-    batches = [[texts[(i + j) % len(texts)] for j in range(batch_size)]
-               for i in range(0, n, batch_size)]
+               warmup: int, tokens: list[int] | None = None) -> dict[str, Any]:
+    """Forward only (no monitor, no server), batches of `batch_size` back to back; at batch 1
+    with `tokens`, per length bucket too."""
+    starts = range(0, n, batch_size)
+    batches = [[texts[(i + j) % len(texts)] for j in range(batch_size)] for i in starts]
     for _ in range(0, warmup, batch_size):
         runtime.forward(batches[0])
     times = []
@@ -218,6 +252,8 @@ def in_process(runtime: ModelRuntime, texts: list[str], batch_size: int, n: int,
         runtime.forward(batch)
         times.append(time.perf_counter() - start)
     row = summarize(times, sum(times), batch_size, 0, items=len(batches) * batch_size)
+    if tokens and batch_size == 1:
+        row["by_length"] = by_length([(i % len(texts), t) for i, t in zip(starts, times)], tokens)
     row["latency_is"] = "per batch"
     row["compute"] = compute_of(runtime.describe())
     return row
@@ -267,14 +303,16 @@ def trial(run: Path, texts: list[str], dtypes: tuple[str, ...], batch_size: int,
 def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: list[str],
                sc: Scale, describe: tuple[str, ...] = (),
                forward: dict[str, ModelRuntime] | None = None,
-               batch_size: int = 8) -> dict[str, list[dict[str, Any]]]:
+               batch_size: int = 8, tokens: list[int] | None = None
+               ) -> dict[str, list[dict[str, Any]]]:
     """All models registered side by side (idle workers cost no CPU) and warmed; then each
     concurrency drives every model in turn, `sc.rounds` times in alternating order, keeping the
     best round per row (errors of every round are kept), so that warm-up of the JVM and
     background noise favour no row. Rows in `describe` (product handlers) carry what their
     worker reports computing in. `forward` rows (in process, this machine's load changes by
     tens of % within a run) take their turns in the same rounds: batch 1 at concurrency 1,
-    `batch_size` at the others, the best of all those turns kept."""
+    `batch_size` at the others, the best of all those turns kept. `tokens`: each text's
+    length, for latencies per length bucket."""
     client = TorchServeClient(server.inference_url, server.management_url, server.key_file)
     key = json.loads(server.key_file.read_text())["inference"]["key"]
     names = {row: Path(mar).name.split(".")[0] for row, (mar, _) in models.items()}
@@ -287,9 +325,9 @@ def serve_rows(server: TorchServe, models: dict[str, tuple[str, int]], texts: li
     def measure(row: str, concurrency: int, n: int) -> tuple[int, dict[str, Any]]:
         if row in forward:
             size = 1 if concurrency == 1 else batch_size
-            return size, in_process(forward[row], texts, size, n, sc.warmup)
+            return size, in_process(forward[row], texts, size, n, sc.warmup, tokens)
         return concurrency, {**drive(server.inference_url, key, f"/predictions/{names[row]}",
-                                     texts, concurrency, n), **described.get(row, {})}
+                                     texts, concurrency, n, tokens), **described.get(row, {})}
 
     try:
         for row, (mar, workers) in models.items():
@@ -365,6 +403,43 @@ def goals(rows: dict[str, list[dict[str, Any]]], r: dict[str, dict[int, float]])
                                                       vs("e", "f", 0.8), vs("e", "b", 5))]
 
 
+SERVED_ENGINES = {"a": "d", "e": "f", "g": "h"}  # served row -> the same runtime in process
+ENGINE_SPEEDUP, ENGINE_P50_MS, ENGINE_P95_MS, ENGINE_SERVED_SHARE = 1.3, 5.0, 8.0, 0.75  # #30
+
+
+def engine_goals(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """#30's goals for the fastest served engine (a, e or g by throughput at concurrency 8)."""
+    served = [row for row in SERVED_ENGINES if row in rows]
+    best = max(served, key=lambda row: matched(rows, row, 8)["throughput"])
+    fast, e, one = matched(rows, best, 8), matched(rows, "e", 8), matched(rows, best, 1)
+    ceiling = matched(rows, SERVED_ENGINES[best], 8)
+    checks = [
+        (f"fastest served engine ({best}: {fast['compute']}) >= {ENGINE_SPEEDUP}x e at "
+         "concurrency 8", fast["throughput"] >= ENGINE_SPEEDUP * e["throughput"],
+         f"{fast['throughput'] / e['throughput']:.2f}x: {fast['throughput']} vs "
+         f"{e['throughput']} texts/s"),
+        (f"{best} p50 <= {ENGINE_P50_MS} ms and p95 <= {ENGINE_P95_MS} ms at concurrency 1",
+         one["p50_ms"] <= ENGINE_P50_MS and one["p95_ms"] <= ENGINE_P95_MS,
+         f"p50 {one['p50_ms']} ms, p95 {one['p95_ms']} ms; the forward alone at batch 1 "
+         f"({SERVED_ENGINES[best]}): p50 {matched(rows, SERVED_ENGINES[best], 1)['p50_ms']} ms"),
+        (f"{best} served >= {ENGINE_SERVED_SHARE}x its own in-process forward "
+         f"({SERVED_ENGINES[best]}) at concurrency 8",
+         fast["throughput"] >= ENGINE_SERVED_SHARE * ceiling["throughput"],
+         f"{fast['throughput'] / ceiling['throughput']:.2f}x: {fast['throughput']} vs "
+         f"{ceiling['throughput']} texts/s")]
+    return [f"- {'met' if ok else 'MISSED'}: {what} (measured {v})" for what, ok, v in checks]
+
+
+def length_markdown(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Latency per length bucket: served rows at concurrency 1, in-process ones at batch 1."""
+    lines = ["| row | length | requests | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
+    for row, results in rows.items():
+        x = results[0]  # concurrency 1 / batch 1 comes first
+        for bucket, b in x.get("by_length", {}).items():
+            lines.append(f"| {row} | {bucket} | {b['requests']} | {b['p50_ms']} | {b['p95_ms']} |")
+    return lines
+
+
 def trial_markdown(t: dict[str, Any]) -> list[str]:
     b1, bn = (f"batch {b}" for b in t["batch_sizes"])
     lines = [f"Trial, in process (measured, not shipped: the runtime uses attention "
@@ -378,8 +453,11 @@ def trial_markdown(t: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     meta, rows, r = result["meta"], result["rows"], result["ratios"]
-    lines = [f"{meta['model']}, {meta['sentences']} sentences of the built-in data (<= "
-             f"{meta['max_tokens']} tokens, mean {meta['mean_tokens']:.1f}); TorchServe 0.12 "
+    limit = (f"<= {meta['max_tokens']} tokens" if meta["max_tokens"] else
+             "every length, truncated at 128 tokens")
+    lines = [f"{meta['model']}, {meta['sentences']} sentences of the built-in data ({limit}, "
+             f"mean {meta['mean_tokens']:.1f}; by length: " + ", ".join(
+                 f"{k} {v:.0%}" for k, v in meta["length_mix"].items()) + "); TorchServe 0.12 "
              f"on {meta['cpus']} CPU cores ({meta['cpu']}), load generator on the same cores; "
              f"settings of a: {meta['settings_a']}.", "",
              "Computed in, as each runtime reports it (describe()): " + ", ".join(
@@ -396,7 +474,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {k} | " + " | ".join(f"{v:.2f}x" for v in by.values()) + " |"
               for k, by in r.items()]
     lines += ["", f"Merged vs unmerged probabilities: max |diff| {meta['merge_parity']:.1e}.",
-              "", "Goals (CPU):", *goals(rows, r), "", *trial_markdown(result["trial"]), ""]
+              "", "Goals (CPU):", *goals(rows, r), "", "Goals of the engine choice (#30):",
+              *engine_goals(rows), "", "Latency by length (concurrency 1; in process, batch 1):",
+              "", *length_markdown(rows), "", *trial_markdown(result["trial"]), ""]
     return "\n".join(lines)
 
 
@@ -408,12 +488,13 @@ def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     concs = [x["concurrency"] for x in rows["a"]]
-    width = 0.8 / 4
-    for k, row in enumerate("abce"):
-        xs = [i + (k - 1.5) * width for i in range(len(concs))]
+    served = [row for row in "abceg" if row in rows]
+    width = 0.8 / len(served)
+    for k, row in enumerate(served):
+        xs = [i + (k - (len(served) - 1) / 2) * width for i in range(len(concs))]
         left.bar(xs, [x["throughput"] for x in rows[row]], width, label=f"{row}: {ROWS[row]}")
         right.bar(xs, [x["p95_ms"] for x in rows[row]], width, label=row)
-    for row, ls in zip(IN_PROCESS, ("--", ":")):
+    for row, ls in zip(IN_PROCESS, ("--", ":", "-.")):
         left.axhline(rows[row][-1]["throughput"], color="black", ls=ls, lw=1,
                      label=f"{row}: ceiling at batch {rows[row][-1]['concurrency']}")
     for ax, title in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):
@@ -433,23 +514,32 @@ def start_server(work: Path) -> TorchServe:
 def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> dict[str, Any]:
     settings = ArchiveSettings()
     bf16 = dataclasses.replace(settings, dtype="bfloat16")  # `trainer archive --dtype bfloat16`
+    onnx = dataclasses.replace(settings, engine="onnxruntime")  # `--engine onnxruntime`
     texts, run, adapter = prepare(base_dir, work, sc)
     store = work / "store"
+    onnx_run = work / "onnx-run"  # the run dir plus the model.onnx the archive ships
+    shutil.copytree(run, onnx_run)
+    add_onnx(onnx_run, settings.max_length)
     forward = {"d": load_runtime(run, settings.dtype, settings.threads),
-               "f": load_runtime(run, bf16.dtype, settings.threads)}
+               "f": load_runtime(run, bf16.dtype, settings.threads),
+               "h": load_runtime(onnx_run, onnx.dtype, onnx.threads, onnx.engine)}
     dtypes = (settings.dtype,) + ((bf16.dtype,) if forward["f"].cpu_autocast else ())
     trial_result = trial(run, texts, dtypes, settings.batch_size, sc)
     build_archive(run, "product", "1", store, settings, allow_weak=True)  # speed, not accuracy
     build_archive(adapter, "unmerged", "1", store, dataclasses.replace(settings, merge=False),
                   allow_weak=True)
     build_archive(run, "bf16", "1", store, bf16, allow_weak=True)
+    build_archive(run, "onnx", "1", store, onnx, allow_weak=True)
     stock = stock_archive(adapter, store, settings.min_workers, settings.threads)
     models = {"a": ("product.v1.mar", settings.min_workers), "b": (stock, settings.min_workers),
-              "c": ("unmerged.v1.mar", settings.min_workers), "e": ("bf16.v1.mar", bf16.min_workers)}
+              "c": ("unmerged.v1.mar", settings.min_workers), "e": ("bf16.v1.mar", bf16.min_workers),
+              "g": ("onnx.v1.mar", onnx.min_workers)}
+    tokenizer = AutoTokenizer.from_pretrained(run, local_files_only=True)
+    tokens = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     server = start_server(work)
     try:
-        served = serve_rows(server, models, texts, sc, describe=("a", "c", "e"),
-                            forward=forward, batch_size=settings.batch_size)
+        served = serve_rows(server, models, texts, sc, describe=("a", "c", "e", "g"),
+                            forward=forward, batch_size=settings.batch_size, tokens=tokens)
     finally:
         server.stop()
     rows = {row: served[row] for row in ROWS}
@@ -457,10 +547,11 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
               for x in xs if x["errors"]]
     if failed:  # a row that answered errors measured nothing worth reporting
         raise SystemExit("requests failed, no results written:\n" + "\n".join(failed))
-    tokenizer = AutoTokenizer.from_pretrained(run, local_files_only=True)
     meta = {"model": "tiny random BERT" if "tiny" in str(base_dir) else "all-MiniLM-L6-v2 + LoRA r=16",
             "sentences": len(texts), "max_tokens": sc.max_tokens,
-            "mean_tokens": statistics.fmean(len(x) for x in tokenizer(texts)["input_ids"]),
+            "mean_tokens": statistics.fmean(min(n, settings.max_length) for n in tokens),
+            "length_mix": {bucket_name(lo, hi): sum(lo <= n <= hi for n in tokens) / len(tokens)
+                           for lo, hi in BUCKETS},
             "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__, "settings_a": {
                 k: v for k, v in dataclasses.asdict(settings).items()
@@ -524,17 +615,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random BERT, few requests")
     p.add_argument("--sweep", action="store_true", help="tune the product handler's settings")
+    p.add_argument("--max-tokens", type=int, help="keep only sentences of at most this many "
+                   "tokens (default: every length, as users send them)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         os.environ["DRIFTSERVE_STATS_DIR"] = str(work / "stats")
         base = tiny_base(work / "tiny-bert") if args.quick else default_base_model()
+        sc = dataclasses.replace(QUICK if args.quick else SWEEP if args.sweep else FULL,
+                                 max_tokens=args.max_tokens)
         if args.sweep:
-            run_sweep(QUICK if args.quick else SWEEP, base, work, args.out)
+            run_sweep(sc, base, work, args.out)
         else:
-            run_bench(QUICK if args.quick else FULL, base, work, args.out,
-                      "serve-quick" if args.quick else "serve")
+            run_bench(sc, base, work, args.out, "serve-quick" if args.quick else "serve")
     return 0
 
 

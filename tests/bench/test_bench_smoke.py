@@ -80,24 +80,35 @@ def test_herding_quick_asserts_identical_picks(tmp_path):
 
 
 def test_serve_quick_measures_every_row_against_a_real_torchserve(tmp_path):
-    """Rows a-c and e (bf16) through a real TorchServe (tiny model), d and f in process, and the
-    attention x threads trial; no timing asserts. e/f must be bf16 exactly where the runtime's
-    own check says this CPU has native bf16, and say float32 elsewhere."""
+    """Rows a-c, e (bf16) and g (ONNX Runtime) through a real TorchServe (tiny model), d, f and
+    h in process, latency per length bucket, and the attention x threads trial; no timing
+    asserts. e/f must be bf16 exactly where the runtime's own check says this CPU has native
+    bf16, and say float32 elsewhere; g/h say their engine."""
     from handlers.runtime import cpu_has_bf16
 
     run("serve.py", tmp_path)
     result = json.loads((tmp_path / "serve-quick.json").read_text())
     rows = result["rows"]
-    assert list(rows) == list("abcdef")
-    for row in "abce":
+    assert list(rows) == list("abcdefgh")
+    for row in "abceg":
         assert [x["concurrency"] for x in rows[row]] == [1, 8, 32]
-    assert [x["concurrency"] for x in rows["f"]] == [x["concurrency"] for x in rows["d"]] == [1, 8]
+    for row in "dfh":
+        assert [x["concurrency"] for x in rows[row]] == [1, 8]
+    # every sentence length is sent (none dropped), and concurrency 1 is split by length
+    mix = result["meta"]["length_mix"]
+    assert result["meta"]["max_tokens"] is None and abs(sum(mix.values()) - 1) < 1e-9
+    for row in "abcdefgh":
+        buckets = rows[row][0]["by_length"]
+        assert buckets and sum(b["requests"] for b in buckets.values()) == rows[row][0]["requests"]
+        assert set(buckets) <= set(mix)
     for xs in rows.values():
         assert all(x["errors"] == 0 and x["throughput"] > 0 and x["p95_ms"] > 0 for x in xs)
     bf16 = "bfloat16 autocast" if cpu_has_bf16() else "float32"
     assert result["meta"]["compute"] == {"a": "float32", "c": "float32", "d": "float32",
-                                         "e": bf16, "f": bf16}
-    assert set(result["ratios"]) == {"a/b", "a/c", "a/d", "e/a", "e/b", "e/f"}
+                                         "e": bf16, "f": bf16, "g": "float32 (onnxruntime)",
+                                         "h": "float32 (onnxruntime)"}
+    assert set(result["ratios"]) == {"a/b", "a/c", "a/d", "e/a", "e/b", "e/f", "g/a", "g/e",
+                                     "g/h"}
     assert all(list(r) == ["1", "8", "32"] for r in result["ratios"].values())  # JSON keys
     assert result["meta"]["merge_parity"] < 1e-4
     trial = result["trial"]
@@ -110,7 +121,8 @@ def test_serve_quick_measures_every_row_against_a_real_torchserve(tmp_path):
     md = (tmp_path / "serve-quick.md").read_text()
     assert "stock pattern" in md and "Goals (CPU)" in md and "Trial, in process" in md
     goals = [line for line in md.splitlines() if line.startswith(("- met: ", "- MISSED: "))]
-    assert len(goals) == 7 and sum("bf16: " in line for line in goals) == 4
+    assert len(goals) == 10 and sum("bf16: " in line for line in goals) == 4
+    assert "Goals of the engine choice (#30)" in md and "Latency by length" in md
     assert md.count("| sdpa |") == md.count("| eager |") == 2 * len(dtypes)
     assert (tmp_path / "serve-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
