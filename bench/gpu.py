@@ -1,5 +1,8 @@
 """The GPU path, checked and timed: ModelRuntime on cuda:0 in float32/float16/bfloat16 at batch
 sizes 1 to 512, logits against the CPU float32 result, peak memory, and herding at n = 100,000.
+The ONNX Runtime engine (`trainer archive --engine onnxruntime`) gets the same row through
+the CUDA execution provider where the installed onnxruntime has it (the onnxruntime-gpu wheel;
+the CPU wheel that `make setup-onnx` pins has not, and the row then says so).
 
     bench/gpu.sh                          # = python bench/gpu.py; writes bench/results/gpu-<card>.*
     python bench/gpu.py --model DIR       # another base model directory (default: MiniLM wheel)
@@ -83,6 +86,29 @@ def throughput(runtime: ModelRuntime, texts: list[str], batch_size: int) -> dict
             "peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
+def onnx_row(model_dir: Path, texts: list[str], cpu: "ModelRuntime") -> dict[str, Any]:
+    """The ONNX engine on cuda:0: probabilities against the CPU float32 PyTorch ones, and speed
+    at every batch size; or why there is no such row here."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed (pip install 'driftserve[onnx]')"}
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return {"skipped": f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider "
+                           f"(the CPU wheel; install onnxruntime-gpu=={onnxruntime.__version__})"}
+    from trainer.packaging.onnx_export import add_onnx
+
+    add_onnx(model_dir, cpu.settings.max_length)  # writes model.onnx, checked on the CPU
+    rt = ModelRuntime.load(model_dir, "cuda:0", RuntimeSettings(engine="onnxruntime",
+                                                                monitor=False))
+    reference = cpu.probabilities(texts[:64])
+    rel = float((rt.probabilities(texts[:64]) - reference).norm() / reference.norm())
+    batches = [throughput(rt, texts, b) for b in BATCHES]
+    for x in batches:
+        x["peak_mib"] = None  # ONNX Runtime's own CUDA arena: torch's counters do not see it
+    return {"rel_error": rel, "batches": batches}
+
+
 def herding_rows(n: int = 100_000, d: int = 384) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(n, d, generator=gen, dtype=torch.float64) + 0.5
@@ -107,9 +133,13 @@ def table(result: dict[str, Any]) -> str:
              "| dtype | rel. error vs CPU fp32 | " + " | ".join(f"b={b}" for b in BATCHES)
              + " | peak MiB at 512 |", "|---|---:" + "|---:" * len(BATCHES) + "|---:|"]
     for dtype, r in result["runtime"].items():
+        if "skipped" in r:
+            lines.append(f"| {dtype} | {r['skipped']} |" + " |" * len(BATCHES) + " |")
+            continue
         lines.append(f"| {dtype} | {r['rel_error']:.1e} | "
                      + " | ".join(f"{x['seq_per_s']:,.0f}" for x in r["batches"])
-                     + f" | {r['batches'][-1]['peak_mib']:,.0f} |")
+                     + (f" | {peak:,.0f} |" if (peak := r['batches'][-1]['peak_mib']) is not None
+                        else " | — |"))
     lines += ["", "sequences per second; herding on the GPU (float64):", ""]
     lines += [f"- n={h['n']:,}, d={h['d']}, m={h['m']}: {h['gpu_s']} s"
               + (f" (CPU {h['cpu_s']} s, identical picks: {h['identical_to_cpu']})"
@@ -151,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             del rt
             torch.cuda.empty_cache()
+        result["runtime"]["onnxruntime float32 (CUDA EP)"] = onnx_row(model_dir, texts, cpu)
     result["herding"] = herding_rows()
     result["seconds"] = round(time.time() - started, 1)
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
@@ -158,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out / f"gpu-{slug}.json", result, sort_keys=False)
     atomic_write_text(args.out / f"gpu-{slug}.md", table(result))
     print(table(result))
-    bad = [d for d, r in result["runtime"].items()
-           if r["rel_error"] > (1e-4 if d == "float32" else HALF_TOLERANCE)]
+    bad = [d for d, r in result["runtime"].items() if "skipped" not in r
+           and r["rel_error"] > (1e-4 if "float32" in d else HALF_TOLERANCE)]
     return 1 if bad or not all(h.get("identical_to_cpu", True) for h in result["herding"]) else 0
 
 
