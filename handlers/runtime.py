@@ -17,7 +17,7 @@ from handlers.features import REFERENCE_FILE, Reference
 from handlers.manifest import verify_manifest
 from handlers.monitor import TrafficMonitor
 from handlers.onnx_engine import ENGINES, OnnxEngine
-from handlers.routing import RoutedClassifier, with_experts
+from handlers.routing import RoutedClassifier, Router, with_experts
 from handlers.signing import trusted_keys_from_env
 
 ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter archive: these files + the base model in base/
@@ -364,6 +364,12 @@ class ModelRuntime:
             "version": self.version,
         }
 
+    def router(self) -> Router | None:
+        """The router behind this runtime's answers, whichever engine runs the experts."""
+        if self.engine is not None:
+            return self.engine.router
+        return self.model.router if isinstance(self.model, RoutedClassifier) else None
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
@@ -376,6 +382,5 @@ class ModelRuntime:
             "compute": "bfloat16 autocast" if self.cpu_autocast else None,
             "settings": asdict(self.settings),
             "stats": self.monitor.describe() if self.monitor else None,
-            "experts": (self.model.router.experts  # which version answers each domain
-                        if isinstance(self.model, RoutedClassifier) else None),
+            "experts": self.router().experts if self.router() else None,  # domain -> version
         }

@@ -17,7 +17,7 @@ import yaml
 import handlers
 from handlers.errors import ConfigError, IntegrityError
 from handlers.manifest import MANIFEST_NAME, read_manifest, verify_manifest
-from handlers.onnx_engine import ONNX_FILE
+from handlers.onnx_engine import ONNX_SUFFIX
 from handlers.runtime import HandlerSettings, RuntimeSettings
 from handlers.signing import SIGNATURE_NAME, key_id, load_private_key, sign_mar
 from trainer.common import config
@@ -93,8 +93,8 @@ def mar_is_current(mar: Path, run_dir: Path, settings: ArchiveSettings,
     try:
         with zipfile.ZipFile(mar) as z:
             archived = json.loads(z.read(MANIFEST_NAME))
-            if settings.engine == "onnxruntime":  # the one file the archiver adds
-                archived.pop(ONNX_FILE, None)
+            if settings.engine == "onnxruntime":  # the graphs the archiver adds
+                archived = {k: v for k, v in archived.items() if not k.endswith(ONNX_SUFFIX)}
             same_run = archived == read_manifest(run_dir)
             same_cfg = yaml.safe_load(z.read("model-config.yaml")) == settings.model_config()
             same_signer = _signer(z) == signer
@@ -119,7 +119,7 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
     private_key = load_private_key(sign_key) if sign_key else None  # a bad key fails first
     verify_manifest(run_dir)  # refuse to package a broken or tampered run dir
     if settings.engine == "onnxruntime":
-        onnx_export.check_exportable(run_dir)
+        onnx_export.check_exportable()
     if (run_dir / REPORT_FILE).is_file():  # a bare PEFT adapter dir has no report
         refuse_weak(read_report(run_dir), str(run_dir), allow_weak)
     out = mar_path(model_store, name, version)
@@ -134,8 +134,8 @@ def build_archive(run_dir: Path, name: str, version: str, model_store: Path,
         shutil.copytree(run_dir, extra)
         if settings.engine == "onnxruntime":
             check = onnx_export.add_onnx(extra, settings.max_length)
-            print(f"{ONNX_FILE}: exported (opset {check['opset']}); against PyTorch on "
-                  f"{check['texts']} texts: max |dp| {check['max_abs_diff_probs']:.1e}, max "
+            print(f"{', '.join(check['graphs'])}: exported (opset {check['opset']}); against "
+                  f"PyTorch on {check['texts']} texts: max |dp| {check['max_abs_diff_probs']:.1e}, max "
                   f"|d pooled| {check['max_abs_diff_pooled']:.1e}, same answers", file=sys.stderr)
         package = Path(handlers.__file__).parent
         shutil.copytree(package, extra / "handlers",

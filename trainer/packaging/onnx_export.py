@@ -1,5 +1,6 @@
-"""`trainer archive --engine onnxruntime`: the merged classifier as one ONNX graph (model.onnx),
-checked against PyTorch before it ships and listed in the archive's sha256 manifest."""
+"""`trainer archive --engine onnxruntime`: the merged classifier as one ONNX graph (model.onnx;
+a routed run: one per expert), checked against PyTorch before it ships and listed in the
+archive's sha256 manifest."""
 
 import json
 import warnings
@@ -9,8 +10,16 @@ from typing import Any
 import torch
 
 from handlers.manifest import add_to_manifest
-from handlers.onnx_engine import INSTALL, LABELS_KEY, ONNX_FILE, OUTPUTS, OnnxEngine, import_onnxruntime
-from handlers.routing import ROUTER_FILE
+from handlers.onnx_engine import (
+    INSTALL,
+    LABELS_KEY,
+    OUTPUTS,
+    OnnxEngine,
+    expert_files,
+    import_onnxruntime,
+    load_router,
+)
+from handlers.routing import NEWEST, RoutedClassifier
 from handlers.runtime import ModelRuntime, RuntimeSettings, pooled_features
 from trainer.common.errors import SettingsError
 
@@ -36,12 +45,8 @@ class ServedOutputs(torch.nn.Module):
                 pooled_features(out.hidden_states[-1].float(), batch["attention_mask"]))
 
 
-def check_exportable(run_dir: Path) -> None:
-    """Refuse before any work: a routed run, or a host without the onnx extra."""
-    if (Path(run_dir) / ROUTER_FILE).is_file():
-        raise SettingsError(f"--engine onnxruntime: {run_dir} is a routed run ({ROUTER_FILE}: each "
-                            "domain answered by its own expert) and the ONNX engine exports one "
-                            "model; archive it with --engine torch")
+def check_exportable() -> None:
+    """Refuse before any work: a host without the onnx extra."""
     try:
         import onnx  # noqa: F401
     except ImportError as e:
@@ -50,24 +55,24 @@ def check_exportable(run_dir: Path) -> None:
     import_onnxruntime()
 
 
-def export(runtime: ModelRuntime, path: Path) -> None:
-    """Trace the runtime's PyTorch model into `path`: dynamic batch and sequence axes, the
-    labels in the graph's metadata, one file (weights inside)."""
+def export(model: torch.nn.Module, tokenizer: Any, labels: list[str], path: Path) -> None:
+    """Trace one PyTorch classifier into `path`: dynamic batch and sequence axes, the labels in
+    the graph's metadata, one file (weights inside)."""
     import onnx
 
-    sample = runtime.tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
+    sample = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
     names = list(sample.keys())
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | \
         {name: {0: "batch"} for name in OUTPUTS}
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter's deprecation and tracer notes: `compare` decides instead
         warnings.simplefilter("ignore")
-        torch.onnx.export(ServedOutputs(runtime.model, names).eval(),
+        torch.onnx.export(ServedOutputs(model, names).eval(),
                           tuple(sample[name] for name in names), str(path), dynamo=False,
                           input_names=names, output_names=list(OUTPUTS), dynamic_axes=axes,
                           opset_version=OPSET, external_data=False)
     graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {LABELS_KEY: json.dumps(runtime.labels)})
+    onnx.helper.set_model_props(graph, {LABELS_KEY: json.dumps(labels)})
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
 
@@ -91,17 +96,23 @@ def compare(reference: ModelRuntime, candidate: ModelRuntime, texts: list[str]
 
 
 def add_onnx(model_dir: Path, max_length: int) -> dict[str, Any]:
-    """Export model_dir's classifier to model_dir/model.onnx, check it against PyTorch and list
-    it in model_dir's manifest (call on a staged copy of a verified run dir)."""
+    """Export model_dir's classifier to model_dir/model.onnx (a routed run: each expert to its
+    own graph), check the whole against PyTorch and list the graphs in model_dir's manifest
+    (call on a staged copy of a verified run dir)."""
     model_dir = Path(model_dir)
-    check_exportable(model_dir)
+    check_exportable()
     settings = RuntimeSettings(max_length=max_length, monitor=False)
     reference = ModelRuntime.load(model_dir, "cpu", settings)
-    export(reference, model_dir / ONNX_FILE)
+    model = reference.model
+    experts = (dict(zip(model.names, model.experts)) if isinstance(model, RoutedClassifier)
+               else {NEWEST: model})
+    graphs = expert_files(load_router(model_dir))
+    for expert, graph in graphs.items():
+        export(experts[expert], reference.tokenizer, reference.labels, model_dir / graph)
     candidate = ModelRuntime(None, reference.tokenizer, settings, reference.device,
                              engine=OnnxEngine.load(model_dir))
     if candidate.labels != reference.labels:
-        raise SettingsError(f"{ONNX_FILE}: labels {candidate.labels} differ from the model's "
+        raise SettingsError(f"exported graphs: labels {candidate.labels} differ from the model's "
                             f"{reference.labels}")
     texts = [*CHECK_TEXTS, "word " * (max_length + 8)]  # the last one is truncated
     check = compare(reference, candidate, texts)
@@ -111,5 +122,6 @@ def add_onnx(model_dir: Path, max_length: int) -> dict[str, Any]:
                             f"(max |dp| {check['max_abs_diff_probs']:.1e}, max |d pooled| "
                             f"{check['max_abs_diff_pooled']:.1e}, {check['changed_answers']} "
                             f"answers changed; tolerance {TOLERANCE}); archive with --engine torch")
-    add_to_manifest(model_dir, ONNX_FILE)
-    return {"opset": OPSET, **check}
+    for graph in graphs.values():
+        add_to_manifest(model_dir, graph)
+    return {"opset": OPSET, "graphs": list(graphs.values()), **check}

@@ -1,5 +1,6 @@
 """`trainer archive --engine onnxruntime`: model.onnx in the .mar, in its manifest and its
-signature; routed runs, missing packages and contradicting settings refused in one line."""
+signature (a routed run: one graph per expert); missing packages and contradicting settings
+refused in one line."""
 
 import hashlib
 import json
@@ -35,16 +36,42 @@ def test_the_archive_carries_model_onnx_in_its_manifest_and_signature(onnx_mar, 
     assert not mar_is_current(onnx_mar["mar"], tiny_run, ArchiveSettings(), onnx_mar["key_id"])
 
 
-def test_a_routed_run_is_refused_in_one_line(tiny_run, tmp_path):
+def test_a_routed_run_exports_one_graph_per_expert_with_the_same_answers(routed_run, tmp_path):
+    """Each expert gets its own graph, listed in the manifest; the ONNX engine routes each row
+    as the PyTorch experts do and answers it with that row's expert: same answers, features
+    within tolerance, on a mixed batch of both domains. A changed expert graph is refused."""
+    import torch
+
+    from handlers.errors import IntegrityError
+    from handlers.routing import ROUTER_FILE
+    from handlers.runtime import ModelRuntime, RuntimeSettings
+    from trainer.data.sources import load_vader
+    from trainer.packaging.onnx_export import TOLERANCE, add_onnx
+
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    (run / "router.json").write_text("{}")
-    write_manifest(run)
-    with pytest.raises(SettingsError, match="routed run") as info:
-        build_archive(run, "sentiment", "2", tmp_path / "store",
-                      ArchiveSettings(engine="onnxruntime"), allow_weak=True)
-    assert "--engine torch" in str(info.value) and "\n" not in str(info.value)
-    assert not (tmp_path / "store").exists()
+    shutil.copytree(routed_run, run)
+    experts = set(json.loads((run / ROUTER_FILE).read_text())["experts"].values())
+    check = add_onnx(run, 64)
+    assert check["changed_answers"] == 0 and len(check["graphs"]) == len(experts | {
+        "model.safetensors"}) >= 2
+    manifest = json.loads((run / MANIFEST_NAME).read_text())
+    assert all(g in manifest for g in check["graphs"])
+    eager = ModelRuntime.load(run, settings=RuntimeSettings(max_length=64, monitor=False))
+    ort = ModelRuntime.load(run, settings=RuntimeSettings(max_length=64, monitor=False,
+                                                          engine="onnxruntime"))
+    assert ort.describe()["experts"] == eager.describe()["experts"] is not None
+    texts = [e.text for e in load_vader("nyt")[:12] + load_vader("movie")[:12]]
+    texts = texts[::2] + texts[1::2]  # both domains in every batch
+    p0, f0, _ = eager.forward(texts, pooled=True)
+    assert len(set(eager.model.last_routes)) == 2  # the batch really is split between experts
+    p1, f1, _ = ort.forward(texts, pooled=True)
+    assert (p0 - p1).abs().max() < TOLERANCE and (f0 - f1).abs().max() < TOLERANCE
+    assert torch.equal(p0.argmax(dim=1), p1.argmax(dim=1))
+    other = next(g for g in check["graphs"] if g != ONNX_FILE)
+    with open(run / other, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(IntegrityError, match=other):
+        ModelRuntime.load(run, settings=RuntimeSettings(monitor=False, engine="onnxruntime"))
 
 
 def test_archiving_without_onnxruntime_names_the_package(tiny_run, tmp_path, monkeypatch):
