@@ -19,6 +19,8 @@ served rows side by side by one real TorchServe (idle workers cost nothing), mea
   f  d with dtype bfloat16, through the same ModelRuntime (the runtime's own bf16 path)
   g  a archived with --engine onnxruntime: the exported graph in ONNX Runtime
   h  d with the ONNX Runtime engine (ceiling of g)
+  i  d with the model under torch.compile (inductor, dynamic shapes): measured, not served
+     (full runs only; the smoke run skips its minute of compiling)
 Latency at concurrency 1 (and the forward at batch 1) is also reported per length bucket.
 Each product row records what its runtime reports computing in (describe()), so a CPU without
 native bf16, where the runtime falls back to float32, shows in the results instead of passing
@@ -81,10 +83,11 @@ ROWS = {"a": "product handler, merged, shipped settings",
         "e": "product handler, merged, shipped settings, dtype bfloat16",
         "f": "in-process forward, dtype bfloat16 (ceiling of e)",
         "g": "product handler, merged, shipped settings, engine onnxruntime",
-        "h": "in-process forward, engine onnxruntime (ceiling of g)"}
-IN_PROCESS = ("d", "f", "h")  # measured per batch: batch 1 against concurrency 1, a's size else
+        "h": "in-process forward, engine onnxruntime (ceiling of g)",
+        "i": "in-process forward, torch.compile inductor (not served)"}
+IN_PROCESS = ("d", "f", "h", "i")  # per batch: batch 1 against concurrency 1, a's size else
 PAIRS = (("a", "b"), ("a", "c"), ("a", "d"), ("e", "a"), ("e", "b"), ("e", "f"), ("g", "a"),
-         ("g", "e"), ("g", "h"))
+         ("g", "e"), ("g", "h"), ("i", "d"), ("h", "i"))
 BUCKETS = ((1, 32), (33, 64), (65, 128), (129, 10**9))  # tokens, before truncation at 128
 BF16 = "bfloat16 autocast"  # what ModelRuntime.describe() reports when bf16 is really on
 TRIAL_ATTN = ("sdpa", "eager")
@@ -99,10 +102,11 @@ class Scale:
     rounds: int = 1  # measurements per row and concurrency, alternating order; best kept
     max_tokens: int | None = None  # None: every sentence (the lengths users send)
     trial: tuple[int, int] = (150, 600)  # texts per trial cell at batch 1 and at a's batch size
+    compile: bool = True  # row i
 
 
 FULL = Scale(requests={1: 300, 8: 1200, 32: 1600}, warmup=128, rounds=3)
-QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8, trial=(8, 16))
+QUICK = Scale(requests={1: 16, 8: 48, 32: 64}, warmup=8, trial=(8, 16), compile=False)
 SWEEP = Scale(requests={1: 200, 8: 800}, warmup=128)
 
 
@@ -372,7 +376,7 @@ def matched(rows: dict[str, list[dict[str, Any]]], row: str, concurrency: int) -
 def ratios(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:
     return {f"{num}/{den}": {x["concurrency"]: round(
         x["throughput"] / matched(rows, den, x["concurrency"])["throughput"], 2) for x in rows[num]}
-        for num, den in PAIRS}
+        for num, den in PAIRS if num in rows and den in rows}
 
 
 def fell_back(rows: dict[str, list[dict[str, Any]]]) -> bool:
@@ -471,8 +475,8 @@ def markdown(result: dict[str, Any]) -> str:
                          f"| {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} |")
     lines += ["", "| ratio (throughput) | " + " | ".join(f"c={c}" for c in r["a/b"]) + " |",
               "|---" + "|---:" * len(r["a/b"]) + "|"]
-    lines += [f"| {k} | " + " | ".join(f"{v:.2f}x" for v in by.values()) + " |"
-              for k, by in r.items()]
+    lines += [f"| {k} | " + " | ".join(f"{by[c]:.2f}x" if c in by else "—" for c in r["a/b"])
+              + " |" for k, by in r.items()]  # in process against in process: batch 1 and 8
     lines += ["", f"Merged vs unmerged probabilities: max |diff| {meta['merge_parity']:.1e}.",
               "", "Goals (CPU):", *goals(rows, r), "", "Goals of the engine choice (#30):",
               *engine_goals(rows), "", "Latency by length (concurrency 1; in process, batch 1):",
@@ -494,7 +498,7 @@ def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
         xs = [i + (k - (len(served) - 1) / 2) * width for i in range(len(concs))]
         left.bar(xs, [x["throughput"] for x in rows[row]], width, label=f"{row}: {ROWS[row]}")
         right.bar(xs, [x["p95_ms"] for x in rows[row]], width, label=row)
-    for row, ls in zip(IN_PROCESS, ("--", ":", "-.")):
+    for row, ls in zip(IN_PROCESS, ("--", ":", "-.", (0, (1, 4)))):
         left.axhline(rows[row][-1]["throughput"], color="black", ls=ls, lw=1,
                      label=f"{row}: ceiling at batch {rows[row][-1]['concurrency']}")
     for ax, title in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):
@@ -523,6 +527,11 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
     forward = {"d": load_runtime(run, settings.dtype, settings.threads),
                "f": load_runtime(run, bf16.dtype, settings.threads),
                "h": load_runtime(onnx_run, onnx.dtype, onnx.threads, onnx.engine)}
+    if sc.compile:
+        forward["i"] = load_runtime(run, settings.dtype, settings.threads)
+        forward["i"].model = torch.compile(forward["i"].model, dynamic=True)
+        for size in (1, settings.batch_size, 3):  # compile now, not inside a measured turn
+            forward["i"].forward(texts[:size])
     dtypes = (settings.dtype,) + ((bf16.dtype,) if forward["f"].cpu_autocast else ())
     trial_result = trial(run, texts, dtypes, settings.batch_size, sc)
     build_archive(run, "product", "1", store, settings, allow_weak=True)  # speed, not accuracy
@@ -542,7 +551,7 @@ def run_bench(sc: Scale, base_dir: Path, work: Path, out: Path, stem: str) -> di
                             forward=forward, batch_size=settings.batch_size, tokens=tokens)
     finally:
         server.stop()
-    rows = {row: served[row] for row in ROWS}
+    rows = {row: served[row] for row in ROWS if row in served}
     failed = [f"{row} c={x['concurrency']}: {x['first_error']}" for row, xs in rows.items()
               for x in xs if x["errors"]]
     if failed:  # a row that answered errors measured nothing worth reporting
