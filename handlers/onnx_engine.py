@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from handlers.errors import ConfigError
-from handlers.routing import NEWEST, ROUTER_FILE, Router
+from handlers.routing import NEWEST, ROUTER_FILE, Router, own_width
 
 ENGINES = ("torch", "onnxruntime")
 ONNX_FILE = "model.onnx"
@@ -131,9 +131,7 @@ class OnnxEngine:
         features: torch.Tensor | None = None
         for expert in dict.fromkeys(owners):
             rows = [i for i, o in enumerate(owners) if o == expert]
-            width = int(mask[rows].sum(dim=1).max())  # its own rows' padding only,
-            if mask[rows, width:].any():  # when the tokenizer pads on the right
-                width = ids.shape[1]
+            width = own_width(mask, rows)
             out = self._run(self.sessions[expert],
                             {k: v[rows, :width] for k, v in feed.items()}, pooled)
             if probs is None:

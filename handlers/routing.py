@@ -44,6 +44,13 @@ def hashed_features(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return out
 
 
+def own_width(attention_mask: torch.Tensor, rows: Any) -> int:
+    """The padded width `rows` need on their own (the batch's width when the tokenizer pads on
+    the left), so each expert pays for its own rows' padding only."""
+    width = int(attention_mask[rows].sum(dim=1).max())
+    return attention_mask.shape[1] if attention_mask[rows, width:].any() else width
+
+
 @dataclass
 class Router:
     """Softmax regression over served domains on L2-normalised binary hashed features."""
@@ -128,9 +135,7 @@ class RoutedClassifier(torch.nn.Module):
         logits, hidden = None, None
         for e in owner.unique().tolist():
             rows = (owner == e).nonzero().squeeze(1).to(input_ids.device)
-            width = int(attention_mask[rows].sum(dim=1).max())  # its own rows' padding only,
-            if attention_mask[rows, width:].any():  # when the tokenizer pads on the right
-                width = input_ids.shape[1]
+            width = own_width(attention_mask, rows)
             part = {k: (v[rows, :width] if v.dim() == 2 else v[rows])
                     if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             out = self.experts[e](input_ids=input_ids[rows, :width],
