@@ -29,7 +29,7 @@ def nyt_v1() -> Path:
     from trainer.learning.train import TrainSettings, run_train
 
     root = Path(__file__).resolve().parents[1]
-    cached = root / "bench/results/tmp/continual-c8448e44237c/seed0/v1-herding"
+    cached = root / "bench/results/tmp/continual-6c618beb1f11/seed0/v1-herding"
     try:
         verify_manifest(cached)
         return cached

@@ -25,6 +25,7 @@ def test_onnxruntime_answers_as_pytorch_does(onnx_mar):
     ort = ModelRuntime.load(onnx_mar["dir"], settings=RuntimeSettings(engine="onnxruntime",
                                                                       monitor=False))
     assert ort.model is None and ort.labels == eager.labels
+    assert ort.micro_batch() == 4 < len(TEXTS)  # groups of 4 by length against one batch
     for batch in [TEXTS, TEXTS[:1], TEXTS[-2:]]:
         p0, f0, n0 = eager.forward(batch, pooled=True)
         p1, f1, n1 = ort.forward(batch, pooled=True)

@@ -31,6 +31,24 @@ def test_batch_results_equal_one_by_one(tiny_run):
     assert torch.allclose(batched, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_micro_batches_answer_in_input_order_as_one_batch_does(tiny_run, size):
+    """A batch sorted by length and run in groups of `size` gives every row the answer,
+    features and token count it gets in one padded batch, in the caller's order."""
+    whole = ModelRuntime.load(tiny_run, settings=RuntimeSettings(monitor=False))
+    grouped = ModelRuntime.load(tiny_run, settings=RuntimeSettings(monitor=False,
+                                                                   micro_batch=size))
+    assert (whole.micro_batch(), grouped.micro_batch()) == (0, size)
+    texts = ["a much longer sentence, with many more tokens in it than any of the others here",
+             "short", "ok", "a middling sentence of some length", "no", "fine, I guess",
+             "another rather long sentence that the sort must move back where it came from"]
+    p0, f0, t0 = whole.forward(texts, pooled=True)
+    p1, f1, t1 = grouped.forward(texts, pooled=True)
+    assert torch.allclose(p0, p1, atol=1e-5) and torch.allclose(f0, f1, atol=1e-5)
+    assert torch.equal(t0, t1) and t0[1] < t0[0]  # counts in input order, not sorted
+    assert grouped.forward(texts)[1] is None
+
+
 def test_tampered_weights_are_refused(tiny_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
@@ -51,8 +69,9 @@ def test_tampered_tokenizer_is_refused(tiny_run, tmp_path):
 
 def test_settings_report_every_problem():
     with pytest.raises(ConfigError) as info:
-        RuntimeSettings.from_dict({"max_chars": 0, "dtype": "int8", "threads": -1})
-    for word in ("max_chars", "dtype", "threads"):
+        RuntimeSettings.from_dict({"max_chars": 0, "dtype": "int8", "threads": -1,
+                                   "micro_batch": -2})
+    for word in ("max_chars", "dtype", "threads", "micro_batch"):
         assert word in str(info.value)
     with pytest.raises(ConfigError, match="unknown key"):
         RuntimeSettings.from_dict({"max_char": 10})
