@@ -461,7 +461,7 @@ def markdown(result: dict[str, Any]) -> str:
              "every length, truncated at 128 tokens")
     lines = [f"{meta['model']}, {meta['sentences']} sentences of the built-in data ({limit}, "
              f"mean {meta['mean_tokens']:.1f}; by length: " + ", ".join(
-                 f"{k} {v:.0%}" for k, v in meta["length_mix"].items()) + "); TorchServe 0.12 "
+                 f"{k} {v:.1%}" for k, v in meta["length_mix"].items()) + "); TorchServe 0.12 "
              f"on {meta['cpus']} CPU cores ({meta['cpu']}), load generator on the same cores; "
              f"settings of a: {meta['settings_a']}.", "",
              "Computed in, as each runtime reports it (describe()): " + ", ".join(

@@ -46,8 +46,8 @@ class HandlerSettings:
                                     "onnx extra where it is archived and served)")
     micro_batch: int = _setting(0, "rows per forward call: a batch is sorted by length and run "
                                    "in groups of this many, so short texts are not padded to the "
-                                   "longest (0 = the engine's default: 4 for onnxruntime, the "
-                                   "whole batch for torch; bench/serve.py)")
+                                   "longest (0 = the engine's default: 4 for onnxruntime on a "
+                                   "CPU, else the whole batch)")
     dtype: str = _setting("float32", "float32 | float16 (GPU only) | bfloat16 (GPU, and bf16 "
                                      "autocast on CPUs with native bf16)")
     threads: int = _setting(0, "torch (or ONNX Runtime) threads per worker (0 = the engine's "
@@ -325,10 +325,11 @@ class ModelRuntime:
     def micro_batch(self) -> int:
         """Rows per forward call (0: the whole batch). ONNX Runtime's CPU forward costs about
         the same per row at batch 1 as at batch 8, so padding short rows to the longest is pure
-        loss there; groups of 4 similar lengths ran 1.2x a padded batch of 8 (bench/serve.py)."""
+        loss there: groups of 4 similar lengths ran 1.2x a padded batch of 8 in process. A GPU
+        wants whole batches, and so does PyTorch eager on a CPU."""
         if self.settings.micro_batch:
             return self.settings.micro_batch
-        return ONNX_MICRO_BATCH if self.engine is not None else 0
+        return ONNX_MICRO_BATCH if self.engine is not None and self.device.type == "cpu" else 0
 
     @torch.inference_mode()
     def forward(self, texts: list[str], pooled: bool = False
