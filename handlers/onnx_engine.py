@@ -115,6 +115,10 @@ class OnnxEngine:
             raise ConfigError(f"{model_dir}: the experts' graphs disagree on labels {labels}")
         return cls(sessions, labels[NEWEST], router)
 
+    def alone(self, expert: str) -> "OnnxEngine":
+        """One expert's graph answering every row (the exporter checks each graph this way)."""
+        return OnnxEngine({NEWEST: self.sessions[expert]}, self.labels)
+
     def _run(self, session: Any, feed: dict[str, Any], pooled: bool) -> list[Any]:
         return session.run(list(OUTPUTS if pooled else OUTPUTS[:1]), feed)
 

@@ -74,6 +74,28 @@ def test_a_routed_run_exports_one_graph_per_expert_with_the_same_answers(routed_
         ModelRuntime.load(run, settings=RuntimeSettings(monitor=False, engine="onnxruntime"))
 
 
+def test_each_expert_graph_is_checked_against_its_own_expert(routed_run, tmp_path,
+                                                            monkeypatch):
+    """An older expert's graph traced from the wrong weights is refused (each graph is checked
+    against its own expert, not only on the texts the router happens to send it), and nothing
+    is added to the manifest."""
+    from trainer.packaging import onnx_export
+
+    run = tmp_path / "run"
+    shutil.copytree(routed_run, run)
+    before = (run / MANIFEST_NAME).read_text()
+    export, newest = onnx_export.export, {}
+
+    def wrong_weights(model, tokenizer, labels, path):
+        newest.setdefault("model", model)  # model.onnx is exported first
+        export(newest["model"], tokenizer, labels, path)
+
+    monkeypatch.setattr(onnx_export, "export", wrong_weights)
+    with pytest.raises(SettingsError, match="differs from PyTorch"):
+        onnx_export.add_onnx(run, 64)
+    assert (run / MANIFEST_NAME).read_text() == before
+
+
 def test_archiving_without_onnxruntime_names_the_package(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ConfigError, match="package onnxruntime is not installed"):
