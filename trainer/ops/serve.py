@@ -35,13 +35,28 @@ def _client(state: dict[str, Any], workdir: Path) -> TorchServeClient:
     return target_of_record(state, workdir).client()
 
 
-def start(workdir: Path, model_store: Path, config: Path, free_ports: bool,
+def shipped_config() -> Path:
+    """./config.properties where there is one (a project's own), else the repository's, so that
+    `serve start` works from any directory of a source checkout."""
+    here = Path("config.properties")
+    if here.is_file():
+        return here
+    shipped = Path(__file__).resolve().parents[2] / "config.properties"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError("no config.properties in this directory or beside the installed "
+                            "trainer package; pass --config FILE (the repository's "
+                            "config.properties holds the shipped security defaults)")
+
+
+def start(workdir: Path, model_store: Path, config: Path | None, free_ports: bool,
           register: list[str], trusted_keys: str) -> dict[str, Any]:
     workdir = Path(workdir).resolve()
     old = read_server_record(workdir)
     if old and _alive(old["pid"]):
         raise ServeError(f"a TorchServe started from {workdir} is running (pid {old['pid']}); "
                          "`trainer serve stop` first")
+    config = config or shipped_config()
     if not Path(config).is_file():
         raise FileNotFoundError(f"--config {config}: no such file")
     if not Path(model_store).is_dir():
@@ -126,8 +141,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                             "(default: .torchserve)")
         if name == "start":
             a.add_argument("--model-store", type=Path, default=Path("model_store"))
-            a.add_argument("--config", type=Path, default=Path("config.properties"),
-                           help="TorchServe config (default: the shipped config.properties)")
+            a.add_argument("--config", type=Path,
+                           help="TorchServe config (default: ./config.properties, else the "
+                                "shipped one beside this checkout's trainer/ package)")
             a.add_argument("--free-ports", action="store_true",
                            help="pick free loopback ports instead of the config's")
             a.add_argument("--register", action="append", default=[], metavar="NAME.vN.mar",
