@@ -37,9 +37,9 @@ demo: setup
 demo-v1: setup
 	$(BIN)/python -m trainer demo
 
-# Serving throughput/latency, rows a-f side by side (float32 and bf16) plus an attention x threads
-# trial (bench/results/serve.*; ~20 min).
-bench: setup
+# Serving throughput/latency, rows a-i side by side (PyTorch float32 and bf16, ONNX Runtime,
+# torch.compile) plus an attention x threads trial (bench/results/serve.*; ~20 min).
+bench: setup setup-onnx
 	$(BIN)/python bench/serve.py
 
 bench-herding: setup
@@ -62,10 +62,11 @@ bench-continual: setup
 bench-gate: setup
 	$(BIN)/python bench/gate.py
 
-# float32 vs bf16 vs three int8 tries on every domain's test split (bench/results/precision-cpu.*).
+# float32 vs bf16, torch.compile, ONNX Runtime and int8 tries on every domain's test split
+# (bench/results/precision-cpu.*).
 # torchao is for this bench only, in its own folder: the serving stack does not use it, and
 # transformers changes behaviour when it finds torchao installed.
-bench-precision: setup .venv-torchao/torchao
+bench-precision: setup setup-onnx .venv-torchao/torchao
 	PYTHONPATH=.venv-torchao $(BIN)/python bench/precision_cpu.py
 
 .venv-torchao/torchao:
