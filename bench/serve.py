@@ -498,7 +498,7 @@ def png(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
         xs = [i + (k - (len(served) - 1) / 2) * width for i in range(len(concs))]
         left.bar(xs, [x["throughput"] for x in rows[row]], width, label=f"{row}: {ROWS[row]}")
         right.bar(xs, [x["p95_ms"] for x in rows[row]], width, label=row)
-    for row, ls in zip(IN_PROCESS, ("--", ":", "-.", (0, (1, 4)))):
+    for row, ls in zip([r for r in IN_PROCESS if r in rows], ("--", ":", "-.", (0, (1, 4)))):
         left.axhline(rows[row][-1]["throughput"], color="black", ls=ls, lw=1,
                      label=f"{row}: ceiling at batch {rows[row][-1]['concurrency']}")
     for ax, title in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):

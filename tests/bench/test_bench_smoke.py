@@ -168,26 +168,32 @@ def test_gate_quick_resamples_every_candidate(tmp_path):
 
 
 def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run):
-    """bench/precision_cpu.py on the tiny run: every precision (bf16 and the int8 tries that
-    are installed) is scored on every domain next to float32, each judged by the 0.5-point
-    rule."""
+    """bench/precision_cpu.py on the tiny run: every form (bf16 where the CPU has it, ONNX
+    Runtime float32, and the int8 tries that are installed, ONNX Runtime's included) is scored on
+    every domain next to float32, each judged by the 0.5-point rule. torch.compile is left out
+    here: its minute of compiling buys a smoke test nothing (bench/serve.py row i runs it)."""
     from handlers.runtime import cpu_has_bf16
 
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "precision_cpu.py"), "--run",
-                           str(tiny_run), "--per-domain", "24", "--threads", "1", "--out",
-                           str(tmp_path / "p")], capture_output=True, text=True, timeout=600)
-    if not cpu_has_bf16():
-        assert proc.returncode == 1 and "no native bf16" in proc.stderr
-        return
+                           str(tiny_run), "--per-domain", "24", "--threads", "1", "--no-compile",
+                           "--out", str(tmp_path / "p")], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("no native bf16" in proc.stderr) != cpu_has_bf16()
     result = json.loads((tmp_path / "p.json").read_text())
     names = set(result["speed"])
-    assert {"float32", "bf16 autocast", "int8 dynamic per-channel (torch.ao)"} <= names
+    assert {"float32", "int8 dynamic per-channel (torch.ao)", "onnxruntime float32",
+            "int8 dynamic per-channel (onnxruntime)",
+            "int8 static QDQ, reference texts (onnxruntime)"} <= names
+    assert ("bf16 autocast" in names) == cpu_has_bf16()
     assert set(result["within_half_a_point_everywhere"]) == names - {"float32"}
     assert set(result["domains"]) == {"nyt", "movie", "amazon", "tweets"}
     for r in result["domains"].values():
         assert r["n"] == 24 and all("label_agreement" in r[n] for n in names - {"float32"})
-    assert "within 0.5 points on every domain" in (tmp_path / "p.md").read_text()
+        assert r["onnxruntime float32"]["label_agreement"] == 1.0  # the same graph, exported
+    assert set(result["onnx_int8"]["layer_agreement_alone"]) == {"0", "1"}  # tiny BERT: 2 layers
+    md = (tmp_path / "p.md").read_text()
+    assert "within 0.5 points on every domain" in md and "per encoder layer quantised alone" in md
 
 
 def test_continual_rows_reports_a_subset_and_the_few_shot_goals(tmp_path):
