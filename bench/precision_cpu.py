@@ -94,11 +94,9 @@ def onnx_runtime(model_dir: Path, like: ModelRuntime) -> ModelRuntime:
                         engine=OnnxEngine.load(model_dir))
 
 
-def agreement(a: ModelRuntime, b: ModelRuntime, texts: list[str], batch: int = 32) -> float:
-    same = [int((a.probabilities(texts[i:i + batch]).argmax(1)
-                 == b.probabilities(texts[i:i + batch]).argmax(1)).sum())
-            for i in range(0, len(texts), batch)]
-    return sum(same) / len(texts)
+def answers(rt: ModelRuntime, texts: list[str], batch: int = 32) -> torch.Tensor:
+    return torch.cat([rt.probabilities(texts[i:i + batch]).argmax(1)
+                      for i in range(0, len(texts), batch)])
 
 
 class _Calibration:
@@ -140,13 +138,19 @@ def onnx_variants(run: Path, base: ModelRuntime, work: Path, calibration: list[s
     graph = onnx.load(str(fp32 / ONNX_FILE)).graph
     encoder = [n.name for n in graph.node if n.op_type == "MatMul" and "/encoder/layer." in n.name]
     head = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in encoder]
-    layers = sorted({int(n.split("/encoder/layer.")[1].split("/")[0]) for n in encoder})
+    def layer_of(node: str) -> int:
+        return int(node.split("/encoder/layer.")[1].split("/")[0])
+
+    layers = sorted({layer_of(n) for n in encoder})
+    reference = answers(base, calibration)  # float32's answers, computed once
+
+    def agreement(rt: ModelRuntime) -> float:
+        return float((answers(rt, calibration) == reference).float().mean())
 
     def dynamic(name: str, layers_kept: set[int]) -> ModelRuntime:
         out = work / name
         out.mkdir()
-        keep = head + [n for n in encoder if int(n.split("/encoder/layer.")[1].split("/")[0])
-                       in layers_kept]
+        keep = head + [n for n in encoder if layer_of(n) in layers_kept]
         quantize_dynamic(fp32 / ONNX_FILE, out / ONNX_FILE, per_channel=True,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                          nodes_to_exclude=keep)
@@ -155,12 +159,11 @@ def onnx_variants(run: Path, base: ModelRuntime, work: Path, calibration: list[s
     ort = onnx_runtime(fp32, base)
     forms = {"onnxruntime float32": ort,
              "int8 dynamic per-channel (onnxruntime)": dynamic("dyn-all", set())}
-    alone = {i: agreement(base, dynamic(f"dyn-layer{i}", set(layers) - {i}), calibration)
-             for i in layers}
+    alone = {i: agreement(dynamic(f"dyn-layer{i}", set(layers) - {i})) for i in layers}
     chosen: list[int] = []
     for i in sorted(layers, key=lambda i: -alone[i]):
         rt = dynamic(f"dyn-upto{len(chosen)}", set(layers) - {*chosen, i})
-        if agreement(base, rt, calibration) < AGREE:
+        if agreement(rt) < AGREE:
             break
         chosen.append(i)
     if chosen:
