@@ -60,12 +60,15 @@ SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUT
     "7 LoRA + herding + balancing + routing (default)", "8 full retraining (joint)",
     "9 row 10 + distillation from vN (replay + held-out, weight 3)",
     "10 row 7 without routing (one model)")
+# Few-shot only, with unlabelled texts: self-training alone, the new domain's class mix not
+# estimated from them (adapt's default before the traffic mix).
+NO_MIX = "11 row 7 without the traffic's class mix"
 # The adapt settings each chained row changes from the shipped defaults.
 CHAINS = {FULL_FT: {"selection": "none", "balance": False, "full_finetune": True, "distill": 0.0},
           SEQ_LORA: {"selection": "none", "balance": False, "distill": 0.0},
           RANDOM: {"selection": "random", "balance": False, "distill": 0.0},
           HERDING: {"selection": "herding", "balance": False, "distill": 0.0},
-          DEFAULT: {}, UNROUTED: {"route": False},
+          DEFAULT: {}, UNROUTED: {"route": False}, NO_MIX: {"traffic_mix": False},
           DISTILL: {"route": False, "distill": 3.0, "distill_held_out": True}}
 ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUTED)
 # Row 7's knobs, one at a time around the adapt defaults the sweep started from (replay budget
@@ -344,7 +347,8 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
 
 def units(shots: list[int], unlabelled_shots: list[int]) -> list[str]:
     """One seed's units after v1, longest first so the workers finish together."""
-    few = [*(f"{DEFAULT} (K={k}{UNLABELLED})" for k in sorted(unlabelled_shots, reverse=True)),
+    few = [*(f"{row} (K={k}{UNLABELLED})" for k in sorted(unlabelled_shots, reverse=True)
+             for row in (DEFAULT, NO_MIX)),
            *(f"{row} (K={k})" for k in sorted(shots, reverse=True) for row in FEW_SHOT_ROWS)]
     return [JOINT, FULL_FT, DEFAULT, UNROUTED, DISTILL, HERDING, RANDOM, SEQ_LORA, EWC, *few,
             SOURCE]
@@ -563,10 +567,16 @@ def percent(share: float | None) -> str:
     return "—" if share is None else f"{100 * share:.0f} %"
 
 
+FEW_SHOT_METHODS = ((DEFAULT, "", "labels alone"),
+                    (NO_MIX, UNLABELLED, "labels + unlabelled: self-training"),
+                    (DEFAULT, UNLABELLED, "labels + unlabelled: self-training + traffic mix"))
+
+
 def few_shot_units(agg: dict[str, dict[str, Any]]) -> list[tuple[int, str, str]]:
-    """(K, "K alone" unit, "K + unlabelled" unit) of row 7, by K; a unit not run is absent."""
-    ks = sorted({parse_unit(n)[1] for n in agg if n.startswith(DEFAULT + " (K=")})
-    return [(k, f"{DEFAULT} (K={k})", f"{DEFAULT} (K={k}{UNLABELLED})") for k in ks]
+    """(K, unit, method) of the few-shot chains that ran, by K then method."""
+    ks = sorted({parse_unit(n)[1] for n in agg if "(K=" in n})
+    return [(k, unit, method) for k in ks for row, suffix, method in FEW_SHOT_METHODS
+            if (unit := f"{row} (K={k}{suffix})") in agg]
 
 
 def few_shot_table(agg: dict[str, dict[str, Any]]) -> str:
@@ -574,15 +584,12 @@ def few_shot_table(agg: dict[str, dict[str, Any]]) -> str:
              "worst drop | old: answers changed (worst) | longest step (min) | compute vs row 7 "
              "(full data) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     full = agg[DEFAULT]["mean"]["adapt_examples"]
-    for k, alone, both in few_shot_units(agg):
-        for unit, method in ((alone, "labels alone"), (both, "labels + unlabelled")):
-            if unit not in agg:
-                continue
-            m = agg[unit]["mean"]
-            lines.append(f"| {k} | {method} | {100 * m['average_accuracy']:.1f} | "
-                         f"{percent(recovered(agg, unit))} | {100 * m['worst_drop']:.1f} | "
-                         f"{100 * m['disagreement']:.1f} % | {m['longest_step_minutes']:.1f} | "
-                         f"{percent(m['adapt_examples'] / full)} |")
+    for k, unit, method in few_shot_units(agg):
+        m = agg[unit]["mean"]
+        lines.append(f"| {k} | {method} | {100 * m['average_accuracy']:.1f} | "
+                     f"{percent(recovered(agg, unit))} | {100 * m['worst_drop']:.1f} | "
+                     f"{100 * m['disagreement']:.1f} % | {m['longest_step_minutes']:.1f} | "
+                     f"{percent(m['adapt_examples'] / full)} |")
     return "\n".join(lines)
 
 
@@ -591,20 +598,20 @@ def few_shot_goals(agg: dict[str, dict[str, Any]]) -> list[tuple[str, bool | Non
     checks: list[tuple[str, bool | None, str]] = []
     units = few_shot_units(agg)
     for k, goal in RECOVERED.items():
-        for unit, method in ((f"{DEFAULT} (K={k})", "labels alone"),
-                             (f"{DEFAULT} (K={k}{UNLABELLED})", "labels + unlabelled")):
+        for row, suffix, method in FEW_SHOT_METHODS:
+            unit = f"{row} (K={k}{suffix})"
             what = f"K = {k}, {method}: >= {100 * goal:.0f} % of the full-data gain recovered"
             share = recovered(agg, unit) if unit in agg else None
             checks.append((what, None if share is None else share >= goal,
                            "not run" if unit not in agg else percent(share) if share is not None
                            else "row 7 gains nothing on full data"))
-    ran = [u for _, a, b in units for u in (a, b) if u in agg]
+    ran = [u for _, u, _ in units]
     if ran:
         worst = max(ran, key=lambda u: agg[u]["mean"]["worst_drop"])
         checks.append(("no old-domain worst drop above 2 points at any K",
                        agg[worst]["mean"]["worst_drop"] <= 0.02,
                        f"{100 * agg[worst]['mean']['worst_drop']:.1f} at {worst}"))
-    for unit in (u for k, a, b in units if k == 32 for u in (a, b) if u in agg):
+    for unit in (u for k, u, _ in units if k == 32):
         minutes = agg[unit]["mean"]["longest_step_minutes"]
         checks.append((f"{unit}: one step <= {STEP_LIMIT_MINUTES:.0f} min (else opt-in)",
                        minutes <= STEP_LIMIT_MINUTES, f"{minutes:.1f} min"))

@@ -74,7 +74,12 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     assert v2["test_by_domain"]["tweets"]["n"] == min(80, len(tweets.test))
     assert (store / "sentiment.v2.mar").is_file() and (runs / "sentiment" / "v2").is_dir()
     assert json.loads((reports / "loop.json").read_text())["steps"][0]["domain"] == "tweets"
-    assert (reports / "loop.md").read_text().startswith("| step |")
+    table = (reports / "loop.md").read_text()
+    assert table.startswith("| step |")
+    # the step's row says the labels it used, per class, the unlabelled texts and the gain
+    counts = " / ".join(str(n) for n in step["labelling"]["labels"].values())
+    gain = 100 * (step["after"]["tweets"] - step["before"]["tweets"])
+    assert f"| 48 ({counts}) + {len(rest)} |" in table and f"| {gain:+.1f} |" in table
     # the outcome: the serving version scored on the first version's texts, beside it
     assert set(summary["final_scores"]) == set(summary["first_version"])
     assert f"| v{summary['final_version']} accuracy (serving) |" in (reports / "loop.md").read_text()

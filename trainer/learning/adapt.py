@@ -58,9 +58,10 @@ from trainer.learning.replay_buffer import (
 from trainer.learning.self_training import pseudo_label, read_unlabelled
 from trainer.learning.self_training import report as self_training_report
 from trainer.learning.settings import FitSettings
+from trainer.learning.traffic_mix import shift_to_traffic
 from trainer.model import continual_metrics
 from trainer.model.churn import churn_by_domain
-from trainer.model.evaluate import answers_by_domain, evaluate_domains, predict_ids
+from trainer.model.evaluate import answers_by_domain, evaluate_domains, logits_of
 from trainer.model.lora import apply_lora, interpolate, merge, parameter_counts
 from trainer.model.quality import assess, exit_code, scores_line, warning_line
 from trainer.model.rundir import load_run, save_run
@@ -102,6 +103,10 @@ class AdaptSettings(FitSettings):
     pseudo_share: float = setting(0.5, "with --unlabelled: share of the texts the first pass "
                                        "predicts as each class, most confident first, that "
                                        "join the second pass as pseudo-labels")
+    traffic_mix: bool = setting(True, "with --unlabelled: estimate the new domain's class mix "
+                                      "from its unlabelled texts (EM) and shift the new "
+                                      "version's output bias to answer with it, where it "
+                                      "is a routed expert (trainer/learning/traffic_mix.py)")
     replay_mix: str = setting("buffer", "class mix of each old domain's replay: buffer (every "
                                         "exemplar weighs the same) | learnt (scaled to the mix "
                                         "the domain was learnt with: fewer old answers changed, "
@@ -392,7 +397,7 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
     fit_rows = step_train + extra
     merged, result, counts, weights, teacher = one_pass(model, fit_rows)
     examples_seen = cost(result, teacher, fit_rows)
-    self_training = None
+    self_training, answers = None, None
     if texts:  # a second pass from vN, the first pass's confident answers as labels
         pseudo = pseudo_label(merged, tokenizer, texts, labels, domain, s.pseudo_share,
                               s.max_length)
@@ -404,11 +409,18 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         merged, result, counts, weights, teacher = one_pass(load_run(source_run, experts=False)[0],
                                                            fit_rows)
         examples_seen += cost(result, teacher, fit_rows) + round(FORWARD_COST * len(texts))
+        answers = logits_of(merged, tokenizer, texts, s.max_length)
         self_training = {**self_training_report(
-            pseudo, predict_ids(merged, tokenizer, texts, max_length=s.max_length), labels,
-            len(texts), s.pseudo_share), "first_pass": first}
+            pseudo, answers.argmax(-1).tolist(), labels, len(texts), s.pseudo_share),
+            "first_pass": first}
     if not distributed.is_main():  # rank 0 evaluates, herds and writes; the others are done
         return {"rank": distributed.world()[0], "run_dir_written_by": 0}
+    learnt = learnt_mix(fit_rows[len(replay):], labels, weights)  # the new domain's (and
+    traffic = None  # the pseudo rows'): what its answers carry until shifted to the traffic's
+    if answers is not None and s.traffic_mix:  # moved only where it answers its domain alone
+        traffic = shift_to_traffic(merged, answers, labels, learnt[domain], bool(route_texts))
+        if traffic["applied"]:
+            learnt[domain] = traffic["estimated"]
     served, routing, route_files = merged, None, {}
     if route_texts:
         served, route_files, routing = route_step(
@@ -448,8 +460,8 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
                          "class_counts": dict(zip(labels, class_counts(
                              [labels.index(ex.label) for ex in replay + train_new], len(labels))))},
         "class_weights": weights,
-        "class_mix": {**prev.get("class_mix", {}),  # the new domain's: its labelled and
-                      **learnt_mix(fit_rows[len(replay):], labels, weights)},  # pseudo rows
+        "class_mix": {**prev.get("class_mix", {}), **learnt},
+        "traffic_mix": traffic,
         "replay_scaled_to": mix,
         "self_training": self_training,
         "contrastive": {"pairs": len(pairs), "same_class": sum(y == 1.0 for _, _, y in pairs)}

@@ -198,11 +198,20 @@ def run_loop(loop: LoopSettings, demo: DemoSettings, train: TrainSettings,
 
 
 def step_table(summary: dict[str, Any]) -> str:
-    rows = ["| step | domain | alarm before switch | drift after (requests) | gate | serving "
-            "after | accuracy before → after (gate's test texts) | old domains: answers "
-            "changed / right → wrong | gate labels | s |",
-            "|---|---|---|---|---|---|---|---|---:|---:|"]
+    rows = ["| step | domain | alarm before switch | drift after (requests) | labels used "
+            "(per class) + unlabelled | gate | serving after | accuracy before → after (gate's "
+            "test texts) | new-domain gain (points) | old domains: answers changed / right → "
+            "wrong | gate labels | s |",
+            "|---|---|---|---|---|---|---|---|---:|---|---:|---:|"]
     for i, s in enumerate(summary["steps"], start=1):
+        how = s.get("labelling")
+        used = (f"{how['labelled']} ({' / '.join(str(n) for n in how['labels'].values())}) + "
+                f"{how['unpicked'] if summary['settings']['loop']['unlabelled'] else 0}"
+                if how else "—")
+        d = s["domain"]
+        gain = (f"{100 * (s['after'][d] - s['before'][d]):+.1f}"
+                if s.get("after", {}).get(d) is not None and s["before"].get(d) is not None
+                else "—")
         acc = ", ".join(f"{d} {s['before'][d]:.3f}→{s['after'][d]:.3f}"
                         for d in s.get("after", {}) if s["after"][d] is not None)
         gate = (f"{s.get('outcome', 'promoted' if s.get('promoted') else 'rejected')} "
@@ -211,8 +220,8 @@ def step_table(summary: dict[str, Any]) -> str:
                           f"{100 * c['test']['negative_flip_rate']:.1f} %"
                           for d, c in (s.get("churn") or {}).items() if c.get("test"))
         rows.append(f"| {i} | {s['domain']} | {'yes' if s['false_alarm_before_switch'] else 'no'} "
-                    f"| {s['drift_after_requests'] or 'none'} | {gate} | "
-                    f"v{s.get('serving_after', s['from_version'])} | {acc or '—'} | "
+                    f"| {s['drift_after_requests'] or 'none'} | {used} | {gate} | "
+                    f"v{s.get('serving_after', s['from_version'])} | {acc or '—'} | {gain} | "
                     f"{churn or '—'} | {s.get('gate_labels', 0)} | {s['seconds']} |")
     return "\n".join(rows)
 

@@ -2,6 +2,7 @@
 tiny end-to-end step whose second pass trains on the pseudo-labels."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,5 +90,16 @@ def test_a_step_with_unlabelled_texts_trains_twice_on_the_pseudo_labels(tiny_run
     assert report["examples_processed"] > 2 * plain["examples_processed"]
     assert set(st["predicted_after"]) == set(LABELS) and st["largest_push"]["label"] in LABELS
     assert plain["self_training"] is None and plain["training_set"]["pseudo_labelled"] == 0
+    # the unlabelled texts also tell the domain's class mix; the routed expert answers with it
+    mix = report["traffic_mix"]
+    assert report["routing"] and mix["applied"] and mix["texts"] == n
+    assert abs(sum(mix["estimated"].values()) - 1) < 1e-3
+    assert report["class_mix"]["movie"] == mix["estimated"] != mix["learnt"]
+    assert plain["traffic_mix"] is None
+    # one model answering every domain keeps its mix: the estimate is reported, not applied
+    one = run_adapt(replace(TINY, route=False), tiny_run, "movie", tmp_path / "one",
+                    unlabelled=path)
+    assert not one["routing"] and not one["traffic_mix"]["applied"]
+    assert one["class_mix"]["movie"] == one["traffic_mix"]["learnt"]
     with pytest.raises(SettingsError, match="pseudo_share must be in"):
         AdaptSettings(pseudo_share=0).validate()
