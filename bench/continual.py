@@ -60,15 +60,15 @@ SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUT
     "7 LoRA + herding + balancing + routing (default)", "8 full retraining (joint)",
     "9 row 10 + distillation from vN (replay + held-out, weight 3)",
     "10 row 7 without routing (one model)")
-# Few-shot only, with unlabelled texts: self-training alone, the new domain's class mix not
-# estimated from them (adapt's default before the traffic mix).
-NO_MIX = "11 row 7 without the traffic's class mix"
+# Few-shot only, with unlabelled texts: self-training and the new domain's class mix estimated
+# from them (`adapt --traffic-mix`, off by default: bench/results/continual-few-shot.md).
+WITH_MIX = "11 row 7 + the traffic's class mix"
 # The adapt settings each chained row changes from the shipped defaults.
 CHAINS = {FULL_FT: {"selection": "none", "balance": False, "full_finetune": True, "distill": 0.0},
           SEQ_LORA: {"selection": "none", "balance": False, "distill": 0.0},
           RANDOM: {"selection": "random", "balance": False, "distill": 0.0},
           HERDING: {"selection": "herding", "balance": False, "distill": 0.0},
-          DEFAULT: {}, UNROUTED: {"route": False}, NO_MIX: {"traffic_mix": False},
+          DEFAULT: {}, UNROUTED: {"route": False}, WITH_MIX: {"traffic_mix": True},
           DISTILL: {"route": False, "distill": 3.0, "distill_held_out": True}}
 ROWS = (SOURCE, FULL_FT, SEQ_LORA, EWC, RANDOM, HERDING, DEFAULT, JOINT, DISTILL, UNROUTED)
 # Row 7's knobs, one at a time around the adapt defaults the sweep started from (replay budget
@@ -348,7 +348,7 @@ def random_v1(v1: Path, out: Path, sc: Scale, seed: int) -> Path:
 def units(shots: list[int], unlabelled_shots: list[int]) -> list[str]:
     """One seed's units after v1, longest first so the workers finish together."""
     few = [*(f"{row} (K={k}{UNLABELLED})" for k in sorted(unlabelled_shots, reverse=True)
-             for row in (DEFAULT, NO_MIX)),
+             for row in (DEFAULT, WITH_MIX)),
            *(f"{row} (K={k})" for k in sorted(shots, reverse=True) for row in FEW_SHOT_ROWS)]
     return [JOINT, FULL_FT, DEFAULT, UNROUTED, DISTILL, HERDING, RANDOM, SEQ_LORA, EWC, *few,
             SOURCE]
@@ -391,6 +391,12 @@ def parse_unit(unit: str) -> tuple[str, int, bool]:
     """A chained unit's row, K (0: full data) and whether it self-trains on unlabelled texts."""
     row, _, k = unit.partition(" (K=")
     return row, int(k.removesuffix(")").removesuffix(UNLABELLED) or 0), UNLABELLED in k
+
+
+def few_shot_order(unit: str) -> tuple[int, int, bool]:
+    """By K, then row number, then alone before with unlabelled texts."""
+    row, k, unlabelled = parse_unit(unit)
+    return k, int(row.split(" ")[0]), unlabelled
 
 
 def unit_key(unit: str) -> str:
@@ -460,7 +466,7 @@ class _Inline:
 
 def one_seed(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     joint_run = raw.get(JOINT)
-    order = [*(r for r in ROWS if r in raw), *sorted((u for u in raw if "(K=" in u), key=parse_unit)]
+    order = [*(r for r in ROWS if r in raw), *sorted((u for u in raw if "(K=" in u), key=few_shot_order)]
     return {name: {"metrics": metrics(raw[name], joint_run, raw[SOURCE]),
                    "matrix": raw[name]["matrix"],
                    **({"ewc_lambda": raw[name]["ewc_lambda"]} if "ewc_lambda" in raw[name]
@@ -568,8 +574,8 @@ def percent(share: float | None) -> str:
 
 
 FEW_SHOT_METHODS = ((DEFAULT, "", "labels alone"),
-                    (NO_MIX, UNLABELLED, "labels + unlabelled: self-training"),
-                    (DEFAULT, UNLABELLED, "labels + unlabelled: self-training + traffic mix"))
+                    (DEFAULT, UNLABELLED, "labels + unlabelled: self-training"),
+                    (WITH_MIX, UNLABELLED, "labels + unlabelled: self-training + traffic mix"))
 
 
 def few_shot_units(agg: dict[str, dict[str, Any]]) -> list[tuple[int, str, str]]:
@@ -658,7 +664,7 @@ def verdicts(checks: list[tuple[str, bool | None, str]], prefix: str = "") -> li
 
 def markdown(agg: dict[str, dict[str, Any]], per_seed: list[dict[str, dict[str, Any]]],
              sc: Scale, seconds: float, v1_f1: list[float], lambdas: list[float]) -> str:
-    few = sorted((n for n in agg if "(K=" in n), key=parse_unit)
+    few = sorted((n for n in agg if "(K=" in n), key=few_shot_order)
     t, a = train_settings(sc, 0), adapt_settings(sc, 0)
     v1_data = (f"all of {sc.stream[0]}'s train split" if not sc.v1_train
                else f"{sc.v1_train} sentences")

@@ -1,18 +1,23 @@
 """How much of a new domain's gain is its class mix, and can the traffic tell the mix?
 
-    .venv/bin/python bench/label_shift.py [--run RUN_DIR] [--seed 0] [--draws 20]
+    .venv/bin/python bench/label_shift.py [--run RUN_DIR | --seeds 0,1,2] [--draws 20]
 
 The source model (v1, trained on nyt) answers each later domain of the continual stream. Its
 probabilities are rescaled by a class mix q of the new domain, p'(y|x) ~ p(y|x) q(y) / pi(y),
-with pi the class mix v1 was trained on (Saerens et al. 2002), and scored on the domain's test
-split (the continual bench's: first 400). q comes from:
+with pi the class mix v1 learnt (its report's class_mix: nyt's class counts times the class
+weights it was trained with, which is the prior its answers carry; nyt's raw counts, used
+before, over-state neutral), and scored on the domain's test split (the continual bench's:
+first 400). q comes from:
   oracle  the labels of the domain's 1,000 training texts (an upper bound: no label needed
           at serving time would give it)
   EM      Saerens' EM over v1's probabilities on those texts, unlabelled
   BBSE    black-box shift estimation (Lipton et al. 2018): v1's mean probabilities on K
           labelled texts per class as the confusion matrix, the unlabelled texts' mean as the
           observation; K = 8 and 32, `--draws` random draws of the K
-No training happens here; the gain with full data is in bench/results/continual*.md.
+  EM is what `adapt --unlabelled` does to a routed expert (trainer/learning/traffic_mix.py),
+there on the adapted version's answers. `--seeds` reads each seed's v1 from the continual
+bench's cache. No training happens here; the gain with full data is in
+bench/results/continual*.md.
 Results: bench/results/label-shift.{json,md}.
 """
 
@@ -31,6 +36,7 @@ from bench.models import nyt_v1  # noqa: E402
 from trainer.common.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from trainer.data.lineage import cap  # noqa: E402
 from trainer.data.sources import load_source  # noqa: E402
+from trainer.learning.traffic_mix import em_mix  # noqa: E402
 from trainer.model.evaluate import logits_of  # noqa: E402
 from trainer.model.rundir import load_run  # noqa: E402
 
@@ -42,15 +48,6 @@ SHOTS = (8, 32)
 def mix(ids: torch.Tensor, k: int) -> torch.Tensor:
     counts = torch.bincount(ids, minlength=k).float()
     return counts / counts.sum()
-
-
-def em_mix(probs: torch.Tensor, prior: torch.Tensor, steps: int = 100) -> torch.Tensor:
-    """Saerens et al.'s EM: the class mix under which v1's rescaled answers average to it."""
-    q = prior.clone()
-    for _ in range(steps):
-        w = probs * (q / prior)
-        q = (w / w.sum(1, keepdim=True)).mean(0)
-    return q
 
 
 def bbse_mix(confusion: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -89,43 +86,73 @@ def domain_row(probs_test: torch.Tensor, y_test: torch.Tensor, probs_train: torc
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"v1 `{result['run']}` (seed {result['seed']}), trained with nyt's class mix "
-             f"{result['source_mix']}; accuracy in points on each domain's test split "
-             f"({TEST}), BBSE over {result['draws']} draws (mean, worst; L1 error of the mix).",
-             "", "| domain | true mix | v1 | oracle mix | EM mix (estimate) | "
+    first = result["seeds"][0]
+    lines = [f"v1 of each seed ({', '.join(str(r['seed']) for r in result['seeds'])}: "
+             f"`{first['run']}` and its siblings), answering with the class mix it learnt "
+             f"{first['learnt_mix']}; accuracy in points on each domain's test split ({TEST}); "
+             f"EM over the domain's {TRAIN} training texts, unlabelled; BBSE over "
+             f"{result['draws']} draws (mean, worst; L1 error of the mix).", "",
+             "| domain | seed | true mix | v1 | oracle mix | EM mix (estimate) | "
              + " | ".join(f"BBSE K = {k}" for k in SHOTS) + " |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(SHOTS)]
-    for d, r in result["domains"].items():
-        lines.append(f"| {d} | {r['true_mix']} | {r['v1']} | {r['oracle']} ({r['oracle'] - r['v1']:+.1f}) "
-                     f"| {r['em']} ({r['em'] - r['v1']:+.1f}; {r['em_mix']}) | " + " | ".join(
-                         f"{r[f'bbse_k{k}']['mean']} (worst {r[f'bbse_k{k}']['worst']}; L1 "
-                         f"{r[f'bbse_k{k}']['l1_error']})" for k in SHOTS) + " |")
+             "|---|---:|---|---:|---:|---:|" + "---:|" * len(SHOTS)]
+    for d in NEW_DOMAINS:
+        for seed in result["seeds"]:
+            r = seed["domains"][d]
+            lines.append(
+                f"| {d} | {seed['seed']} | {r['true_mix']} | {r['v1']} | {r['oracle']} "
+                f"({r['oracle'] - r['v1']:+.1f}) | {r['em']} ({r['em'] - r['v1']:+.1f}; "
+                f"{r['em_mix']}) | " + " | ".join(
+                    f"{r[f'bbse_k{k}']['mean']} (worst {r[f'bbse_k{k}']['worst']}; L1 "
+                    f"{r[f'bbse_k{k}']['l1_error']})" for k in SHOTS) + " |")
+    gain = {m: statistics.fmean(r["domains"][d][m] - r["domains"][d]["v1"]
+                                for r in result["seeds"] for d in NEW_DOMAINS)
+            for m in ("oracle", "em")}
+    worst = min(r["domains"][d]["em"] - r["domains"][d]["v1"]
+                for r in result["seeds"] for d in NEW_DOMAINS)
+    lines += ["", f"Mean gain over domains and seeds: oracle mix {gain['oracle']:+.1f}, EM "
+              f"{gain['em']:+.1f} points (EM's worst domain and seed: {worst:+.1f})."]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, help="v1 run dir (default: bench.models.nyt_v1)")
-    p.add_argument("--seed", type=int, default=0, help="the splits' seed (the run's own)")
-    p.add_argument("--draws", type=int, default=20)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label-shift")
-    args = p.parse_args()
-    run = args.run or nyt_v1()
-    model, tokenizer, labels, _ = load_run(run, experts=False)
+def seed_row(run: Path, seed: int, draws: int) -> dict[str, Any]:
+    model, tokenizer, labels, report = load_run(run, experts=False)
     index = {label: i for i, label in enumerate(labels)}
-    prior = mix(torch.tensor([index[ex.label] for ex in load_source("nyt", args.seed)["nyt"].train]),
-                len(labels))
+    learnt = report.get("class_mix", {}).get("nyt")
+    prior = (torch.tensor([learnt[label] for label in labels]) if learnt else
+             mix(torch.tensor([index[ex.label] for ex in load_source("nyt", seed)["nyt"].train]),
+                 len(labels)))
     domains = {}
     for d in NEW_DOMAINS:
-        split = load_source(d, args.seed)[d]
+        split = load_source(d, seed)[d]
         test, train = cap(split.test, TEST), cap(split.train, TRAIN)
         probs = [torch.softmax(logits_of(model, tokenizer, [ex.text for ex in rows]), -1)
                  for rows in (test, train)]
         ys = [torch.tensor([index[ex.label] for ex in rows]) for rows in (test, train)]
-        domains[d] = domain_row(probs[0], ys[0], probs[1], ys[1], prior, args.draws)
-        print(d, domains[d], file=sys.stderr)
-    result = {"run": str(run), "seed": args.seed, "draws": args.draws, "labels": labels,
-              "source_mix": [round(float(x), 3) for x in prior], "domains": domains}
+        domains[d] = domain_row(probs[0], ys[0], probs[1], ys[1], prior, draws)
+        print(seed, d, domains[d], file=sys.stderr)
+    return {"run": str(run), "seed": seed, "labels": labels,
+            "learnt_mix": [round(float(x), 3) for x in prior], "domains": domains}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, help="one v1 run dir, with --seed its splits' seed "
+                                            "(default: bench.models.nyt_v1, seed 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
+                   help="instead of --run: the continual bench's cached v1 of each seed")
+    p.add_argument("--draws", type=int, default=20)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label-shift")
+    args = p.parse_args()
+    if args.seeds:
+        cache = nyt_v1().parents[1]  # .../continual-<key>/seed0/v1-herding -> continual-<key>
+        runs = [(cache / f"seed{s}" / "v1-herding", s) for s in args.seeds]
+        missing = [str(r) for r, _ in runs if not (r / "report.json").is_file()]
+        if missing:
+            p.error(f"--seeds: no cached v1 at {missing}; run bench/continual.py first")
+    else:
+        runs = [(args.run or nyt_v1(), args.seed)]
+    result = {"draws": args.draws, "seeds": [seed_row(r, s, args.draws) for r, s in runs]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out.with_suffix(".json"), result, sort_keys=False)
     atomic_write_text(args.out.with_suffix(".md"), markdown(result))

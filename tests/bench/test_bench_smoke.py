@@ -198,15 +198,18 @@ def test_precision_cpu_scores_every_precision_against_float32(tmp_path, tiny_run
 
 def test_continual_rows_reports_a_subset_and_the_few_shot_goals(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "continual.py"), "--quick",
-                           "--out", str(tmp_path), "--seeds", "0", "--rows", "7,7K5,7K5U",
+                           "--out", str(tmp_path), "--seeds", "0", "--rows", "7,7K5,7K5U,11K5U",
                            "--unlabelled-shots", "5", "--stream", "nyt,movie", "--name", "few"],
                           capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "unlabelled texts labelled by the first" in proc.stderr  # self-training ran
+    assert proc.stderr.count("output bias shifted to it") == 1  # row 11's step only
     result = json.loads((tmp_path / "few.json").read_text())
-    default = "7 LoRA + herding + balancing + routing (default)"
+    default, mix = ("7 LoRA + herding + balancing + routing (default)",
+                    "11 row 7 + the traffic's class mix")
     assert list(result["aggregate"]) == ["1 source only", default, f"{default} (K=5)",
-                                         f"{default} (K=5 + unlabelled)"]
+                                         f"{default} (K=5 + unlabelled)",
+                                         f"{mix} (K=5 + unlabelled)"]
     mean = {name: agg["mean"] for name, agg in result["aggregate"].items()}
     assert mean[default]["compute_vs_joint"] is None  # row 8 not run: no ratio to it
     assert mean[f"{default} (K=5 + unlabelled)"]["longest_step_minutes"] > 0
@@ -214,6 +217,7 @@ def test_continual_rows_reports_a_subset_and_the_few_shot_goals(tmp_path):
     assert "not measured: per-class F1 spread below row 6's (row 7: row 6 not run)" in md
     assert "not measured: final average >= row 8 - 0.5 points (row 7: row 8 not run)" in md
     assert "Few-shot goals:" in md and "share of the full-data gain" in md
+    assert "| 5 | labels + unlabelled: self-training + traffic mix |" in md
     assert "not measured: K = 8, labels alone: >= 50 % of the full-data gain" in md
     assert "no old-domain worst drop above 2 points at any K" in md
 

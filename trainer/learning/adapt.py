@@ -103,10 +103,12 @@ class AdaptSettings(FitSettings):
     pseudo_share: float = setting(0.5, "with --unlabelled: share of the texts the first pass "
                                        "predicts as each class, most confident first, that "
                                        "join the second pass as pseudo-labels")
-    traffic_mix: bool = setting(True, "with --unlabelled: estimate the new domain's class mix "
-                                      "from its unlabelled texts (EM) and shift the new "
-                                      "version's output bias to answer with it, where it "
-                                      "is a routed expert (trainer/learning/traffic_mix.py)")
+    traffic_mix: bool = setting(False, "with --unlabelled: estimate the new domain's class mix "
+                                       "from its unlabelled texts (EM) and shift the new "
+                                       "version's output bias to answer with it, where it "
+                                       "is a routed expert (trainer/learning/traffic_mix.py; "
+                                       "off: within the seed spread on the continual bench, "
+                                       "bench/results/continual-few-shot.md)")
     replay_mix: str = setting("buffer", "class mix of each old domain's replay: buffer (every "
                                         "exemplar weighs the same) | learnt (scaled to the mix "
                                         "the domain was learnt with: fewer old answers changed, "

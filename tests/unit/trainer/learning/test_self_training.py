@@ -80,7 +80,8 @@ def test_a_step_with_unlabelled_texts_trains_twice_on_the_pseudo_labels(tiny_run
     unlabelled = [ex.text for ex in movie.train[100:180]]
     path = rows(tmp_path / "u.jsonl", [{"text": t, "label": ""} for t in unlabelled])
     plain = run_adapt(TINY, tiny_run, "movie", tmp_path / "plain")
-    report = run_adapt(TINY, tiny_run, "movie", tmp_path / "v2", unlabelled=path)
+    report = run_adapt(replace(TINY, traffic_mix=True), tiny_run, "movie", tmp_path / "v2",
+                       unlabelled=path)
     st = report["self_training"]
     n = len(set(unlabelled) - {ex.text for ex in labelled + movie.test})
     assert st["unlabelled"] == n and sum(st["pseudo_labels"].values()) == \
@@ -90,15 +91,16 @@ def test_a_step_with_unlabelled_texts_trains_twice_on_the_pseudo_labels(tiny_run
     assert report["examples_processed"] > 2 * plain["examples_processed"]
     assert set(st["predicted_after"]) == set(LABELS) and st["largest_push"]["label"] in LABELS
     assert plain["self_training"] is None and plain["training_set"]["pseudo_labelled"] == 0
-    # the unlabelled texts also tell the domain's class mix; the routed expert answers with it
+    # with --traffic-mix the unlabelled texts also tell the domain's class mix, and the routed
+    # expert answers with it
     mix = report["traffic_mix"]
     assert report["routing"] and mix["applied"] and mix["texts"] == n
     assert abs(sum(mix["estimated"].values()) - 1) < 1e-3
     assert report["class_mix"]["movie"] == mix["estimated"] != mix["learnt"]
     assert plain["traffic_mix"] is None
     # one model answering every domain keeps its mix: the estimate is reported, not applied
-    one = run_adapt(replace(TINY, route=False), tiny_run, "movie", tmp_path / "one",
-                    unlabelled=path)
+    one = run_adapt(replace(TINY, route=False, traffic_mix=True), tiny_run, "movie",
+                    tmp_path / "one", unlabelled=path)
     assert not one["routing"] and not one["traffic_mix"]["applied"]
     assert one["class_mix"]["movie"] == one["traffic_mix"]["learnt"]
     with pytest.raises(SettingsError, match="pseudo_share must be in"):
