@@ -77,7 +77,7 @@ def test_quick_loop_detects_adapts_and_rolls_out(tmp_path):
     table = (reports / "loop.md").read_text()
     assert table.startswith("| step |")
     # the step's row says the labels it used, per class, the unlabelled texts and the gain
-    counts = " / ".join(str(n) for n in step["labelling"]["labels"].values())
+    counts = ", ".join(f"{k} {n}" for k, n in step["labelling"]["labels"].items())
     gain = 100 * (step["after"]["tweets"] - step["before"]["tweets"])
     assert f"| 48 ({counts}) + {len(rest)} |" in table and f"| {gain:+.1f} |" in table
     # the outcome: the serving version scored on the first version's texts, beside it

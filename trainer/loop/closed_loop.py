@@ -205,7 +205,7 @@ def step_table(summary: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---:|---|---:|---:|"]
     for i, s in enumerate(summary["steps"], start=1):
         how = s.get("labelling")
-        used = (f"{how['labelled']} ({' / '.join(str(n) for n in how['labels'].values())}) + "
+        used = (f"{how['labelled']} ({', '.join(f'{k} {n}' for k, n in how['labels'].items())}) + "
                 f"{how['unpicked'] if summary['settings']['loop']['unlabelled'] else 0}"
                 if how else "—")
         d = s["domain"]
