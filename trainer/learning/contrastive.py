@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from trainer.data.sources import Example
 from trainer.learning.fit import lr_shape, seed_everything
 from trainer.learning.precision import autocast
-from trainer.model.lora import apply_lora, merge
+from trainer.model.lora import apply_lora, classification_head, merge
 
 Pair = tuple[str, str, float]  # two texts and their target cosine: 1 same class, 0 different
 
@@ -51,7 +51,7 @@ def make_pairs(anchors: Sequence[Example], pool: Sequence[Example], per_anchor: 
 
 def head_input(model: Any) -> Any:
     """The module whose input is the sentence vector the classifier reads."""
-    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    head = classification_head(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no .classifier/.score head to read the "
                          f"sentence vector from; run adapt without --contrastive-pairs")

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from trainer.model.lora import classification_head
+
 SMOOTHING = 1.0  # add-one (Dirichlet) counts: a class EM empties keeps a finite log-share
 MAX_STEPS, TOLERANCE = 1000, 1e-7
 
@@ -38,7 +40,7 @@ def em_mix(probs: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
 
 def output_bias(model: Any) -> torch.Tensor | None:
     """The bias of the head's last Linear (BERT's classifier, RoBERTa's out_proj, a score)."""
-    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    head = classification_head(model)
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] if head else []
     return linears[-1].bias if linears and linears[-1].bias is not None else None
 
@@ -54,18 +56,16 @@ def shift_to_traffic(model: Any, logits: torch.Tensor, labels: Sequence[str],
     q = em_mix(torch.softmax(logits.float(), dim=-1), prior)
     shift = (q / prior).log()
     bias = output_bias(model) if apply else None
-    if apply and bias is None:
-        print(f"note: {type(model).__name__} has no output bias to shift; the estimated class "
-              "mix is reported only", file=sys.stderr)
     if bias is not None:
         with torch.no_grad():
             bias += shift.to(bias.dtype).to(bias.device)
+    outcome = ("output bias shifted to it" if bias is not None else
+               "reported only: this version answers every domain" if not apply else
+               f"reported only: {type(model).__name__} has no output bias to shift")
     fmt = ", ".join(f"{label} {100 * float(p):.0f} -> {100 * float(e):.0f} %"
                     for label, p, e in zip(labels, prior, q))
     print(f"class mix of the unlabelled traffic (EM over {len(logits)} texts), learnt -> "
-          f"estimated: {fmt}" + ("; output bias shifted to it" if bias is not None else
-                                 "; reported only" if not apply else ""),
-          file=sys.stderr)
+          f"estimated: {fmt}; {outcome}", file=sys.stderr)
     return {"texts": len(logits), "applied": bias is not None,
             "learnt": {label: round(float(p), 6) for label, p in zip(labels, prior)},
             "estimated": {label: round(float(e), 6) for label, e in zip(labels, q)},

