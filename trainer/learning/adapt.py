@@ -352,6 +352,9 @@ def run_adapt(s: AdaptSettings, source_run: Path, data: str, out: Path,
         raise DataError(f"{data}: domain {domain!r} needs a test split and >= 2 held-out "
                         f"texts for the drift reference")
     texts = read_unlabelled(unlabelled, test_new, train_new) if unlabelled else []
+    if s.traffic_mix and not texts:
+        print("note: --traffic-mix estimates the class mix from --unlabelled texts; none were "
+              "given, so none is estimated", file=sys.stderr)
     held_out = {**read_reference_texts(source_run), domain: held_new}
     missing = [d for d in seen if d not in held_out]
     if missing:

@@ -74,12 +74,16 @@ def test_overlap_with_the_test_split_is_left_out_and_said(tmp_path, capsys):
     assert "left 1 text(s) of" in capsys.readouterr().err
 
 
-def test_a_step_with_unlabelled_texts_trains_twice_on_the_pseudo_labels(tiny_run, tmp_path):
+def test_a_step_with_unlabelled_texts_trains_twice_on_the_pseudo_labels(tiny_run, tmp_path,
+                                                                        capsys):
     movie = load_source("movie", 0)["movie"]
     labelled = new_domain("movie", TINY, LABELS, ["nyt"]).train
     unlabelled = [ex.text for ex in movie.train[100:180]]
     path = rows(tmp_path / "u.jsonl", [{"text": t, "label": ""} for t in unlabelled])
-    plain = run_adapt(TINY, tiny_run, "movie", tmp_path / "plain")
+    # --traffic-mix without unlabelled texts estimates nothing, and says so
+    plain = run_adapt(replace(TINY, traffic_mix=True), tiny_run, "movie", tmp_path / "plain")
+    assert "--traffic-mix estimates the class mix from --unlabelled texts" in \
+        capsys.readouterr().err
     report = run_adapt(replace(TINY, traffic_mix=True), tiny_run, "movie", tmp_path / "v2",
                        unlabelled=path)
     st = report["self_training"]
